@@ -1,0 +1,26 @@
+-- runs: one row per compass command that writes; config never holds secrets.
+CREATE TABLE runs (
+    id VARCHAR PRIMARY KEY,
+    command VARCHAR NOT NULL,
+    config JSON,
+    compass_version VARCHAR NOT NULL,
+    started_at TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP,
+    status VARCHAR NOT NULL,          -- running | ok | failed
+    summary JSON
+);
+
+CREATE TABLE products (
+    id VARCHAR PRIMARY KEY,           -- content_id('product', lang, market, source_id or title)
+    lang VARCHAR NOT NULL,
+    market VARCHAR NOT NULL,
+    source_id VARCHAR,
+    title VARCHAR NOT NULL,
+    category VARCHAR NOT NULL,        -- 'Fashion > Shoes > Sneakers'
+    attributes JSON,
+    description VARCHAR,
+    price DOUBLE,
+    currency VARCHAR,
+    source_file VARCHAR,
+    ingest_run VARCHAR
+);

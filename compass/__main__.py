@@ -1,0 +1,3 @@
+from compass.cli import main
+
+main()

@@ -1,0 +1,175 @@
+"""The `compass` command: a thin layer over the Python API that turns library errors into one-line messages.
+
+Each subpackage adds its commands through a `register(app)` function in its CLI module; heavy libraries
+(torch, vLLM, sentence-transformers) are imported inside the commands so `compass --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from compass import __version__
+from compass.catalog.db import Catalog, init_catalog
+from compass.cli_common import CatalogOpt, console, print_json, print_table
+from compass.errors import CompassError
+
+app = typer.Typer(
+    name="compass",
+    help="Build multilingual e-commerce embedding models for Southeast Asia, data first.\n\n"
+         "Pipeline: init -> ingest -> generate -> filter -> split -> mine -> train -> eval -> merge / export-fp8 "
+         "-> publish. Everything lives in one DuckDB catalog (--catalog, default ./compass.duckdb).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+COMMAND_MODULES = [
+    "compass.prompts.cli",
+    "compass.datagen.cli",
+    "compass.filters.cli",
+    "compass.train.cli",
+    "compass.train.cli_merge",
+    "compass.publish_cli",
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"compass {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    pass
+
+
+@app.command()
+def init(catalog: CatalogOpt = None) -> None:
+    """Create a catalog (or upgrade an older one in place)."""
+    path, applied = init_catalog(catalog)
+    if applied:
+        console.print(f"catalog {path}: applied {len(applied)} migrations ({', '.join(applied)})")
+    else:
+        console.print(f"catalog {path}: already up to date")
+
+
+@app.command()
+def ingest(
+    files: Annotated[list[Path], typer.Argument(help="Product catalog files (jsonl, csv or parquet).")],
+    lang: Annotated[str, typer.Option(help="Language of the listings: th, vi, id, ms, fil, my, km, lo, en.")],
+    market: Annotated[str, typer.Option(help="ISO 3166 market code, e.g. TH, VN, ID, MY, PH.")],
+    fmt: Annotated[Optional[str], typer.Option("--format", help="jsonl | csv | parquet (default: from suffix).")] = None,
+    on_error: Annotated[str, typer.Option(help="fail: write nothing if any row is bad; skip: write good rows, "
+                                               "report bad ones.")] = "fail",
+    catalog: CatalogOpt = None,
+) -> None:
+    """Ingest product catalog files. Fields: id, title*, category*, attributes, description, price, currency."""
+    from compass.catalog.ingest import ingest_file
+
+    with Catalog(catalog) as cat, cat.run("ingest", {"files": [str(f) for f in files], "lang": lang,
+                                                     "market": market, "format": fmt,
+                                                     "on_error": on_error}) as run:
+        total_new = 0
+        for f in files:
+            res = ingest_file(cat, f, lang, market, fmt, on_error, run.id)
+            total_new += res.rows_new
+            for p in res.problems:
+                console.print(f"[yellow]skipped[/] {p}", markup=True, highlight=False)
+            skipped = f", {res.problem_count} bad rows skipped" if res.problem_count else ""
+            dup = res.rows_valid - res.rows_new
+            console.print(f"{f}: {res.rows_new} new products ({dup} already in the catalog{skipped})",
+                          highlight=False)
+        run.summary.update(new_products=total_new)
+
+
+@app.command()
+def stats(
+    by: Annotated[Optional[str], typer.Option(help="Group by columns, e.g. lang,market or lang,task,route.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Corpus statistics: products, examples, generation accounting, filter funnels, negatives."""
+    from compass.stats import collect
+
+    by_cols = [c.strip() for c in by.split(",") if c.strip()] if by else []
+    with Catalog(catalog, read_only=True) as cat:
+        result = collect(cat, by_cols)
+    if as_json:
+        print_json(result)
+        return
+    for name, sec in result.items():
+        if isinstance(sec, list):
+            print_table(sec, title=name)
+        elif isinstance(sec, dict):
+            scalars = {k: v for k, v in sec.items() if not isinstance(v, (list, dict))}
+            if scalars:
+                print_table([scalars], title=name)
+            for k, v in sec.items():
+                if isinstance(v, list):
+                    print_table(v, title=f"{name}: {k}")
+                elif isinstance(v, dict):
+                    print_table([{"key": kk, "value": vv} for kk, vv in v.items()], title=f"{name}: {k}")
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL to run on the catalog (DuckDB dialect).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print rows as CSV.")] = False,
+    write: Annotated[bool, typer.Option("--write", help="Allow statements that change the catalog.")] = False,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Run SQL on the catalog; read-only unless --write."""
+    import duckdb
+
+    with Catalog(catalog, read_only=not write) as cat:
+        try:
+            rows = cat.query(query)
+        except duckdb.Error as e:
+            first = str(e).splitlines()[0]
+            hint = " (the catalog is read-only here: add --write to change it)" if "read-only" in first else ""
+            raise CompassError(f"SQL error: {first}{hint}") from None
+    if as_json:
+        print_json(rows)
+    elif as_csv:
+        w = csv.writer(sys.stdout)
+        if rows:
+            w.writerow(rows[0].keys())
+        for r in rows:
+            w.writerow([json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v for v in r.values()])
+    else:
+        print_table(rows)
+
+
+def _register_modules() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        mod.register(app)
+
+
+_register_modules()
+
+
+def main() -> None:
+    try:
+        app()
+    except CompassError as e:
+        console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("interrupted: complete batches are saved; run the same command again to resume")
+        sys.exit(130)
