@@ -83,7 +83,9 @@ class Catalog:
             if self.pending_migrations():
                 self.con.close()
                 self.con = self._connect(read_only=False)
+                self.read_only = False  # migrate() writes in a transaction(), which refuses read-only catalogs
                 self.migrate(upto)
+                self.read_only = True
                 self.con.close()
                 self.con = self._connect(read_only=True)
         else:

@@ -1,3 +1,5 @@
 from compass.cli import main
 
-main()
+# Guarded: the vLLM engine spawns worker processes that re-import the main module.
+if __name__ == "__main__":
+    main()

@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "compass.prompts.cli",
     "compass.datagen.cli",
     "compass.filters.cli",
+    "compass.filters.mine_cli",
     "compass.train.cli",
     "compass.train.cli_merge",
     "compass.publish_cli",

@@ -18,7 +18,7 @@ CatalogOpt = Annotated[
 ]
 LangsOpt = Annotated[Optional[str], typer.Option("--langs", help="Comma-separated languages, e.g. th,vi (default: all).")]
 
-console = Console(stderr=True)  # progress and tables for people go to stderr; data (--json, --csv) to stdout
+console = Console(stderr=True, soft_wrap=True)  # progress and tables for people go to stderr; data (--json, --csv) to stdout
 
 
 def print_json(obj: Any) -> None:

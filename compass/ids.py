@@ -19,8 +19,10 @@ def content_id(kind: str, *parts: Any) -> str:
 
     The kind is part of the hash so a product and an example built from the same strings never collide.
     """
-    h = hashlib.sha256(canonical_json([kind, *parts]).encode("utf-8"))
-    return h.hexdigest()[:ID_HEX]
+    # Parts are joined with the unit separator (not JSON) so SQL can compute the same id in bulk:
+    # substr(sha256(concat_ws(chr(31), kind, part, ...)), 1, 20).
+    key = "\x1f".join(p if isinstance(p, str) else canonical_json(p) for p in (kind, *parts))
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:ID_HEX]
 
 
 def params_hash(params: Any) -> str:

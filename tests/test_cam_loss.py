@@ -88,12 +88,12 @@ def loss_and_grads(model, loss_fn, features, labels):
     return loss.detach(), grads
 
 
-def assert_same(a, b, atol=1e-6):
+def assert_same(a, b, atol=1e-6, rtol=1e-4):
     (la, ga), (lb, gb) = a, b
-    assert torch.allclose(la, lb, atol=atol, rtol=1e-5), (la, lb)
+    assert torch.allclose(la, lb, atol=atol, rtol=rtol), (la, lb)
     assert ga.keys() == gb.keys() and ga
     for name in ga:
-        assert torch.allclose(ga[name], gb[name], atol=atol, rtol=1e-4), name
+        assert torch.allclose(ga[name], gb[name], atol=atol, rtol=rtol), name
 
 
 def distinct_batch(n: int, num_neg: int, seed: int = 0):
@@ -129,7 +129,7 @@ def test_equals_mnrl_without_shared_classes(kind, num_neg, symmetric, bert):
     cam = CAMLoss(model, temperature=0.05, symmetric=symmetric, task_policy={"title2category": {"translation"}})
     ref, got = loss_and_grads(model, mnrl, features, labels), loss_and_grads(model, cam, features, labels)
     assert ref[0] > 0 and any(g.abs().sum() > 0 for g in ref[1].values())
-    assert_same(got, ref, atol=1e-7)
+    assert_same(got, ref, atol=1e-7, rtol=1e-6)
 
 
 # --- 2. Masking against a plain reference ---------------------------------------------------------------
