@@ -65,23 +65,38 @@ def init(catalog: CatalogOpt = None) -> None:
 
 @app.command()
 def ingest(
-    files: Annotated[list[Path], typer.Argument(help="Product catalog files (jsonl, csv or parquet).")],
-    lang: Annotated[str, typer.Option(help="Language of the listings: th, vi, id, ms, fil, my, km, lo, en.")],
-    market: Annotated[str, typer.Option(help="ISO 3166 market code, e.g. TH, VN, ID, MY, PH.")],
+    files: Annotated[Optional[list[Path]], typer.Argument(help="Product catalog files (jsonl, csv or parquet).",
+                                                          show_default=False)] = None,
+    lang: Annotated[Optional[str], typer.Option(help="Language of the listings: th, vi, id, ms, fil, my, km, lo, "
+                                                     "en.")] = None,
+    market: Annotated[Optional[str], typer.Option(help="ISO 3166 market code, e.g. TH, VN, ID, MY, PH.")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="jsonl | csv | parquet (default: from suffix).")] = None,
     on_error: Annotated[str, typer.Option(help="fail: write nothing if any row is bad; skip: write good rows, "
                                                "report bad ones.")] = "fail",
+    samples: Annotated[bool, typer.Option("--samples", help="Ingest the bundled sample catalogs (9 languages, "
+                                                            "each with its market) instead of FILES.")] = False,
     catalog: CatalogOpt = None,
 ) -> None:
     """Ingest product catalog files. Fields: id, title*, category*, attributes, description, price, currency."""
     from compass.catalog.ingest import ingest_file
+    from compass.catalog.samples import sample_files
 
-    with Catalog(catalog) as cat, cat.run("ingest", {"files": [str(f) for f in files], "lang": lang,
-                                                     "market": market, "format": fmt,
+    if samples:
+        if files:
+            raise CompassError("give FILES or --samples, not both")
+        jobs = sample_files()
+    else:
+        if not files:
+            raise CompassError("no FILES given: pass product catalog files, or --samples for the bundled ones")
+        if not lang or not market:
+            raise CompassError("--lang and --market are required with FILES (e.g. --lang th --market TH)")
+        jobs = [(f, lang, market) for f in files]
+    with Catalog(catalog) as cat, cat.run("ingest", {"files": [str(f) for f, _, _ in jobs], "lang": lang,
+                                                     "market": market, "format": fmt, "samples": samples,
                                                      "on_error": on_error}) as run:
         total_new = 0
-        for f in files:
-            res = ingest_file(cat, f, lang, market, fmt, on_error, run.id)
+        for f, f_lang, f_market in jobs:
+            res = ingest_file(cat, f, f_lang, f_market, fmt, on_error, run.id)
             total_new += res.rows_new
             for p in res.problems:
                 console.print(f"[yellow]skipped[/] {p}", markup=True, highlight=False)
