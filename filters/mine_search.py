@@ -1,0 +1,150 @@
+"""Exact nearest-neighbour search and the guards that turn neighbours into hard negatives.
+
+Pure array code (no catalog, no model), so the benchmark and the stage share it.
+
+Why not `sentence_transformers.util.semantic_search`: it returns one Python dict per hit and merges corpus chunks
+in a Python heap, which for 10k queries x 100 hits is a million dicts; the guards below want the hits as
+tensors. The search itself is the same idea (chunked matrix products + torch.topk), kept to a few lines.
+Why not FAISS: for exact inner-product search on CPU it is a flat index doing the same matrix products, and it
+is not a dependency of compass; at the sizes a catalog holds per pool the chunked matmul is enough.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+# Refusal reasons in the order they are checked; a candidate is counted under the first guard that refuses it.
+# Semantic guards come first so their counts say how many false negatives each one prevented.
+GUARDS = ("near_dup", "class", "margin", "rank")
+
+
+def chunked_topk(queries: torch.Tensor, corpus: torch.Tensor, k: int,
+                 block: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k by inner product (cosine for unit vectors), never a full queries x corpus matrix.
+
+    queries (q, d), corpus (n, d) -> scores (q, k') and indices (q, k'), best first, k' = min(k, n).
+    At most `block` scores (q_chunk x n_chunk floats, 64 MB at the default) are alive at once.
+    """
+    n = corpus.shape[0]
+    k = min(k, n)
+    if queries.shape[0] == 0 or k == 0:
+        return (torch.empty(queries.shape[0], k, dtype=queries.dtype, device=queries.device),
+                torch.empty(queries.shape[0], k, dtype=torch.long, device=queries.device))
+    n_chunk = min(n, max(k, block // 64))       # a corpus chunk leaves room for at least 64 queries
+    q_chunk = max(1, block // n_chunk)
+    out_s, out_i = [], []
+    for qs in range(0, queries.shape[0], q_chunk):
+        qc = queries[qs:qs + q_chunk]                                   # (qc, d)
+        best_s = best_i = None
+        for cs in range(0, n, n_chunk):
+            s = qc @ corpus[cs:cs + n_chunk].T                          # (qc, nc)
+            ts, ti = torch.topk(s, min(k, s.shape[1]), dim=1)
+            ti = ti + cs
+            if best_s is not None:                                      # merge with the previous chunks' best
+                ts, pos = torch.topk(torch.cat([best_s, ts], 1), k, dim=1)
+                ti = torch.gather(torch.cat([best_i, ti], 1), 1, pos)
+            best_s, best_i = ts, ti
+        out_s.append(best_s)
+        out_i.append(best_i)
+    return torch.cat(out_s), torch.cat(out_i)
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """What makes a retrieved candidate an acceptable negative.
+
+    rank window [lo, hi): ranks count retrieved texts other than the example's own positive, from 0; `depth`
+    texts are retrieved (hi is capped at depth). margin: refuse a candidate scoring above the positive-aware
+    threshold `pos - |pos| * (1 - margin)` (= margin x pos for a positive pos; NV-Retriever TopK-PercPos,
+    sentence-transformers' relative_margin = 1 - margin); None disables it.
+    """
+
+    depth: int = 50
+    lo: int = 10
+    hi: int = 100
+    margin: float | None = 0.95
+    per_example: int = 5
+
+
+@dataclass
+class Mined:
+    """Result of one batch: negatives as parallel arrays plus per-query counts."""
+
+    q: np.ndarray          # (m,) query row of each negative
+    rank: np.ndarray       # (m,)
+    cand: np.ndarray       # (m,) corpus index
+    score: np.ndarray      # (m,)
+    examined: np.ndarray   # (b,)
+    refused: dict          # guard -> (b,) counts
+    positive_retrieved: np.ndarray  # (b,) bool
+
+
+def select_negatives(scores: np.ndarray, idx: np.ndarray, pos_idx: np.ndarray, pos_score: np.ndarray,
+                     cfg: GuardConfig, same_class: Callable[[int, int], bool] | None = None,
+                     near_dup: Callable[[int, int], bool] | None = None) -> Mined:
+    """Walk each query's candidates best first, keep the first `per_example` that pass every guard.
+
+    scores, idx: (b, k) from `chunked_topk` with k >= depth + 1 (room for the positive); pos_idx (b,) corpus index
+    of each query's positive (-1: not in the corpus); pos_score (b,). same_class(row, cand) and near_dup(row, cand)
+    are the per-pair guards (None: off). Candidates are examined in rank order until the quota is filled, so the
+    refusal counts cover the candidates a query actually looked at.
+    """
+    b = scores.shape[0]
+    is_pos = idx == pos_idx[:, None]                                    # (b, k)
+    rank = np.cumsum(~is_pos, axis=1) - 1                               # rank among non-positive texts
+    live = ~is_pos & (rank < cfg.depth)                                 # the retrieved candidates
+    if cfg.margin is None:
+        over = np.zeros_like(live)
+    else:
+        thr = pos_score - np.abs(pos_score) * (1.0 - cfg.margin)        # (b,)
+        thr = np.where(pos_idx >= 0, thr, np.inf)                       # no positive in the corpus: no margin
+        over = scores > thr[:, None]
+    outside = (rank < cfg.lo) | (rank >= min(cfg.hi, cfg.depth))
+    refused = {g: np.zeros(b, dtype=np.int64) for g in GUARDS}
+    examined = np.zeros(b, dtype=np.int64)
+    out_q, out_r, out_c, out_s = [], [], [], []
+    # The per-pair guards are Python calls, so this loop is per candidate; it stops at per_example and the
+    # vectorised masks above carry the cheap guards.
+    for r in range(b):
+        found = 0
+        for j in np.flatnonzero(live[r]):
+            c = int(idx[r, j])
+            examined[r] += 1
+            if near_dup is not None and near_dup(r, c):
+                refused["near_dup"][r] += 1
+            elif same_class is not None and same_class(r, c):
+                refused["class"][r] += 1
+            elif over[r, j]:
+                refused["margin"][r] += 1
+            elif outside[r, j]:
+                refused["rank"][r] += 1
+            else:
+                out_q.append(r)
+                out_r.append(int(rank[r, j]))
+                out_c.append(c)
+                out_s.append(float(scores[r, j]))
+                found += 1
+                if found >= cfg.per_example:
+                    break
+    return Mined(q=np.asarray(out_q, dtype=np.int64), rank=np.asarray(out_r, dtype=np.int64),
+                 cand=np.asarray(out_c, dtype=np.int64), score=np.asarray(out_s, dtype=np.float64),
+                 examined=examined, refused=refused, positive_retrieved=is_pos.any(axis=1))
+
+
+def mine_arrays(q_emb: np.ndarray, c_emb: np.ndarray, pos_idx: np.ndarray, cfg: GuardConfig,
+                same_class=None, near_dup=None, block: int = 1 << 24, device: str = "cpu") -> tuple[Mined, np.ndarray]:
+    """Search + guards for unit-norm embeddings: q_emb (b, d), c_emb (n, d). Returns (mined, pos_score (b,))."""
+    q = torch.from_numpy(np.ascontiguousarray(q_emb, dtype=np.float32)).to(device)
+    c = torch.from_numpy(np.ascontiguousarray(c_emb, dtype=np.float32)).to(device)
+    has = torch.from_numpy(pos_idx >= 0).to(device)
+    safe = torch.from_numpy(np.where(pos_idx >= 0, pos_idx, 0)).to(device)
+    pos_score = torch.where(has, (q * c[safe]).sum(1), torch.zeros((), device=device))   # (b,)
+    with torch.inference_mode():
+        s, i = chunked_topk(q, c, cfg.depth + 1, block=block)
+    pos = pos_score.cpu().numpy().astype(np.float64)
+    mined = select_negatives(s.cpu().numpy(), i.cpu().numpy(), pos_idx, pos, cfg, same_class, near_dup)
+    return mined, pos

@@ -1,0 +1,29 @@
+"""`compass stats` section for mining: negatives per set and language, coverage, refusals per guard."""
+
+from __future__ import annotations
+
+from compass.catalog.db import Catalog
+from compass.filters.mine_search import GUARDS
+
+
+def stats_section(cat: Catalog, by: list[str]) -> dict | None:
+    if not cat.scalar("SELECT count(*) FROM negative_sets"):
+        return None
+    # share of kept examples with >= 1 negative, per set and language
+    by_lang = cat.query(
+        "WITH k AS (SELECT lang, count(*) AS kept FROM kept_examples GROUP BY lang), "
+        "n AS (SELECT n.set_id, e.lang, count(*) AS negatives, count(DISTINCT n.example_id) AS with_negative "
+        "      FROM negatives n JOIN kept_examples e ON e.id = n.example_id GROUP BY n.set_id, e.lang), "
+        "m AS (SELECT set_id, lang, count(*) AS mined FROM mined_examples GROUP BY set_id, lang) "
+        "SELECT m.set_id, m.lang, k.kept, m.mined, coalesce(n.negatives, 0) AS negatives, "
+        "coalesce(n.with_negative, 0) AS with_negative, "
+        "round(coalesce(n.with_negative, 0) / k.kept, 4) AS share_with_negative "
+        "FROM m JOIN k ON k.lang = m.lang LEFT JOIN n ON n.set_id = m.set_id AND n.lang = m.lang "
+        "ORDER BY m.set_id, m.lang")
+    refusals = cat.query(
+        "SELECT set_id, lang, sum(n_examined) AS examined, "
+        + ", ".join(f"sum(refused_{g}) AS {g}" for g in GUARDS)
+        + " FROM mined_examples GROUP BY set_id, lang ORDER BY set_id, lang")
+    sets = cat.query("SELECT s.set_id, s.model, s.created_at, (SELECT count(*) FROM negatives n "
+                     "WHERE n.set_id = s.set_id) AS negatives FROM negative_sets s ORDER BY s.created_at")
+    return {"negatives": {"sets": sets, "by_lang": by_lang, "refusals_per_guard": refusals}}

@@ -1,0 +1,71 @@
+"""`compass merge` and `compass export-fp8`: thin CLI over compass.train.merge and compass.train.fp8_export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from compass.errors import CompassError
+
+
+def _parse_ts(value: str) -> list[float]:
+    try:
+        return [float(x) for x in value.split(",") if x.strip()]
+    except ValueError as e:
+        raise CompassError(f"--sweep {value!r} is not a list of numbers: use e.g. --sweep 0,0.25,0.5,0.75,1") from e
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("merge")
+    def merge_cmd(
+        model_a: Annotated[Path, typer.Argument(help="sentence-transformers folder A (t=0).")],
+        model_b: Annotated[Path, typer.Argument(help="sentence-transformers folder B (t=1), same base as A.")],
+        out: Annotated[Path, typer.Option("--out", help="Folder to write the merged model to.")],
+        t: Annotated[Optional[float], typer.Option("--t", help="Interpolation point in [0, 1].")] = None,
+        sweep: Annotated[Optional[str], typer.Option("--sweep", help="t values to try, e.g. 0,0.25,0.5,0.75,1.")] = None,
+        eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="Eval tasks folder for --sweep.")] = None,
+    ) -> None:
+        """SLERP-merge two checkpoints of one model (per tensor); with --sweep, keep the t with the best macro."""
+        from compass.train.merge import merge_models, sweep_merge
+
+        if sweep is not None:
+            if t is not None:
+                raise CompassError("--t and --sweep exclude each other: pass one")
+            if eval_dir is None:
+                raise CompassError("--sweep needs --eval TASKS_DIR to choose the best t")
+            info = sweep_merge(model_a, model_b, _parse_ts(sweep), eval_dir, out, echo=typer.echo)
+        else:
+            if t is None:
+                raise CompassError("pass --t T (e.g. --t 0.5) or --sweep 0,0.25,0.5,0.75,1 --eval TASKS_DIR")
+            info = merge_models(model_a, model_b, t, out)
+        c = info["counts"]
+        typer.echo(f"merged t={info['t']} -> {out} ({c['slerp']} tensors slerped, {c['linear']} linear, "
+                   f"{c['copied']} copied from A)")
+
+    @app.command("export-fp8")
+    def export_fp8_cmd(
+        model: Annotated[Path, typer.Argument(help="sentence-transformers transformer model folder.")],
+        out: Annotated[Path, typer.Option("--out", help="Folder to write the FP8 export to.")],
+        scheme: Annotated[str, typer.Option("--scheme", help="dynamic: FP8 weights per channel, "
+                                                              "activations per token at run time.")] = "dynamic",
+        dtype: Annotated[str, typer.Option("--dtype", help="Unquantised tensors: keep | bfloat16.")] = "keep",
+        gate_texts: Annotated[Optional[Path], typer.Option("--gate-texts", help="JSONL of {lang, text} for the "
+                                                                              "fidelity gate.")] = None,
+        eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="Eval tasks: gate also on the macro "
+                                                                      "metric (<= 1% relative drop).")] = None,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+    ) -> None:
+        """FP8 (compressed-tensors, vLLM-loadable) export with a CPU fidelity gate; exits 1 below the gate."""
+        from compass.train.fp8_export import GATE_MEAN_COS, GATE_MIN_COS, export_fp8
+
+        info = export_fp8(model, out, scheme=scheme, dtype=dtype, gate_texts=gate_texts, tasks_dir=eval_dir,
+                          overwrite=overwrite)
+        g, s = info["gate"], info["sizes"]
+        typer.echo(f"gate PASSED: mean cosine {g['mean_cos']:.5f} (>= {GATE_MEAN_COS}), min {g['min_cos']:.5f} "
+                   f"(>= {GATE_MIN_COS}) on {g['n_texts']} texts")
+        if g.get("rel_drop") is not None:
+            typer.echo(f"macro {g['macro_original']:.4f} -> {g['macro_fp8']:.4f} ({100 * g['rel_drop']:+.2f}% drop)")
+        typer.echo(f"size: {s['fp8'] / 1e6:.1f} MB FP8 vs {s['bf16'] / 1e6:.1f} MB BF16 "
+                   f"({s['fp8'] / max(s['bf16'], 1):.2f}x), original {s['original'] / 1e6:.1f} MB -> {out}")

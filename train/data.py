@@ -1,0 +1,219 @@
+"""Catalog -> training `datasets.Dataset`, and the batch sampler that mixes languages fairly.
+
+The dataset has the columns CAMLoss and MultipleNegativesRankingLoss read, in order:
+``anchor, positive, negative_1..negative_K, label`` where ``label`` is the CAM metadata of the row
+(``encode_cam_label``: class, task, positive hash, negative classes, negative hashes). MultipleNegativesRankingLoss
+takes ``labels`` in its forward and ignores them, so both losses train on the very same dataset and batches.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+from sentence_transformers.base.sampler import DefaultBatchSampler
+
+from compass.catalog.db import Catalog
+from compass.errors import CompassError
+
+LABEL = "label"
+
+
+@dataclass
+class TrainingData:
+    dataset: "datasets.Dataset"  # noqa: F821 (datasets is imported lazily)
+    langs: list[str]  # language of each row, for the sampler
+    task_ids: dict[str, int]
+    negative_set: str | None
+    num_negatives: int
+    counts: dict = field(default_factory=dict)  # per language / task, and what was dropped
+
+
+def resolve_negative_set(cat: Catalog, negatives: str) -> str | None:
+    """'none' -> None; 'latest' -> newest set (None when the catalog has none); else a set id that must exist."""
+    if negatives == "none":
+        return None
+    if negatives == "latest":
+        return cat.scalar("SELECT set_id FROM negative_sets ORDER BY created_at DESC, set_id LIMIT 1")
+    if cat.scalar("SELECT count(*) FROM negative_sets WHERE set_id = ?", [negatives]):
+        return negatives
+    known = [r["set_id"] for r in cat.query("SELECT set_id FROM negative_sets ORDER BY created_at DESC")]
+    raise CompassError(f"--negatives {negatives!r}: no such negative set in the catalog (known: "
+                       f"{', '.join(known) or 'none, run `compass mine` first'}); or pass latest / none")
+
+
+def task_ids_for(tasks: list[str]) -> dict[str, int]:
+    """The loss's canonical task ids, extended (sorted, after the last id) with tasks the catalog has beyond them."""
+    from compass.train.cam_loss import DEFAULT_TASK_IDS
+
+    ids = dict(DEFAULT_TASK_IDS)
+    for t in sorted(set(tasks) - set(ids)):
+        ids[t] = max(ids.values(), default=-1) + 1
+    return ids
+
+
+def load_frame(cat: Catalog, split: str = "train", langs: list[str] | None = None) -> pl.DataFrame:
+    """Kept examples of one split (optionally some languages), in a stable order."""
+    sql = ("SELECT k.id, k.lang, k.task, k.anchor, k.positive, k.class_id FROM kept_examples k "
+           "JOIN splits s ON s.example_id = k.id WHERE s.split = ?")
+    params: list = [split]
+    if langs:
+        sql += f" AND k.lang IN ({', '.join('?' for _ in langs)})"
+        params += list(langs)
+    return cat.frame(sql + " ORDER BY k.id", params)
+
+
+def load_negatives(cat: Catalog, set_id: str, k: int) -> dict[str, list[tuple[str, str | None]]]:
+    """example id -> its first k (text, class id) negatives of a set, best rank first.
+
+    A negative that is itself a dev/test example is skipped: training on it would show the model held-out texts.
+    """
+    rows = cat.query("""
+        SELECT n.example_id, n.negative_text, ne.class_id AS neg_class
+        FROM negatives n
+        LEFT JOIN examples ne ON ne.id = n.negative_example_id
+        LEFT JOIN splits ns ON ns.example_id = n.negative_example_id
+        WHERE n.set_id = ? AND (n.negative_example_id IS NULL OR coalesce(ns.split, 'train') = 'train')
+        ORDER BY n.example_id, n.rank""", [set_id])
+    out: dict[str, list[tuple[str, str | None]]] = {}
+    for r in rows:
+        lst = out.setdefault(r["example_id"], [])
+        if len(lst) < k:
+            lst.append((r["negative_text"], r["neg_class"]))
+    return out
+
+
+def build_training_data(cat: Catalog, langs: list[str] | None = None, negatives: str = "latest",
+                        num_negatives: int = 1, split: str = "train") -> TrainingData:
+    """Kept train-split examples (+ k mined negatives each when a set is chosen) as a datasets.Dataset."""
+    from datasets import Dataset
+
+    from compass.train.cam_loss import encode_cam_label
+
+    frame = load_frame(cat, split, langs)
+    if frame.is_empty():
+        raise CompassError(f"no kept examples in the {split!r} split"
+                           f"{' for ' + ','.join(langs) if langs else ''}: run `compass generate` and "
+                           "`compass split` first (or widen --langs)")
+    set_id = resolve_negative_set(cat, negatives)
+    k = num_negatives if set_id else 0
+    negs = load_negatives(cat, set_id, k) if set_id else {}
+    task_ids = task_ids_for(frame["task"].unique().to_list())
+    cols: dict[str, list] = {"anchor": [], "positive": [], **{f"negative_{i + 1}": [] for i in range(k)}, LABEL: []}
+    row_langs, row_tasks, dropped = [], [], 0
+    for r in frame.iter_rows(named=True):
+        ns = negs.get(r["id"], [])
+        if len(ns) < k:
+            dropped += 1  # rows must all have K negative columns; an example the miner skipped has none
+            continue
+        cols["anchor"].append(r["anchor"])
+        cols["positive"].append(r["positive"])
+        for i, (text, _) in enumerate(ns):
+            cols[f"negative_{i + 1}"].append(text)
+        cols[LABEL].append(encode_cam_label(r["class_id"], r["task"], r["positive"], ns, task_ids))
+        row_langs.append(r["lang"])
+        row_tasks.append(r["task"])
+    if not row_langs:
+        raise CompassError(f"negative set {set_id}: none of the {frame.height} train examples has {k} negatives: "
+                           "pass --num-negatives lower, or --negatives none")
+    counts = {
+        "examples": len(row_langs),
+        "dropped_missing_negatives": dropped,
+        "per_lang": dict(sorted(Counter(row_langs).items())),
+        "per_task": dict(sorted(Counter(row_tasks).items())),
+    }
+    return TrainingData(Dataset.from_dict(cols), row_langs, task_ids, set_id, k, counts)
+
+
+def language_weights(langs: list[str], temperature: float) -> dict[str, float]:
+    """p_lang proportional to n_lang ** (1 / T): T=1 keeps the data's mix, large T tends to uniform."""
+    if temperature <= 0:
+        raise CompassError(f"--lang-temperature must be > 0, got {temperature}")
+    n = Counter(langs)
+    w = {lang: c ** (1.0 / temperature) for lang, c in sorted(n.items())}
+    z = sum(w.values())
+    return {lang: v / z for lang, v in w.items()}
+
+
+class LanguageBalancedBatchSampler(DefaultBatchSampler):
+    """Batches that mix languages by temperature sampling and never repeat a text inside a batch.
+
+    sentence-transformers' NoDuplicatesBatchSampler gives the second property over a uniform shuffle, where a
+    language with 50x the rows fills 50x the batches. Here an epoch (len(dataset) draws) takes round(N * p_lang)
+    rows of each language, p_lang ~ n_lang^(1/T), cycling through reshuffles of a small language (up-sampling) and
+    through part of a large one (down-sampling, a different part each epoch); the draws are shuffled together and
+    packed into batches greedily, deferring a row whose anchor, positive or negative text is already in the batch
+    (duplicates are false negatives for in-batch losses). The order depends only on (seed, epoch), so every
+    data-parallel rank computes the same batches and takes its shard.
+    """
+
+    def __init__(self, dataset, batch_size: int, drop_last: bool, valid_label_columns=None, generator=None,
+                 seed: int = 0, *, langs: list[str], temperature: float = 3.0) -> None:
+        super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
+                         valid_label_columns=valid_label_columns, generator=generator, seed=seed)
+        if len(langs) != len(dataset):
+            raise CompassError(f"sampler: {len(langs)} languages for {len(dataset)} rows")
+        label_cols = set(valid_label_columns or []) | {LABEL}
+        text_cols = [c for c in dataset.column_names if c not in label_cols]
+        self.texts = list(zip(*(dataset[c] for c in text_cols)))  # (N,) tuples of the row's texts
+        self.weights = language_weights(langs, temperature)
+        arr = np.asarray(langs)
+        self.pools = {lang: np.flatnonzero(arr == lang) for lang in self.weights}
+        self.quotas = self._quotas(len(langs))
+
+    def _quotas(self, n: int) -> dict[str, int]:
+        """Largest-remainder rounding of n * p_lang, so quotas sum to n exactly."""
+        raw = {lang: n * p for lang, p in self.weights.items()}
+        q = {lang: int(v) for lang, v in raw.items()}
+        for lang in sorted(raw, key=lambda x: (q[x] - raw[x], x))[: n - sum(q.values())]:
+            q[lang] += 1
+        return q
+
+    def _stream(self) -> np.ndarray:
+        rng = np.random.default_rng([int(self.seed or 0), int(self.epoch)])
+        parts = []
+        for lang, pool in self.pools.items():
+            need = self.quotas[lang]
+            reps = -(-need // len(pool))  # ceil
+            # A different window of the reshuffled cycle each epoch, so down-sampling does not drop the same rows.
+            cycle = np.concatenate([rng.permutation(pool) for _ in range(reps + 1)])
+            start = (int(self.epoch) * need) % len(pool)
+            parts.append(cycle[start:start + need])
+        return rng.permutation(np.concatenate(parts)) if parts else np.array([], dtype=int)
+
+    def __iter__(self):
+        stream = self._stream().tolist()
+        carry: list[int] = []
+        pos = 0
+        while pos < len(stream) or carry:
+            batch, seen, deferred = [], set(), []
+            for i in carry:
+                if len(batch) < self.batch_size and seen.isdisjoint(self.texts[i]):
+                    batch.append(i)
+                    seen.update(self.texts[i])
+                else:
+                    deferred.append(i)
+            while len(batch) < self.batch_size and pos < len(stream):
+                i = stream[pos]
+                pos += 1
+                if seen.isdisjoint(self.texts[i]):
+                    batch.append(i)
+                    seen.update(self.texts[i])
+                else:
+                    deferred.append(i)
+            if len(batch) < self.batch_size and (self.drop_last or not batch):
+                return
+            yield batch
+            carry = deferred
+
+    def __len__(self) -> int:
+        n = sum(self.quotas.values())
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+def batch_sampler_factory(langs: list[str], temperature: float):
+    """What SentenceTransformerTrainingArguments(batch_sampler=...) takes; a partial so checkpoints can pickle it."""
+    return functools.partial(LanguageBalancedBatchSampler, langs=list(langs), temperature=temperature)
