@@ -109,7 +109,7 @@ def generate(
             run.summary.update(res)
     console.print(f"{route} route: {res['requested']} requested, {res['already_answered']} already answered, "
                   f"{res['sent']} sent: {res['ok']} valid, {res['reject']} rejected, {res['failed']} failed "
-                  f"after retries; {res['new_examples']} new examples", highlight=False)
+                  f"after retries; {res['new_examples']} new examples", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

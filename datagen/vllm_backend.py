@@ -41,7 +41,8 @@ class VLLMBackend:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        so = StructuredOutputsParams(json=req.schema) if self.structured else None
+        # Compact JSON: a model is otherwise free to spend its max_tokens on whitespace.
+        so = StructuredOutputsParams(json=req.schema, disable_any_whitespace=True) if self.structured else None
         return SamplingParams(temperature=req.sampling.temperature, top_p=req.sampling.top_p,
                               max_tokens=req.sampling.max_tokens, seed=req.seed, structured_outputs=so)
 

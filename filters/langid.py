@@ -17,10 +17,14 @@ and every path through the rules below ends in its own recorded reason:
    kasut/sepatu, percuma/gratis...) decides when it is not a tie; otherwise, when the model's top label is the
    other one of the pair, the example is kept as `idms_ambiguous` unless the model prefers the other by more
    than idms_max_gap.
-5. The model (top 3 labels): top label = language with p >= ok_prob -> `ok`; fewer than short_words words ->
-   kept (`script_ok_short`) unless another of compass's languages wins with p >= short_reject_prob; the
-   language in the top 3 with p >= code_switch_min -> `code_switch` (Taglish, Malay-English); another label
-   with p >= reject_prob -> `wrong_lang:<label>`; else `uncertain` (kept unless keep_uncertain is off).
+5. The model (top 3 labels; "words" = tokens of letters only, so '750', '17cm', 'A4' do not count):
+   top label = language with p >= ok_prob -> `ok`; fewer than short_words words -> kept (`script_ok_short`)
+   unless another of compass's languages (not English) wins with p >= short_reject_prob; the language in the
+   top 3 with p >= code_switch_min -> `code_switch` (Taglish, Malay-English); another of compass's languages
+   with p >= reject_prob -> `wrong_lang:<label>`, English only as a sentence (>= tolerated_min_words words,
+   p >= tolerated_reject_prob) since brands, product nouns and units are English in every market (below
+   that: `code_switch`); labels outside compass's languages ("Menthol 170ml" -> ja) and weak answers ->
+   `uncertain`, kept unless keep_uncertain is off.
 """
 
 from __future__ import annotations
@@ -43,12 +47,18 @@ UNSPACED = {"th": "Thai", "lo": "Lao", "km": "Khmer", "my": "Myanmar"}  # lang -
 MARKERS = {
     "ms": {"mahu", "kasut", "percuma", "sahaja", "kerana", "seluar", "kereta", "telefon", "bimbit", "wang",
            "penghantaran", "cawan", "pinggan", "almari", "tilam", "beg", "kedai", "berkualiti", "saiz", "baharu",
-           "pek", "tulen", "ringgit", "khemah", "tarikh"},
+           "pek", "tulen", "ringgit", "khemah", "tarikh", "hantar"},
     "id": {"mau", "sepatu", "gratis", "karena", "celana", "mobil", "telepon", "ponsel", "uang", "pengiriman",
            "cangkir", "piring", "lemari", "kasur", "tas", "toko", "berkualitas", "ukuran", "banget", "nggak",
            "gak", "enggak", "dong", "sih", "bisa", "ongkir", "rupiah", "tenda", "kedaluwarsa"},
 }
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+_ALPHA_TOKEN = re.compile(r"^[^\W\d_]+$")
+
+
+def alpha_words(text: str) -> int:
+    """Words made of letters only: '750', '17cm', 'A4' and '10W-40' say nothing about the language."""
+    return sum(1 for w in text.split() if _ALPHA_TOKEN.match(w.strip(".,!?:;()[]|\"'")))
 
 
 def default_model_path() -> Path:
@@ -77,9 +87,19 @@ class LangIdConfig(BaseModel):
     code_switch_min: float = 0.1
     script_min_share: float = 0.3
     latin_sentence_words: int = 6
-    idms_max_gap: float = 0.9
+    idms_max_gap: float = 0.95
     zawgyi_prob: float = 0.95
     keep_uncertain: bool = True
+    # Labels a text may be rejected as; None = compass's languages. lid.176 calls brand-and-unit strings
+    # anything ("Menthol 170ml" -> ja, "Pedigree 10 kg" -> de), so other labels only make a text `uncertain`.
+    reject_labels: list[str] | None = None
+    # Brand names, product nouns and units are English in every market: English rejects only a sentence
+    # (>= tolerated_min_words words) at p >= tolerated_reject_prob; otherwise it is `code_switch`. Filipino
+    # is stricter: PH listings are largely English and lid.176 reads Tagalog product prose as English at
+    # 0.9-0.95 ("Ang phone case na Spigen ... ay orihinal at paborito ng aming mga suki").
+    tolerated: list[str] = Field(default_factory=lambda: ["en"])
+    tolerated_reject_prob: dict[str, float] = Field(default_factory=lambda: {"*": 0.9, "fil": 0.98})
+    tolerated_min_words: int = 8
     label_fields: dict[str, list[str]] = Field(default_factory=lambda: {"title2category": ["positive"]})
 
     def per_lang(self, table: dict[str, float], lang: str) -> float:
@@ -212,16 +232,24 @@ class LangId(Filter):
                 return True, "langid:label_field", share
             if own:
                 return True, "langid:code_switch", share
-            words = len(text.split())
+            words = alpha_words(text)
             if words < cfg.latin_sentence_words:
                 return True, "langid:brand_latin", None
             top, p = self.model.predict(text, k=1)[0]
-            if top != lang and p >= cfg.per_lang(cfg.reject_prob, lang):
+            if self._rejectable(top, lang, p, words):
                 return False, f"langid:wrong_lang:{top}", p
             return (cfg.keep_uncertain, "langid:uncertain", p)
         if label_field:
             return True, "langid:label_field", None
         return self._spaced(text, lang)
+
+    def _rejectable(self, label: str, lang: str, p: float, words: int) -> bool:
+        cfg = self.config
+        if label == lang or label not in (cfg.reject_labels if cfg.reject_labels is not None else LANGS):
+            return False
+        if label in cfg.tolerated and lang not in cfg.tolerated:
+            return p >= cfg.per_lang(cfg.tolerated_reject_prob, lang) and words >= cfg.tolerated_min_words
+        return p >= cfg.per_lang(cfg.reject_prob, lang)
 
     def _spaced(self, text: str, lang: str) -> Verdict:
         cfg = self.config
@@ -229,7 +257,8 @@ class LangId(Filter):
         probs = dict(preds)
         top, p_top = preds[0]
         p_lang = probs.get(lang, 0.0)
-        if lang in ("id", "ms"):
+        words = alpha_words(text)
+        if lang in ("id", "ms") and top in ("id", "ms"):
             other = "ms" if lang == "id" else "id"
             m_id, m_ms = _markers(text)
             m_lang, m_other = (m_id, m_ms) if lang == "id" else (m_ms, m_id)
@@ -241,14 +270,17 @@ class LangId(Filter):
                 return True, "langid:idms_ambiguous", p_lang + p_top
         if top == lang and p_top >= cfg.per_lang(cfg.ok_prob, lang):
             return True, "ok", p_top
-        if len(text.split()) < cfg.short_words:
-            if top != lang and top in LANGS and top != "en" and p_top >= cfg.short_reject_prob:
+        if words < cfg.short_words:
+            if top != lang and top not in cfg.tolerated and self._rejectable(top, lang, p_top, words) \
+                    and p_top >= cfg.short_reject_prob:
                 return False, f"langid:wrong_lang:{top}", p_top
             return True, "langid:script_ok_short", p_lang
         if top != lang and p_lang >= cfg.code_switch_min:
             return True, "langid:code_switch", p_lang
-        if top != lang and p_top >= cfg.per_lang(cfg.reject_prob, lang):
+        if self._rejectable(top, lang, p_top, words):
             return False, f"langid:wrong_lang:{top}", p_top
+        if top in cfg.tolerated and lang not in cfg.tolerated:
+            return True, "langid:code_switch", p_lang
         return (cfg.keep_uncertain, "langid:uncertain", p_lang)
 
 

@@ -28,10 +28,9 @@ import polars as pl
 from compass.catalog.db import Catalog
 from compass.errors import CompassError
 from compass.filters.mine_cache import encode_missing, load_embeddings, load_encoder, model_fingerprint, register_model
-from compass.filters.mine_search import GUARDS, GuardConfig, mine_arrays
+from compass.filters.mine_search import GUARDS, GuardConfig, NearDup, mine_arrays
 from compass.ids import params_hash
 from compass.stage import Stage, drive, insert_frame
-from compass.text import jaccard, normalize, shingles
 
 MINER_VERSION = 1  # bump when the mining semantics change, so old sets are not extended with new rules
 
@@ -91,6 +90,7 @@ class Pool:
     emb: np.ndarray                       # (n, d) unit vectors
     classes: list[frozenset]              # per text: class ids and 'tg:<group>' of the examples it is positive of
     example_ids: list[str]                # per text: one kept example whose positive it is
+    clusters: list[frozenset] | None = None  # per text: dedup clusters of its examples' positives, if dedup ran
     index: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -109,20 +109,13 @@ class HardNegativeMiner(Stage):
     def __init__(self, cfg: MineConfig, set_id: str, run_id: str | None):
         self.cfg, self.set_id, self.run_id = cfg, set_id, run_id
         self.pool: Pool | None = None
-        self._sh: dict = {}
+        self._near_dup: NearDup | None = None
 
     def params(self) -> dict:
         return {"set_id": self.set_id}
 
     def use_pool(self, pool: Pool) -> None:
-        self.pool, self._sh = pool, {}
-
-    def _shingles(self, i: int, lang: str) -> tuple[str, set]:
-        key = (i, lang)
-        if key not in self._sh:
-            t = self.pool.texts[i]
-            self._sh[key] = (normalize(t), shingles(t, lang))
-        return self._sh[key]
+        self.pool, self._near_dup = pool, NearDup(pool.texts, self.cfg.near_dup, pool.clusters)
 
     def process(self, batch: pl.DataFrame) -> pl.DataFrame:
         pool, cfg = self.pool, self.cfg
@@ -135,11 +128,7 @@ class HardNegativeMiner(Stage):
             return not keys[r].isdisjoint(pool.classes[c])
 
         def near_dup(r: int, c: int) -> bool:
-            if pos_idx[r] < 0:
-                return False
-            pn, ps = self._shingles(int(pos_idx[r]), langs[r])
-            cn, cs = self._shingles(c, langs[r])
-            return pn == cn or (cfg.near_dup is not None and jaccard(ps, cs) >= cfg.near_dup)
+            return pos_idx[r] >= 0 and self._near_dup(int(pos_idx[r]), c, langs[r])
 
         mined, pos_score = mine_arrays(q, pool.emb, pos_idx, cfg.guard_config(),
                                        same_class if cfg.class_guard else None, near_dup,
@@ -201,11 +190,20 @@ def build_pool(cat: Catalog, cfg: MineConfig, key: tuple[str, str], fp: str, dim
     try:
         cls = cat.query("SELECT e.positive, list(DISTINCT e.class_id) AS c, list(DISTINCT e.translation_group) AS g "
                         "FROM examples e JOIN _mine_texts t ON t.positive = e.positive GROUP BY e.positive")
+        clusters = None
+        if cat.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'positive_clusters'"):
+            # the dedup stage's positive clusters (filters issue), when it has run on these examples
+            got = {r["positive"]: frozenset(r["c"]) for r in cat.query(
+                "SELECT e.positive, list(DISTINCT pc.cluster_id) AS c FROM positive_clusters pc "
+                "JOIN examples e ON e.id = pc.example_id JOIN _mine_texts t ON t.positive = e.positive "
+                "GROUP BY e.positive")}
+            clusters = [got.get(t, frozenset()) for t in texts] if got else None
     finally:
         cat.con.unregister("_mine_texts")
     by_text = {r["positive"]: frozenset(r["c"] + [f"tg:{g}" for g in r["g"] if g]) for r in cls}
     return Pool(key=f"{lang}/{task}", texts=texts, emb=load_embeddings(cat, fp, texts, dim),
-                classes=[by_text.get(t, frozenset()) for t in texts], example_ids=[r["example_id"] for r in rows])
+                classes=[by_text.get(t, frozenset()) for t in texts], example_ids=[r["example_id"] for r in rows],
+                clusters=clusters)
 
 
 def mine(cat: Catalog, cfg: MineConfig, run_id: str | None, model=None) -> dict:

@@ -17,6 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from compass.text import jaccard, normalize, shingles
+
 # Refusal reasons in the order they are checked; a candidate is counted under the first guard that refuses it.
 # Semantic guards come first so their counts say how many false negatives each one prevented.
 GUARDS = ("near_dup", "class", "margin", "rank")
@@ -51,6 +53,35 @@ def chunked_topk(queries: torch.Tensor, corpus: torch.Tensor, k: int,
         out_s.append(best_s)
         out_i.append(best_i)
     return torch.cat(out_s), torch.cat(out_i)
+
+
+class NearDup:
+    """`compass.text.is_near_duplicate` over corpus indices, with each text normalised and shingled once.
+
+    The same corpus text is checked against many positives, so memoising its shingle set (per language: the
+    shingling depends on it) makes the guard a set intersection per pair.
+    """
+
+    def __init__(self, texts: list[str], threshold: float | None = 0.8, clusters: list[frozenset] | None = None):
+        # clusters: per text, the dedup stage's near-duplicate clusters it belongs to (when that stage ran);
+        # sharing one is a near-duplicate whatever the Jaccard check below says.
+        self.texts, self.threshold, self.clusters, self._memo = texts, threshold, clusters, {}
+
+    def _get(self, i: int, lang: str) -> tuple[str, set]:
+        key = (i, lang)
+        got = self._memo.get(key)
+        if got is None:
+            t = self.texts[i]
+            got = self._memo[key] = (normalize(t), shingles(t, lang))
+        return got
+
+    def __call__(self, i: int, j: int, lang: str) -> bool:
+        """Is corpus text j a near-duplicate of corpus text i (read as `lang`)?"""
+        if self.clusters is not None and not self.clusters[i].isdisjoint(self.clusters[j]):
+            return True
+        ni, si = self._get(i, lang)
+        nj, sj = self._get(j, lang)
+        return ni == nj or (self.threshold is not None and jaccard(si, sj) >= self.threshold)
 
 
 @dataclass(frozen=True)

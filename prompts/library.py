@@ -47,9 +47,14 @@ def data_json(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True).replace("<", "\\u003c")
 
 
+@lru_cache(maxsize=512)
+def _compile(source: str):
+    return _ENV.from_string(source)
+
+
 def _render(source: str, where: str, variables: dict) -> str:
     try:
-        return _ENV.from_string(source).render(**variables).strip()
+        return _compile(source).render(**variables).strip()
     except TemplateError as e:
         raise CompassError(f"{where}: template error: {e} (check the {{{{ ... }}}} names used there)") from None
 

@@ -50,11 +50,13 @@ def write_lock(lib: Library) -> Path:
 def lint(lib: Library) -> list[str]:
     """All problems found; empty means every template is fit to send."""
     problems: list[str] = []
+    bad_schema = set()
     for name, task in lib.tasks.items():
         try:
             Draft202012Validator.check_schema(task["schema"])
         except SchemaError as e:
             problems.append(f"{task['_path']}: schema: {e.message}")
+            bad_schema.add(name)
     for lname, lang in lib.langs.items():
         for tname, task in lib.tasks.items():
             exs = lang["examples"].get(tname) or []
@@ -66,7 +68,8 @@ def lint(lib: Library) -> list[str]:
                                                      or ex.get("source_lang") not in LANGS):
                     problems.append(f"{lang['_path']}: examples.{tname}[{i}]: needs `source` (a mapping) and "
                                     f"`source_lang` (one of {', '.join(LANGS)})")
-                for err in Draft202012Validator(task["schema"]).iter_errors(answer):
+                errors = [] if tname in bad_schema else Draft202012Validator(task["schema"]).iter_errors(answer)
+                for err in errors:
                     where = "/".join(str(p) for p in err.absolute_path) or "(root)"
                     problems.append(f"{lang['_path']}: examples.{tname}[{i}] does not match the schema at "
                                     f"{where}: {err.message}")

@@ -103,3 +103,13 @@ def test_second_writer_gets_clear_lock_message(tmp_path):
         holder.wait()
     with Catalog(path) as cat:  # the file is intact afterwards
         assert cat.pending_migrations() == []
+
+
+def test_read_only_open_upgrades_an_older_catalog(tmp_path):
+    first = migrations()[0][0]
+    Catalog(tmp_path / "o.duckdb", create=True, upto=first).close()
+    with Catalog(tmp_path / "o.duckdb", read_only=True) as cat:
+        assert cat.applied_migrations() == [n for n, _ in migrations()]
+        with pytest.raises(CompassError, match="read-only"):
+            with cat.transaction():
+                pass

@@ -143,6 +143,7 @@ def test_cli_mine_and_stats(tmp_path):
     assert "0 examples mined" in rerun.stderr
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
     path = tmp_path / "c.duckdb"
     _catalog(path).close()
@@ -178,3 +179,38 @@ def test_select_negatives_window_margin_and_quota():
     no_margin = select_negatives(scores, idx, np.array([2]), np.array([0.9]),
                                  GuardConfig(depth=7, lo=1, hi=5, margin=None, per_example=9))
     assert no_margin.cand.tolist() == [7, 1, 3, 4] and no_margin.refused["rank"].tolist() == [3]
+
+
+@pytest.mark.slow
+def test_dedup_positive_clusters_feed_the_near_dup_guard(tmp_path, model):
+    from compass.filters.mine import mine
+
+    cat = _catalog(tmp_path / "c.duckdb")
+    if not cat.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'positive_clusters'"):
+        pytest.skip("the dedup stage's positive_clusters view is not in this catalog schema")
+    # dedup put the hard negative's positive in the query's positive cluster (Jaccard alone would not)
+    with cat.transaction() as con:
+        for ex, seq in ((QUERY, 0), (EXAMPLES[4], 1)):
+            con.execute("INSERT INTO dedup_members (example_id, field, scope, text_hash, shingling, sig_params, seq, "
+                        "cluster_id, dup_of, exact) VALUES (?, 'positive', 'en', ?, 'word2', 'p', ?, ?, ?, FALSE)",
+                        [ex["id"], ex["id"], seq, f"positive:{QUERY['id']}", None if seq == 0 else QUERY["id"]])
+    mine(cat, _cfg(), "run-1", model=model)
+    row = cat.query("SELECT * FROM mined_examples WHERE example_id = ?", [QUERY["id"]])[0]
+    texts = {r[0] for r in cat.con.execute("SELECT negative_text FROM negatives WHERE example_id = ?",
+                                           [QUERY["id"]]).fetchall()}
+    assert row["refused_near_dup"] == 2 and HARD_NEG not in texts
+
+
+def test_memoised_near_dup_equals_the_shared_definition():
+    from compass.filters.mine_search import NearDup
+    from compass.text import is_near_duplicate
+
+    texts = [POSITIVE, NEAR_DUP, SAME_PRODUCT, HARD_NEG, POSITIVE.upper(), "ครีมกันแดด Biore UV SPF50+ 50g ลดราคา",
+             "ครีมกันแดด Biore UV SPF50+ 50g ส่งฟรี", ""]
+    for thr in (0.8, 0.5):
+        nd = NearDup(texts, thr)
+        for lang in ("en", "th"):
+            for i in range(len(texts)):
+                for j in range(len(texts)):
+                    assert nd(i, j, lang) == is_near_duplicate(texts[i], texts[j], lang, thr), (i, j, lang)
+    assert NearDup(texts, None)(0, 4, "en") and not NearDup(texts, None)(0, 1, "en")

@@ -30,6 +30,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 24000):
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=[UNK], unk_token=UNK,
                                       max_piece_length=16, show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
+    # The Unigram trainer is not deterministic (piece scores wobble in the 3rd decimal, so id order changes from
+    # run to run), and ids decide which random vector a piece starts from. Re-number pieces canonically
+    # ([UNK] first, then by text) with scores rounded, so the same texts give the same tokenizer and, with the same
+    # seed, the same initial model: a CAM vs InfoNCE ablation then differs in the loss only.
+    vocab = json.loads(tok.to_str())["model"]["vocab"]
+    pieces = [(UNK, 0.0)] + sorted((p, round(sc, 3)) for p, sc in vocab if p != UNK)
+    tok.model = models.Unigram(pieces, unk_id=0, byte_fallback=False)
     return tok
 
 

@@ -101,8 +101,11 @@ def make_loss(model, cfg: TrainConfig, task_ids: dict[str, int], gather: bool):
     return CAMLoss(model, **kw)
 
 
-def fit(spec: dict) -> dict:
-    """Phase 2, in each training process: the library's trainer over the prepared dataset and base model."""
+def fit(spec: dict, callbacks: list | None = None) -> dict:
+    """Phase 2, in each training process: the library's trainer over the prepared dataset and base model.
+
+    Resumes from the newest checkpoint in OUT/checkpoints when there is one. ``callbacks``: extra
+    transformers TrainerCallbacks (progress hooks; tests use one to kill a run mid-way)."""
     import datasets
     from sentence_transformers import (
         SentenceTransformer,
@@ -139,7 +142,8 @@ def fit(spec: dict) -> dict:
         dataloader_drop_last=cfg.nproc > 1,
         ddp_backend="gloo" if cfg.nproc > 1 else None,
     )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
+                                         callbacks=callbacks)
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     output = trainer.train(resume_from_checkpoint=last)
     if trainer.is_world_process_zero():

@@ -22,8 +22,19 @@ SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assist
 
 
 def corpus() -> list[str]:
-    texts = [p.read_text(encoding="utf-8") for p in sorted((REPO / "prompts" / "templates").rglob("*.yaml"))]
+    # Newlines and tabs become spaces: with no control character in the vocabulary, noise answers cannot put
+    # raw control characters inside JSON strings (invalid JSON that guided decoding still allows).
+    texts = [" ".join(p.read_text(encoding="utf-8").split())
+             for p in sorted((REPO / "prompts" / "templates").rglob("*.yaml"))]
     return texts * 3 + ['{"queries": ["', '"]}', '{"question": "', '{"anchor": "', '", "positive": "']
+
+
+def _control_chars() -> set[str]:
+    """The byte-level characters of bytes 0-31 and 127 (GPT-2's byte -> unicode table)."""
+    from tokenizers import pre_tokenizers
+
+    return {pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str(chr(b))[0][0]
+            for b in list(range(32)) + [127]}
 
 
 def build(out: Path, vocab_size: int = 4000, max_positions: int = 2048) -> Path:
@@ -36,7 +47,8 @@ def build(out: Path, vocab_size: int = 4000, max_positions: int = 2048) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+                                  initial_alphabet=[c for c in pre_tokenizers.ByteLevel.alphabet()
+                                                    if c not in _control_chars()])
     tok.train_from_iterator(corpus(), trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>")

