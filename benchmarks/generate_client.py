@@ -85,7 +85,7 @@ def main() -> None:
         model = str(build_tiny_model(venv, tmp / "model"))
         cat, planned = plan(tmp, model, args.n, args.max_tokens)
         reqs = [p.request for p in planned]
-        with VLLMServer(venv, Path(model), tmp / "server.log") as srv:
+        with VLLMServer(venv, Path(model), Path(os.environ.get("BENCH_SERVER_LOG") or tmp / "server.log")) as srv:
             run_plain(srv.url, model, reqs[:16], args.concurrency)  # warm-up (not timed)
             a, b = [], []
             for _ in range(args.rounds):

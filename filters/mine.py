@@ -5,8 +5,9 @@ default, same task: a category path is no useful negative for a query whose posi
 is a harmful one for a title -> category pair). Exact search by chunked matrix products (`mine_search`), then
 guards, checked in this order and each counted in `mined_examples`:
 
-- near_dup: the candidate equals the positive after `compass.text.normalize`, or is a near-duplicate of it
-  (`compass.text.is_near_duplicate`, word-bigram / char-trigram Jaccard >= threshold);
+- near_dup: the candidate equals the positive (or the anchor) after `compass.text.normalize`, or is a
+  near-duplicate of the positive (`compass.text.is_near_duplicate`: word-bigram / char-trigram Jaccard >=
+  threshold), or shares its dedup cluster when the dedup stage has clustered positives (`positive_clusters`);
 - class: the candidate is the positive of some example sharing the example's class id or translation group
   (a text can be the positive of several examples, so all of them are checked);
 - margin: score > pos - |pos| x (1 - margin), i.e. above margin x the positive's score (NV-Retriever
@@ -31,6 +32,7 @@ from compass.filters.mine_cache import encode_missing, load_embeddings, load_enc
 from compass.filters.mine_search import GUARDS, GuardConfig, NearDup, mine_arrays
 from compass.ids import params_hash
 from compass.stage import Stage, drive, insert_frame
+from compass.text import normalize
 
 MINER_VERSION = 1  # bump when the mining semantics change, so old sets are not extended with new rules
 
@@ -51,7 +53,7 @@ class MineConfig:
     mine_batch: int = 2048                # examples per transaction
     device: str = "cpu"
     progress: bool = True
-    block: int = field(default=1 << 24)   # max scores alive at once in the search
+    block: int = field(default=1 << 26)   # max scores alive at once in the search
 
     def validate(self) -> None:
         lo, hi = self.rank_window
@@ -119,7 +121,7 @@ class HardNegativeMiner(Stage):
 
     def process(self, batch: pl.DataFrame) -> pl.DataFrame:
         pool, cfg = self.pool, self.cfg
-        q = np.asarray(batch["anchor_vec"].to_list(), dtype=np.float32)           # (b, d)
+        q = np.asarray(batch["anchor_vec"].to_numpy(), dtype=np.float32)          # (b, d)
         pos_idx = np.array([pool.index.get(t, -1) for t in batch["positive"]], dtype=np.int64)
         langs = batch["lang"].to_list()
         keys = [example_keys(c, g) for c, g in zip(batch["class_id"], batch["translation_group"])]
@@ -127,8 +129,12 @@ class HardNegativeMiner(Stage):
         def same_class(r: int, c: int) -> bool:
             return not keys[r].isdisjoint(pool.classes[c])
 
+        anchors = [normalize(a) for a in batch["anchor"]]
+
         def near_dup(r: int, c: int) -> bool:
-            return pos_idx[r] >= 0 and self._near_dup(int(pos_idx[r]), c, langs[r])
+            # a copy of the anchor itself is no negative either (possible when pools mix tasks and margin is off)
+            return ((pos_idx[r] >= 0 and self._near_dup(int(pos_idx[r]), c, langs[r]))
+                    or self._near_dup.normalized(c) == anchors[r])
 
         mined, pos_score = mine_arrays(q, pool.emb, pos_idx, cfg.guard_config(),
                                        same_class if cfg.class_guard else None, near_dup,
@@ -158,10 +164,6 @@ def write_mined(con, out: pl.DataFrame) -> int:
     added = insert_frame(con, "negatives", negs, ["set_id", "example_id", "rank"])
     insert_frame(con, "mined_examples", out.select(MINED_COLS), ["set_id", "example_id"])
     return added
-
-
-def _pool_key(cfg: MineConfig, lang: str, task: str) -> tuple[str, str]:
-    return ("*" if cfg.cross_lingual else lang, task if cfg.pool_by == "task" else "*")
 
 
 def _lang_filter(langs: list[str] | None, col: str = "lang") -> tuple[str, list]:
@@ -227,8 +229,9 @@ def mine(cat: Catalog, cfg: MineConfig, run_id: str | None, model=None) -> dict:
                "examples_with_negatives": 0, "refused": {g: 0 for g in GUARDS}}
     if pending.is_empty():
         return summary
-    pending = pending.with_columns(pl.struct("lang", "task").map_elements(
-        lambda r: "\x1f".join(_pool_key(cfg, r["lang"], r["task"])), return_dtype=pl.Utf8).alias("_pool"))
+    pending = pending.with_columns(pl.concat_str(
+        pl.lit("*") if cfg.cross_lingual else pl.col("lang"), pl.lit("\x1f"),
+        pl.col("task") if cfg.pool_by == "task" else pl.lit("*")).alias("_pool"))
     keys = sorted(set(pending["_pool"].to_list()))
     pools = [tuple(k.split("\x1f")) for k in keys]
     # encode every text the pools and the pending anchors need that the cache lacks, before any search

@@ -31,7 +31,7 @@ VI_PRODUCTS = [
 
 def eval_dir(tmp_path: Path) -> Path:
     d = tmp_path / "evals"
-    (d / "vi_query2product").mkdir(parents=True)
+    (d / "vi_query2product").mkdir(parents=True, exist_ok=True)
     write_jsonl(d / "vi_query2product" / "queries.jsonl",
                 [{"_id": "q1", "text": "nồi cơm điện philips 1.8 lít chống dính nấu nhanh giữ ấm lâu"}])
     write_jsonl(d / "vi_query2product" / "corpus.jsonl", [{"_id": "d1", "title": "", "text": "Quạt điện Panasonic"}])
@@ -105,7 +105,7 @@ def test_filter_cli_errors_are_one_line(tmp_path, catalog):
     bad = tmp_path / "cfg.json"
     bad.write_text('{"langid": {"short_words": "many"}}')
     r = run_cli("filter", "--config", str(bad), catalog=catalog, check=False)
-    assert r.returncode == 1 and "langid" not in r.stderr.splitlines()[0][:0] and "short_words" in r.stderr
+    assert r.returncode == 1 and "short_words" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     broken = tmp_path / "ev"
     broken.mkdir()
     (broken / "x.jsonl").write_text('{"text": "ok"}\nnot json\n')
@@ -125,20 +125,27 @@ def test_leakage_stage_names_eval_task(tmp_path):
     assert res["rejected"] == 3
     got = dict(cat.con.execute("SELECT example_id, reason FROM decisions").fetchall())
     assert got == {ids[0]: "leakage:eval_exact:vi_query2product", ids[1]: "leakage:eval_exact:vi_query2product",
-                   ids[2]: "ok", ids[3]: "leakage:eval_exact:th_reviews"}
+                   ids[2]: "ok", ids[3]: "leakage:eval_near_dup:th_reviews"}  # "!!" differs, shingles do not
     cat.close()
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (SAMPLES / "th.jsonl").exists(), reason="bundled sample catalogs not built")
-def test_sample_catalog_keeps_good_structured_examples(tmp_path, catalog):
+def test_sample_catalog_keeps_good_structured_examples(tmp_path):
+    from compass.catalog.ingest import ingest_file
+    from compass.datagen.structured_run import run_structured
+    from compass.filters.langid import LangId
+    from compass.filters.quality import Quality
+
+    cat = Catalog(tmp_path / "s.duckdb", create=True)
     for lang, market in LANG_MARKET.items():
-        run_cli("ingest", str(SAMPLES / f"{lang}.jsonl"), "--lang", lang, "--market", market, catalog=catalog)
-    run_cli("generate", "--route", "structured", catalog=catalog)
-    run_cli("filter", "--stages", "langid,quality", catalog=catalog)
-    with Catalog(catalog, read_only=True) as cat:
-        rates = {r["lang"]: r["rate"] for r in cat.query(
-            "SELECT e.lang, avg(CASE WHEN k.id IS NULL THEN 0 ELSE 1 END) AS rate FROM examples e "
-            "LEFT JOIN kept_examples k ON k.id = e.id GROUP BY e.lang")}
+        ingest_file(cat, SAMPLES / f"{lang}.jsonl", lang, market, None, "fail", "r")
+    run_structured(cat, "r", progress=False)
+    for f in (LangId(), Quality()):
+        run_filter(cat, f, "r", progress=False)
+    rates = {r["lang"]: r["rate"] for r in cat.query(
+        "SELECT e.lang, avg(CASE WHEN k.id IS NULL THEN 0 ELSE 1 END) AS rate FROM examples e "
+        "LEFT JOIN kept_examples k ON k.id = e.id GROUP BY e.lang")}
+    cat.close()
     assert set(rates) == set(LANG_MARKET)
     assert all(r >= 0.97 for r in rates.values()), rates

@@ -214,3 +214,18 @@ def test_memoised_near_dup_equals_the_shared_definition():
                 for j in range(len(texts)):
                     assert nd(i, j, lang) == is_near_duplicate(texts[i], texts[j], lang, thr), (i, j, lang)
     assert NearDup(texts, None)(0, 4, "en") and not NearDup(texts, None)(0, 1, "en")
+
+
+@pytest.mark.slow
+def test_anchor_copy_is_refused_when_pools_mix_tasks(tmp_path, model):
+    from compass.filters.mine import mine
+
+    t2c = _ex(HARD_NEG, "Sports > Shoes > Running Shoes", "category:en:Sports > Shoes > Running Shoes",
+              task="title2category")
+    cat = _catalog(tmp_path / "c.duckdb", EXAMPLES + [t2c])
+    mine(cat, _cfg(pool_by="lang", margin=None, cross_lingual=False, langs=["en"]), "run-1", model=model)
+    texts = [r[0] for r in cat.con.execute("SELECT negative_text FROM negatives WHERE example_id = ?",
+                                           [t2c["id"]]).fetchall()]
+    assert texts and HARD_NEG not in texts
+    row = cat.query("SELECT * FROM mined_examples WHERE example_id = ?", [t2c["id"]])[0]
+    assert row["refused_near_dup"] >= 1

