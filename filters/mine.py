@@ -121,7 +121,7 @@ class HardNegativeMiner(Stage):
 
     def process(self, batch: pl.DataFrame) -> pl.DataFrame:
         pool, cfg = self.pool, self.cfg
-        q = np.asarray(batch["anchor_vec"].to_numpy(), dtype=np.float32)          # (b, d)
+        q = np.array(batch["anchor_vec"].to_numpy(), dtype=np.float32)            # (b, d), writable for torch
         pos_idx = np.array([pool.index.get(t, -1) for t in batch["positive"]], dtype=np.int64)
         langs = batch["lang"].to_list()
         keys = [example_keys(c, g) for c, g in zip(batch["class_id"], batch["translation_group"])]
