@@ -9,6 +9,7 @@ mark (Vietnamese "mới" vs "mội") stays a different string that only near-dup
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -18,7 +19,11 @@ from compass.langs import LANGS
 WORD_NGRAM = 2   # spaced scripts: word bigrams (+ unigrams for very short texts)
 CHAR_NGRAM = 3   # unspaced scripts: character trigrams
 _PUNCT = re.compile(r"[\s\u200b\u200c\u200d\ufeff]+")
-_STRIP = re.compile(r"[^\w\s]", re.UNICODE)
+# Punctuation and symbols become spaces. Not `[^\w\s]`: combining marks (Thai/Lao/Khmer/Burmese vowel signs
+# and tone marks, category Mn/Mc) are not `\w`, and dropping them would merge different words.
+@functools.lru_cache(maxsize=1)
+def _strip_table() -> dict[int, str]:
+    return {cp: " " for cp in range(0x30000) if unicodedata.category(chr(cp))[0] in "PS"}
 
 
 def normalize(text: str) -> str:
@@ -38,7 +43,7 @@ def uses_spaces(lang: str) -> bool:
 
 def shingles(text: str, lang: str, word_n: int = WORD_NGRAM, char_n: int = CHAR_NGRAM) -> set[str]:
     """The shingle set of `text`: word n-grams for spaced scripts, character n-grams for th/lo/km/my."""
-    t = _STRIP.sub(" ", normalize(text))
+    t = normalize(text).translate(_strip_table())
     if uses_spaces(lang):
         words = t.split()
         if len(words) < word_n:
