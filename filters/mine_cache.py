@@ -33,6 +33,11 @@ def load_encoder(model: str, device: str = "cpu"):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
+    from compass.models import BASELINE_ALIASES, minilm_path
+
+    if model.lower() in BASELINE_ALIASES:
+        model = str(minilm_path())
+
     try:
         return SentenceTransformer(model, device=device)
     except Exception as e:  # the library raises OSError / ValueError / HF errors for a missing or bad folder
