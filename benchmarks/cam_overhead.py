@@ -89,15 +89,15 @@ def bench(name: str, model: SentenceTransformer, columns, labels, steps: int, wa
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["cam"] / med["mnrl"]
     # the loss head alone (scores, masks, softmax, backward to the embeddings), to show where any gap comes from
-    emb = [torch.randn(labels.size(0), model.get_sentence_embedding_dimension(), requires_grad=True) for _ in columns]
-    head = {}
-    for key, fn in losses.items():
-        ts = []
-        for _ in range(20):
+    dim = model.get_embedding_dimension()
+    emb = [torch.randn(labels.size(0), dim, requires_grad=True) for _ in columns]
+    head_times: dict[str, list[float]] = {k: [] for k in losses}
+    for rep in range(60):
+        for key in list(losses) if rep % 2 == 0 else list(reversed(losses)):
             start = time.perf_counter()
-            fn.compute_loss_from_embeddings(emb, labels).backward()
-            ts.append(time.perf_counter() - start)
-        head[key] = statistics.median(ts)
+            losses[key].compute_loss_from_embeddings(emb, labels).backward()
+            head_times[key].append(time.perf_counter() - start)
+    head = {k: statistics.median(v) for k, v in head_times.items()}
     print(
         f"{name:<34} steps={steps:<3} MNRL median {med['mnrl'] * 1e3:8.1f} ms   CAM median {med['cam'] * 1e3:8.1f} ms"
         f"   ratio {ratio:.3f}   (loss head only: {head['mnrl'] * 1e3:.2f} vs {head['cam'] * 1e3:.2f} ms;"

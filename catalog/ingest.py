@@ -35,6 +35,13 @@ _WS_RE2 = ("[\\t\\n\\x0B\\x0C\\r \\x{00A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\
            "\\x{205F}\\x{3000}]+")
 
 
+# Text that the normalisation would change: an exotic whitespace character, two spaces, or a space at an end;
+# for categories also a '>' without one space on each side, or an empty level.
+_DIRTY_RE2 = ("[\\t\\n\\x0B\\x0C\\r\\x{00A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}"
+              "\\x{3000}]|  |^ | $")
+_DIRTY_CAT_RE2 = _DIRTY_RE2 + "|[^ ]>|>[^ ]|^>|>$|> >"
+
+
 def _clean(text: str) -> str:
     return _WS.sub(" ", text).strip(" ")
 
@@ -181,9 +188,14 @@ WITH raw AS (
         json_type(attributes) AS t_attr, json_type(description) AS t_desc, json_type(price) AS t_price,
         json_type(currency) AS t_cur,
         nullif(trim(id ->> '$'), '') AS source_id,
-        trim(regexp_replace(title ->> '$', $ws, ' ', 'g')) AS title,
-        array_to_string(list_filter(list_transform(string_split(category ->> '$', '>'),
-            x -> trim(regexp_replace(x, $ws, ' ', 'g'))), x -> x <> ''), ' > ') AS category,
+        -- The full normalisation is slow (regex replace, list lambdas); most rows are already clean, so a
+        -- cheap match decides whether they need it.
+        CASE WHEN regexp_matches(title ->> '$', $dirty) THEN trim(regexp_replace(title ->> '$', $ws, ' ', 'g'))
+             ELSE title ->> '$' END AS title,
+        CASE WHEN regexp_matches(category ->> '$', $dirty_cat)
+             THEN array_to_string(list_filter(list_transform(string_split(category ->> '$', '>'),
+                  x -> trim(regexp_replace(x, $ws, ' ', 'g'))), x -> x <> ''), ' > ')
+             ELSE category ->> '$' END AS category,
         CASE WHEN attributes IS NULL OR json_type(attributes) = 'NULL' OR attributes::VARCHAR = '{}' THEN NULL
              ELSE attributes::VARCHAR END AS attributes,
         description ->> '$' AS description,
@@ -216,7 +228,8 @@ def _ingest_jsonl_bulk(cat: Catalog, path: Path, lang: str, market: str, run_id:
     finds each problem with its line number. Both paths store identical rows (tested).
     """
     # The pattern is a constant of ours, inlined as a literal: as a bound parameter DuckDB recompiles it per row.
-    typed = _FAST_SQL.replace("$ws", f"'{_WS_RE2}'")
+    typed = (_FAST_SQL.replace("$ws", f"'{_WS_RE2}'").replace("$dirty_cat", f"'{_DIRTY_CAT_RE2}'")
+             .replace("$dirty", f"'{_DIRTY_RE2}'"))
     params = [str(path)]
     con = cat.con
     try:
@@ -259,7 +272,6 @@ def ingest_file(cat: Catalog, path: str | Path, lang: str, market: str, fmt: str
         raise CompassError(f"--market {market!r}: use an ISO 3166 alpha-2 code such as TH, VN, ID, MY, PH")
     fmt = detect_format(path, fmt)
     if fmt == "jsonl" and bulk:
-        _decode(path)  # a non-UTF-8 file gets its line-numbered message before DuckDB sees it
         res = _ingest_jsonl_bulk(cat, path, lang, market, run_id)
         if res is not None:
             return res

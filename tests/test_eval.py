@@ -96,8 +96,8 @@ def test_eval_cli_with_catalog_split(tmp_path, catalog, products_file):
     run_cli("eval", str(model), "--tasks", str(tasks), "--json", str(out), catalog=catalog)
     res = json.loads(out.read_text())
     cat_tasks = [n for n, r in res["tasks"].items() if r["source"] == "catalog"]
-    assert cat_tasks == ["catalog_test_th"]
-    t = res["tasks"]["catalog_test_th"]
+    assert cat_tasks == ["catalog_test_th_category", "catalog_test_th_title"]
+    t = res["tasks"]["catalog_test_th_title"]
     assert t["queries"] >= 1 and 0 <= t["ndcg@10"] <= 1
     assert res["source_macro"]["tasks"] is not None and res["source_macro"]["catalog"] is not None
 
@@ -118,6 +118,6 @@ def test_catalog_retrieval_relevance_is_the_class(tmp_path):
             con.execute("INSERT INTO splits (example_id, split, group_id) VALUES (?, 'test', ?)", [i, c])
     with Catalog(tmp_path / "c.duckdb", read_only=True) as cat:
         [(task, (queries, corpus, qrels))] = catalog_retrieval_tasks(cat, "test")
-    assert task.name == "catalog_test_th" and len(corpus) == 3 and len(queries) == 3
+    assert task.name == "catalog_test_th_title" and len(corpus) == 3 and len(queries) == 3
     assert qrels[text_hash("ราคา ถูก")] == {text_hash("รองเท้า A ร้าน 1"), text_hash("รองเท้า A ร้าน 2")}
     assert qrels[text_hash("กระเป๋า")] == {text_hash("กระเป๋า B")}

@@ -5,7 +5,8 @@
   (exact cosine search): nDCG@10 (main), MRR@10, Recall@100.
 - Classification task folder: train.jsonl / test.jsonl ({text, label}). As MTEB does: embed, fit
   LogisticRegression(max_iter=1000) on train, accuracy (main) and macro-F1 on test.
-- The catalog's split (default test) as one retrieval task per language: distinct anchors are the queries, distinct
+- The catalog's split (default test) as retrieval tasks per language (titles and category labels searched apart,
+  see catalog_retrieval_tasks): distinct anchors are the queries, distinct
   positives the corpus, and a document is relevant to a query when it is the positive of an example of the same
   class id (the class is the set of valid positives), so a second seller's listing of the item counts as a hit.
 
@@ -134,14 +135,23 @@ def score_classification(model, train: list[dict], test: list[dict], batch_size:
 
 
 def catalog_retrieval_tasks(cat, split: str = "test", langs: list[str] | None = None) -> list[tuple[Task, tuple]]:
-    """(task, (queries, corpus, qrels)) per language from the catalog's kept examples of one split."""
+    """(task, (queries, corpus, qrels)) per language and target kind from the catalog's kept examples of a split.
+
+    Target kind: category labels (title2category) and product texts (every other task) are searched apart, as a
+    shop searches them: a query competes among titles, a title among category labels. (One mixed corpus would
+    score a model on ranking labels below titles for queries, which no task asks for and CAM's task policy
+    deliberately leaves untrained.)
+    """
     from compass.ids import text_hash
     from compass.train.data import load_frame
 
     frame = load_frame(cat, split, langs)
     out = []
-    for lang in sorted(set(frame["lang"].to_list())):
-        rows = frame.filter(frame["lang"] == lang).to_dicts()
+    kind_of = lambda task: "category" if task == "title2category" else "title"  # noqa: E731
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in frame.to_dicts():
+        groups[(r["lang"], kind_of(r["task"]))].append(r)
+    for (lang, kind), rows in sorted(groups.items()):
         corpus = {text_hash(r["positive"]): r["positive"] for r in rows}
         docs_of_class: dict[str, set[str]] = defaultdict(set)
         for r in rows:
@@ -151,8 +161,7 @@ def catalog_retrieval_tasks(cat, split: str = "test", langs: list[str] | None = 
             qid = text_hash(r["anchor"])
             queries[qid] = r["anchor"]
             qrels[qid] |= docs_of_class[r["class_id"]] | {text_hash(r["positive"])}
-        task = Task(f"catalog_{split}_{lang}", "retrieval", lang)
-        out.append((task, (queries, corpus, dict(qrels))))
+        out.append((Task(f"catalog_{split}_{lang}_{kind}", "retrieval", lang), (queries, corpus, dict(qrels))))
     return out
 
 
