@@ -116,7 +116,12 @@ def main() -> None:
     ap.add_argument("--minilm", action="store_true", help="also time the bundled all-MiniLM-L6-v2")
     ap.add_argument("--minilm-steps", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared box, multi-threaded small ops wait on descheduled "
+                         "peers and the medians swing by +-50%%; 0 keeps torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     columns, labels, words = make_batch(args.batch_size, args.vocab, args.seed)
     cam = CAMLoss(None, task_policy=DEFAULT_TASK_POLICY)

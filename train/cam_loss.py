@@ -27,6 +27,8 @@ from compass.errors import CompassError
 
 # Class id meaning "no equivalence class known": never matches anything, so it never masks.
 NO_CLASS = 0
+# Sentinels standing in for NO_CLASS inside cam_mask, different on the two sides so they never match each other.
+_NEVER_ANCHOR, _NEVER_CANDIDATE = -(2**63), -(2**63) + 1
 # Canonical task ids; a trainer may pass its own mapping to both encode_cam_label and CAMLoss.
 DEFAULT_TASK_IDS: dict[str, int] = {
     "query2title": 0,
@@ -115,18 +117,29 @@ def cam_mask(
     chosen as a negative for this very anchor, so a class it shares by accident (a mining slip) is the miner's
     business, not the loss's.
     """
+    # Each term is one or two elementwise ops over the (n_a, n_c) grid: the mask must cost nothing next to the step.
     mask = torch.zeros(a_class.size(0), c_class.size(0), dtype=torch.bool, device=a_class.device)
     if mask_same_class:
-        mask |= (a_class[:, None] == c_class[None, :]) & (a_class != NO_CLASS)[:, None]
+        # NO_CLASS on either side must never match: move the two sides' NO_CLASS to two different sentinels
+        # (vector ops, instead of a third (n_a, n_c) op); a real hash equal to a sentinel is a 2^-64 event.
+        a_cls = a_class.masked_fill(a_class == NO_CLASS, _NEVER_ANCHOR)
+        c_cls = c_class.masked_fill(c_class == NO_CLASS, _NEVER_CANDIDATE)
+        mask |= a_cls[:, None] == c_cls[None, :]
     if mask_same_text:
         mask |= a_text[:, None] == c_text[None, :]
     if policy is not None and policy.any():
-        if int(a_task.max()) >= policy.size(0) or int(c_task.max()) >= policy.size(0):
+        if int(a_task.max()) >= policy.size(0) or int(c_task.max()) >= policy.size(0) or int(a_task.min()) < 0:
             raise CompassError(
-                f"a task id in the label column is >= {policy.size(0)}, the size of the task_ids mapping given to "
+                f"a task id in the label column is outside 0..{policy.size(0) - 1}, the task_ids mapping given to "
                 "CAMLoss: pass CAMLoss the same task_ids used by encode_cam_label"
             )
-        mask |= policy.to(a_task.device)[a_task[:, None], c_task[None, :]]
+        policy = policy.to(a_task.device)
+        if policy.size(0) <= 62:
+            # row t of the policy as a bit set: one AND over the grid instead of a 2-D gather
+            bits = (policy.long() << torch.arange(policy.size(0), device=policy.device)).sum(dim=1)
+            mask |= (bits[a_task][:, None] & (1 << c_task)[None, :]) != 0
+        else:
+            mask |= policy[a_task[:, None], c_task[None, :]]
     mask &= a_index[:, None] != c_owner[None, :]
     return mask
 
