@@ -2,7 +2,7 @@
 batch, steps interleaved in one run so that machine load hits both alike. Target: median ratio CAM / MNRL <= 1.05.
 
     python benchmarks/cam_overhead.py                     # StaticEmbedding, vocab 30k, dim 256, batch 256
-    python benchmarks/cam_overhead.py --minilm --steps 6  # also the bundled all-MiniLM-L6-v2
+    python benchmarks/cam_overhead.py --minilm --minilm-steps 4  # also the bundled all-MiniLM-L6-v2 (~30 s a step)
 
 The batch is built to keep the masks busy: (anchor, positive, hard negative), class ids drawn from batch/4 classes,
 a few duplicated positive texts, seven task types and the default task policy.

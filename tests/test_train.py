@@ -138,7 +138,8 @@ def test_language_sampler_balances_and_never_repeats_a_text_in_a_batch():
                             "label": [[0, 0, 0]] * len(langs)})
     w = language_weights(langs, temperature=3.0)
     assert w["lo"] > 4 / len(langs) and w["id"] < 400 / len(langs)  # low-resource up, high-resource down
-    s = LanguageBalancedBatchSampler(ds, batch_size=16, drop_last=True, seed=1, langs=langs, temperature=3.0)
+    s = LanguageBalancedBatchSampler(ds, batch_size=16, drop_last=True, seed=1, langs=langs, temperature=3.0,
+                                     dedup="text")
     batches = list(s)
     assert len(batches) == len(s) == len(langs) // 16
     for b in batches:
@@ -151,5 +152,55 @@ def test_language_sampler_balances_and_never_repeats_a_text_in_a_batch():
     assert batches == list(s)  # same (seed, epoch) -> same batches on every rank
     s.set_epoch(1)
     assert batches != list(s)
-    uniform = LanguageBalancedBatchSampler(ds, batch_size=16, drop_last=True, seed=1, langs=langs, temperature=1.0)
+    uniform = LanguageBalancedBatchSampler(ds, batch_size=16, drop_last=True, seed=1, langs=langs, temperature=1.0,
+                                           dedup="text")
     assert Counter(langs[i] for b in uniform for i in b)["lo"] < drawn["lo"]
+
+
+def test_anchor_dedup_keeps_anchors_unique_and_lets_shared_positives_meet():
+    from datasets import Dataset
+
+    from compass.errors import CompassError
+    from compass.train.data import LanguageBalancedBatchSampler, language_weights
+
+    langs = ["id"] * 300 + ["th"] * 60 + ["lo"] * 6
+    n = len(langs)
+    # like title -> category rows: few labels shared by many rows; and every 7th anchor repeated on another row
+    anchors = [f"a{i - 1 if i % 7 == 1 else i}" for i in range(n)]
+    ds = Dataset.from_dict({"anchor": anchors, "positive": [f"cat{i % 5}" for i in range(n)],
+                            "negative_1": [f"n{i % 50}" for i in range(n)], "label": [[0, 0, 0, 0, 0]] * n})
+    s = LanguageBalancedBatchSampler(ds, batch_size=16, drop_last=True, seed=3, langs=langs, temperature=3.0)
+    assert s.dedup == "anchor"  # the default
+    batches = list(s)
+    assert len(batches) == len(s) == n // 16 and all(len(b) == 16 for b in batches)
+    repeated_positive = 0
+    for b in batches:
+        rows = [ds[i] for i in b]
+        assert len({r["anchor"] for r in rows}) == 16  # no anchor, hence no identical pair, twice
+        repeated_positive += len({r["positive"] for r in rows}) < 16
+    assert repeated_positive == len(batches)  # 16 rows over 5 labels: shared positives meet in every batch
+    drawn = Counter(langs[i] for b in batches for i in b)
+    for lang, p in language_weights(langs, 3.0).items():  # the temperature weights hold in this mode too
+        assert abs(drawn[lang] / sum(drawn.values()) - p) < 0.05, (lang, drawn)
+    again = LanguageBalancedBatchSampler(ds, batch_size=16, drop_last=True, seed=3, langs=langs, temperature=3.0)
+    assert list(again) == batches  # same seed -> same batches
+    other = LanguageBalancedBatchSampler(ds, batch_size=16, drop_last=True, seed=4, langs=langs, temperature=3.0)
+    assert list(other) != batches
+
+    # text mode on the same rows: 5 labels -> at most 5 rows per batch, so it cannot fill a 16-row batch
+    text = LanguageBalancedBatchSampler(ds, batch_size=16, drop_last=False, seed=3, langs=langs, temperature=3.0,
+                                        dedup="text")
+    for b in text:
+        texts = [t for i in b for t in (ds[i]["anchor"], ds[i]["positive"], ds[i]["negative_1"])]
+        assert len(texts) == len(set(texts)) and len(b) <= 5
+    with pytest.raises(CompassError, match="--batch-dedup"):
+        LanguageBalancedBatchSampler(ds, batch_size=16, drop_last=True, langs=langs, dedup="pair")
+
+
+def test_train_config_rejects_unknown_batch_dedup():
+    from compass.errors import CompassError
+    from compass.train.trainer import TrainConfig
+
+    assert TrainConfig().batch_dedup == "anchor"
+    with pytest.raises(CompassError, match="--batch-dedup"):
+        TrainConfig(batch_dedup="pairs")

@@ -226,7 +226,7 @@ class CAMLoss(nn.Module):
         self.mask_same_text = mask_same_text
         self.task_ids = dict(DEFAULT_TASK_IDS if task_ids is None else task_ids)
         self.task_policy = {a: set(cs) for a, cs in (task_policy or {}).items()}
-        # A buffer-less tensor (not registered): it must not land in the model's state_dict.
+        # A plain attribute, not a buffer: it must not land in the state_dict of the model being trained.
         self._policy = _policy_matrix(self.task_policy, self.task_ids) if self.task_policy else None
         self.gather_across_devices = gather_across_devices
 

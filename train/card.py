@@ -44,6 +44,7 @@ def card_text(cfg, spec: dict, fit: dict, evaluation: dict | None) -> str:
         _md_table([{"base": cfg.base, "loss": fit.get("loss_class"), "batch": cfg.batch_size,
                     "processes": cfg.nproc, "steps": fit.get("global_step"), "lr": cfg.learning_rate,
                     "seed": cfg.seed, "lang temperature": cfg.lang_temperature,
+                    "batch dedup": getattr(cfg, "batch_dedup", "text"),
                     "final loss": fit.get("final_loss")}]),
         f"Loss config: `{loss_cfg}`", "",
         f"Full command config: `{json.dumps(asdict(cfg), ensure_ascii=False, sort_keys=True, default=str)}`", "",

@@ -61,6 +61,12 @@ def train(
     = 1,
     lang_temperature: Annotated[float, typer.Option(help="Language sampling p ~ n^(1/T); 1 = as in the data.")]
     = 3.0,
+    batch_dedup: Annotated[str, typer.Option(
+        help="What must be unique in a batch. anchor: no anchor (so no identical pair) twice, but positives may "
+             "repeat (titles of one category share its label, several listings of an item share a title): the "
+             "false negatives CAM masks by class and text, kept so batches keep the data's task mix; with --loss "
+             "infonce they are false negatives. text: no text of any column twice (CAM then has nothing to mask "
+             "by text).")] = "anchor",
     seed: Annotated[int, typer.Option(help="Seed for initialisation and sampling.")] = 0,
     nproc: Annotated[int, typer.Option(help="Data-parallel processes (torch.distributed, gloo on CPU).")] = 1,
     embedding_dim: Annotated[int, typer.Option(help="--base static: embedding size.")] = 256,
@@ -83,8 +89,8 @@ def train(
         base=base, out=str(out), loss=loss, batch_size=batch_size, cached=cached, mini_batch_size=mini_batch_size,
         epochs=epochs, max_steps=max_steps, lr=lr, temperature=temperature, symmetric=symmetric,
         task_policy=task_policy, langs=parse_langs(langs), negatives=negatives, num_negatives=num_negatives,
-        lang_temperature=lang_temperature, seed=seed, nproc=nproc, embedding_dim=embedding_dim,
-        vocab_size=vocab_size, tokenizer_texts=[str(p) for p in tokenizer_texts or []],
+        lang_temperature=lang_temperature, batch_dedup=batch_dedup, seed=seed, nproc=nproc,
+        embedding_dim=embedding_dim, vocab_size=vocab_size, tokenizer_texts=[str(p) for p in tokenizer_texts or []],
         eval_tasks=str(eval_tasks) if eval_tasks else None, save_steps=save_steps, keep_checkpoints=keep_checkpoints)
     res = run_train(catalog, cfg)
     console.print(f"model written to {out} ({res['global_step']} steps, final loss {res['final_loss']}, "

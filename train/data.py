@@ -138,27 +138,44 @@ def language_weights(langs: list[str], temperature: float) -> dict[str, float]:
     return {lang: v / z for lang, v in w.items()}
 
 
+BATCH_DEDUP_MODES = ("anchor", "text")
+
+
 class LanguageBalancedBatchSampler(DefaultBatchSampler):
-    """Batches that mix languages by temperature sampling and never repeat a text inside a batch.
+    """Batches that mix languages by temperature sampling, with no anchor (``dedup="text"``: no text) twice in a batch.
 
     sentence-transformers' NoDuplicatesBatchSampler gives the second property over a uniform shuffle, where a
     language with 50x the rows fills 50x the batches. Here an epoch (len(dataset) draws) takes round(N * p_lang)
     rows of each language, p_lang ~ n_lang^(1/T), cycling through reshuffles of a small language (up-sampling) and
     through part of a large one (down-sampling, a different part each epoch); the draws are shuffled together and
-    packed into batches greedily, deferring a row whose anchor, positive or negative text is already in the batch
-    (duplicates are false negatives for in-batch losses). The order depends only on (seed, epoch), so every
-    data-parallel rank computes the same batches and takes its shard.
+    packed into batches greedily, deferring a row whose dedup key is already in the batch. The order depends only
+    on (seed, epoch), so every data-parallel rank computes the same batches and takes its shard.
+
+    ``dedup`` picks the key:
+
+    - ``"anchor"`` (default): the anchor text. No anchor, hence no identical (anchor, positive, negatives...) row,
+      repeats in a batch, but positives may: two title -> category rows of one category, the query -> title and
+      description -> title rows of one listing (same title), a translation's positive. These are exactly the
+      in-batch false negatives CAM masks by class and text, so the batch keeps the task mix of the data instead of
+      pushing rows that share a label to the end of the epoch. Under plain InfoNCE they are false negatives.
+    - ``"text"``: every text of the row (anchor, positive, negatives) is unique in the batch, across columns; no
+      false negative by identical text can occur (what InfoNCE wants), and CAM has nothing left to mask by text.
     """
 
     def __init__(self, dataset, batch_size: int, drop_last: bool, valid_label_columns=None, generator=None,
-                 seed: int = 0, *, langs: list[str], temperature: float = 3.0) -> None:
+                 seed: int = 0, *, langs: list[str], temperature: float = 3.0, dedup: str = "anchor") -> None:
         super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
                          valid_label_columns=valid_label_columns, generator=generator, seed=seed)
         if len(langs) != len(dataset):
             raise CompassError(f"sampler: {len(langs)} languages for {len(dataset)} rows")
+        if dedup not in BATCH_DEDUP_MODES:
+            raise CompassError(f"--batch-dedup {dedup!r}: use {' or '.join(BATCH_DEDUP_MODES)}")
+        self.dedup = dedup
         label_cols = set(valid_label_columns or []) | {LABEL}
         text_cols = [c for c in dataset.column_names if c not in label_cols]
-        self.texts = list(zip(*(dataset[c] for c in text_cols)))  # (N,) tuples of the row's texts
+        if dedup == "anchor":
+            text_cols = text_cols[:1]  # the first column is the anchor (sentence-transformers' column order)
+        self.texts = list(zip(*(dataset[c] for c in text_cols)))  # (N,) tuples of the row's dedup keys
         self.weights = language_weights(langs, temperature)
         arr = np.asarray(langs)
         self.pools = {lang: np.flatnonzero(arr == lang) for lang in self.weights}
@@ -214,6 +231,6 @@ class LanguageBalancedBatchSampler(DefaultBatchSampler):
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
-def batch_sampler_factory(langs: list[str], temperature: float):
+def batch_sampler_factory(langs: list[str], temperature: float, dedup: str = "anchor"):
     """What SentenceTransformerTrainingArguments(batch_sampler=...) takes; a partial so checkpoints can pickle it."""
-    return functools.partial(LanguageBalancedBatchSampler, langs=list(langs), temperature=temperature)
+    return functools.partial(LanguageBalancedBatchSampler, langs=list(langs), temperature=temperature, dedup=dedup)

@@ -45,6 +45,8 @@ class TrainConfig:
     negatives: str = "latest"  # set id | latest | none
     num_negatives: int = 1
     lang_temperature: float = 3.0
+    # anchor: only anchors are unique in a batch, shared positives (CAM's false negatives) may meet | text: all texts
+    batch_dedup: str = "anchor"
     seed: int = 0
     nproc: int = 1
     embedding_dim: int = 256
@@ -60,6 +62,8 @@ class TrainConfig:
             raise CompassError(f"--loss {self.loss!r}: use cam or infonce")
         if self.task_policy not in ("default", "none"):
             raise CompassError(f"--task-policy {self.task_policy!r}: use default or none")
+        if self.batch_dedup not in ("anchor", "text"):
+            raise CompassError(f"--batch-dedup {self.batch_dedup!r}: use anchor or text")
         if self.nproc < 1 or self.batch_size % self.nproc:
             raise CompassError(f"--batch-size {self.batch_size} must be a multiple of --nproc {self.nproc} "
                                "(it is the global batch, split evenly across processes)")
@@ -137,7 +141,7 @@ def fit(spec: dict, callbacks: list | None = None) -> dict:
         save_total_limit=2,
         report_to="none",
         use_cpu=True,
-        batch_sampler=batch_sampler_factory(spec["langs"], cfg.lang_temperature),
+        batch_sampler=batch_sampler_factory(spec["langs"], cfg.lang_temperature, cfg.batch_dedup),
         # gather_across_devices needs equal per-rank batches
         dataloader_drop_last=cfg.nproc > 1,
         ddp_backend="gloo" if cfg.nproc > 1 else None,
