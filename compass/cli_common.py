@@ -14,7 +14,7 @@ from rich.table import Table
 CatalogOpt = Annotated[
     Optional[Path],
     typer.Option("--catalog", envvar="COMPASS_CATALOG", show_default=False,
-                 help="Catalog file [default: ./compass.duckdb, or $COMPASS_CATALOG]."),
+                 help="Catalog file (default: ./compass.duckdb, or $COMPASS_CATALOG)."),
 ]
 LangsOpt = Annotated[Optional[str], typer.Option("--langs", help="Comma-separated languages, e.g. th,vi (default: all).")]
 
