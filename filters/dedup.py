@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from compass.catalog.db import Catalog
 from compass.filters.base import Filter, Verdict
-from compass.filters.minhash import EMPTY, clusters, estimate, first_seen, permutations, signatures
+from compass.filters.minhash import EMPTY, estimate, first_seen, permutations, signatures
 from compass.ids import params_hash
 from compass.text import CHAR_NGRAM, WORD_NGRAM, normalized_hash, shingles, uses_spaces
 

@@ -11,7 +11,6 @@ the same eval query).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,6 +19,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from compass.errors import CompassError
+from compass.jsonl import iter_jsonl
 from compass.filters.base import OK, Filter, Verdict
 from compass.filters.dedup import NearDupIndex
 from compass.filters.langid import LangId
@@ -46,20 +46,11 @@ def load_eval_texts(folder: str | Path) -> list[tuple[str, str]]:
     for f in sorted(root.rglob("*.jsonl")):
         rel = f.parent.relative_to(root)
         task = str(rel) if str(rel) != "." else f.stem
-        with f.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CompassError(f"{f}:{n}: not JSON ({e.msg}): fix or remove the line") from None
-                if not isinstance(rec, dict):
-                    raise CompassError(f"{f}:{n}: expected a JSON object with a \"text\" field")
-                for k in TEXT_KEYS:
-                    v = rec.get(k)
-                    if isinstance(v, str) and v.strip():
-                        out.append((task, v))
+        for _, rec in iter_jsonl(f):
+            for k in TEXT_KEYS:
+                v = rec.get(k)
+                if isinstance(v, str) and v.strip():
+                    out.append((task, v))
     if not out:
         raise CompassError(f"--against {root}: no texts found (no *.jsonl lines with a text/title/query field)")
     return out

@@ -37,7 +37,7 @@ def stats_section(cat: Catalog, by: list[str]) -> dict | None:
         f"GROUP BY {sel}, reason) SELECT * FROM c QUALIFY row_number() OVER (PARTITION BY {sel} "
         f"ORDER BY count DESC, reason) <= 3 ORDER BY {sel}, count DESC")
     kept_reasons = cat.query(
-        f"SELECT d.stage, d.reason, count(*) AS count FROM decisions d WHERE d.keep AND d.reason <> 'ok' "
+        "SELECT d.stage, d.reason, count(*) AS count FROM decisions d WHERE d.keep AND d.reason <> 'ok' "
         "GROUP BY ALL ORDER BY count DESC LIMIT 10")
     label_only = cat.scalar("SELECT count(*) FROM decisions WHERE NOT keep AND NOT enforced")
     sec = {"funnel": funnel, "reject_reasons": reasons, "reject_reasons_by_group": by_group,

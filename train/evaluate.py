@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from compass.errors import CompassError
+from compass.jsonl import iter_jsonl
 from compass.langs import LANGS
 
 SEA = tuple(code for code in LANGS if code != "en")
@@ -36,20 +37,7 @@ class Task:
 
 
 def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CompassError(f"{path}:{n}: not JSON ({e.msg}): fix or remove the line") from None
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise CompassError(f"{path}:{n}: missing key {missing[0]!r} (each row needs {', '.join(required)})")
-            rows.append(row)
-    return rows
+    return [row for _, row in iter_jsonl(path, required)]
 
 
 def _task_lang(folder: Path) -> str:
