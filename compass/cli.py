@@ -79,7 +79,7 @@ def ingest(
 ) -> None:
     """Ingest product catalog files. Fields: id, title*, category*, attributes, description, price, currency."""
     from compass.catalog.ingest import ingest_file
-    from compass.catalog.samples import sample_files
+    from compass.catalog.bundled import sample_files
 
     if samples:
         if files:

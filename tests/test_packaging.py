@@ -28,7 +28,7 @@ def test_wheel_maps_subpackages_and_ships_data(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = ("import compass.datagen.structured, compass.catalog.db, compass.filters, compass.train, compass.prompts;"
-            "from compass.catalog import migrations; from compass.catalog.samples import sample_files;"
+            "from compass.catalog import migrations; from compass.catalog.bundled import sample_files;"
             "import compass.catalog.db as d; assert str(d.__file__).startswith(%r), d.__file__;"
             "assert len(migrations()) >= 4 and all(p.exists() for p, _, _ in sample_files()); print('ok')"
             % str(site))
