@@ -18,7 +18,9 @@ CatalogOpt = Annotated[
 ]
 LangsOpt = Annotated[Optional[str], typer.Option("--langs", help="Comma-separated languages, e.g. th,vi (default: all).")]
 
-console = Console(stderr=True, soft_wrap=True)  # progress and tables for people go to stderr; data (--json, --csv) to stdout
+# Not a terminal (a pipe, a log, CI): rich would assume 80 columns and squeeze tables into ellipses.
+_WIDTH = None if sys.stdout.isatty() else 200
+console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)  # progress and tables for people go to stderr; data (--json, --csv) to stdout
 
 
 def print_json(obj: Any) -> None:
@@ -27,7 +29,7 @@ def print_json(obj: Any) -> None:
 
 def print_table(rows: list[dict], title: str | None = None) -> None:
     """A rich table of dict rows, on stdout (it is the command's answer)."""
-    out = Console()
+    out = Console(width=_WIDTH)
     if not rows:
         out.print(f"[bold]{title}[/]: (none)" if title else "(no rows)")
         return
