@@ -178,12 +178,9 @@ class LangId(Filter):
         if self.model is None:
             self.model = LidModel(self.config.model_path, self.config.label_map)
         if self.zawgyi is None:
-            try:
-                from myanmartools import ZawgyiDetector
-            except ImportError:
-                raise CompassError("myanmartools is not installed (Zawgyi detection for Burmese): "
-                                   "`pip install myanmartools`") from None
-            self.zawgyi = ZawgyiDetector()
+            from compass.filters.zawgyi import FastZawgyiDetector
+
+            self.zawgyi = FastZawgyiDetector()
 
     # -- script counts, vectorised over the batch -----------------------------------------------------------
     @staticmethod
