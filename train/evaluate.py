@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from compass.errors import CompassError
+from compass.models import BASELINE_ALIASES, minilm_path
 from compass.jsonl import iter_jsonl
 from compass.langs import LANGS
 
@@ -170,6 +171,8 @@ def evaluate_model(model_or_path: Any, tasks_dir: str | Path | None = None, cata
     model = model_or_path
     if not isinstance(model, SentenceTransformer):
         path = Path(str(model_or_path))
+        if str(path).lower() in BASELINE_ALIASES:
+            path = minilm_path()
         if not path.exists():
             raise CompassError(f"model {path}: no such folder (pass a sentence-transformers model directory)")
         model = SentenceTransformer(str(path), device="cpu")

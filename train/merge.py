@@ -31,7 +31,9 @@ from compass.errors import CompassError
 DOT_THRESHOLD = 0.9995
 # Files that hold weights or describe training, not the model's interface: never compared between A and B.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npy", ".onnx")
-SKIP_FILES = {"README.md", "compass_merge.json", ".gitattributes", "training_args.bin", "trainer_state.json"}
+# Provenance and training-state files: they describe how a checkpoint was made, not how it computes.
+SKIP_FILES = {"README.md", "compass_merge.json", "compass_train.json", "compass_fp8.json", ".gitattributes",
+              "training_args.bin", "trainer_state.json"}
 # Keys of JSON configs that record who saved a file, not what it does.
 VOLATILE_KEYS = {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "__version__", "name_or_path",
                  "model_card_data", "_commit_hash"}

@@ -22,6 +22,7 @@ from typing import Any
 
 from compass.catalog.db import Catalog
 from compass.errors import CompassError
+from compass.models import BASELINE_ALIASES, minilm_path
 
 WORK = ".compass-train"
 STATIC_LR, TRANSFORMER_LR = 0.2, 2e-5  # static tables want a large step (sentence-transformers' static recipe)
@@ -170,12 +171,14 @@ def prepare(cat: Catalog, cfg: TrainConfig, run_id: str) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     data.dataset.save_to_disk(str(work / "dataset"))
     base = cfg.base
+    if base.lower() in BASELINE_ALIASES:
+        base = str(minilm_path())
     if cfg.base == "static":
         base = str(work / "base")
         if not (work / "base" / "modules.json").exists():  # a resumed run keeps the tokenizer its checkpoints use
             texts = list(catalog_texts(cat)) + list(read_text_files(cfg.tokenizer_texts))
             build_static_model(texts, cfg.embedding_dim, cfg.vocab_size, cfg.seed).save(base)
-    elif not Path(cfg.base).exists():
+    elif not Path(base).exists():
         raise CompassError(f"--base {cfg.base}: not a model folder (pass 'static' or a sentence-transformers "
                            "model directory; no downloads happen here)")
     runs = [r["run_id"] for r in cat.query(
