@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from compass.catalog.db import Catalog
+from compass.catalog.db import Catalog, scrub
 from compass.cli_common import CatalogOpt, LangsOpt, console, print_table
 from compass.errors import CompassError
 from compass.langs import parse_langs
@@ -107,9 +107,16 @@ def generate(
         with cat.run("generate", config) as run:
             res = run_plan(cat, run.id, planned, be)
             run.summary.update(res)
+        reasons = cat.query("SELECT reject_reason AS reason, count(*) AS n FROM generations WHERE run_id = ? "
+                            "AND status = 'failed' GROUP BY ALL ORDER BY n DESC", [run.id])
     console.print(f"{route} route: {res['requested']} requested, {res['already_answered']} already answered, "
                   f"{res['sent']} sent: {res['ok']} valid, {res['reject']} rejected, {res['failed']} failed "
                   f"after retries; {res['new_examples']} new examples", highlight=False, soft_wrap=True)
+    if res["sent"] and res["failed"] == res["sent"]:
+        why = ", ".join(f"{r['reason']}: {r['n']}" for r in reasons)
+        where = f" at {scrub(base_url)}" if base_url else ""  # never print credentials in a URL
+        raise CompassError(f"all {res['failed']} requests failed ({why}): check that the server{where} is up and "
+                           "the model name is right, then rerun the same command (it resends only failed requests)")
 
 
 def register(app: typer.Typer) -> None:
