@@ -31,9 +31,13 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
              "currency": "THB"} for i in range(n)]
 
 
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
 def bench_bulk(rows: list[dict], tmp: Path) -> float:
-    f = tmp / "bulk.jsonl"
-    f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    f = write_jsonl(rows, tmp / "bulk.jsonl")
     path, _ = init_catalog(tmp / "bulk.duckdb")
     with Catalog(path) as cat:
         t0 = time.perf_counter()
@@ -45,8 +49,7 @@ def bench_bulk(rows: list[dict], tmp: Path) -> float:
 
 def bench_rowwise(rows: list[dict], tmp: Path) -> float:
     """The naive way: parse each line and INSERT it, one executemany row at a time, one transaction."""
-    f = tmp / "rows.jsonl"
-    f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    f = write_jsonl(rows, tmp / "rows.jsonl")
     path, _ = init_catalog(tmp / "rows.duckdb")
     with Catalog(path) as cat:
         t0 = time.perf_counter()

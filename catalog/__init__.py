@@ -1,5 +1,5 @@
 """The DuckDB catalog: products, generations, examples, decisions, negatives, splits, runs."""
 
-from compass.catalog.db import Catalog, catalog_path, init_catalog, migrations, scrub
+from compass.catalog.db import Catalog, catalog_path, init_catalog, migrations, registered, scrub
 
-__all__ = ["Catalog", "catalog_path", "init_catalog", "migrations", "scrub"]
+__all__ = ["Catalog", "catalog_path", "init_catalog", "migrations", "registered", "scrub"]

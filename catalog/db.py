@@ -53,6 +53,19 @@ def scrub(obj: Any) -> Any:
     return obj
 
 
+@contextlib.contextmanager
+def registered(con: duckdb.DuckDBPyConnection, name: str, data: Any) -> Iterator[str]:
+    """Expose an Arrow table or polars frame to SQL as `name` for the block, and always drop it after.
+
+    Bulk joins against the catalog go through here rather than row-by-row parameters.
+    """
+    con.register(name, data.to_arrow() if hasattr(data, "to_arrow") else data)
+    try:
+        yield name
+    finally:
+        con.unregister(name)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 

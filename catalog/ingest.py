@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from compass.catalog.db import Catalog
+from compass.catalog.db import Catalog, registered
 from compass.errors import CompassError
 from compass.ids import content_id
 from compass.langs import normalize_lang
@@ -305,9 +305,8 @@ def ingest_file(cat: Catalog, path: str | Path, lang: str, market: str, fmt: str
     table = pa.table({k: pa.array(v, type=pa.float64() if k == "price" else pa.string()) for k, v in cols.items()})
     with cat.transaction() as con:
         before = con.execute("SELECT count(*) FROM products").fetchone()[0]
-        con.register("incoming_products", table)
-        con.execute("INSERT INTO products SELECT * FROM incoming_products "
-                    "WHERE id NOT IN (SELECT id FROM products)")
-        con.unregister("incoming_products")
+        with registered(con, "incoming_products", table):
+            con.execute("INSERT INTO products SELECT * FROM incoming_products "
+                        "WHERE id NOT IN (SELECT id FROM products)")
         new = con.execute("SELECT count(*) FROM products").fetchone()[0] - before
     return IngestResult(str(path), rows, len(seen), new, problems, n_problems)

@@ -16,7 +16,7 @@ import duckdb
 import polars as pl
 from tqdm.auto import tqdm
 
-from compass.catalog.db import Catalog
+from compass.catalog.db import Catalog, registered
 from compass.ids import params_hash
 
 
@@ -51,14 +51,11 @@ def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame
     frame = frame.unique(subset=key, keep="first", maintain_order=True)
     cols = ", ".join(frame.columns)
     cond = " AND ".join(f"t.{k} = f.{k}" for k in key)
-    con.register("_incoming", frame.to_arrow())
-    try:
+    with registered(con, "_incoming", frame):
         before = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming f "
                     f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {cond})")
         return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] - before
-    finally:
-        con.unregister("_incoming")
 
 
 def drive(cat: Catalog, stage: Stage, pending: pl.DataFrame, write: Writer, batch_size: int = 2000,

@@ -16,7 +16,7 @@ from collections import Counter
 import polars as pl
 from tqdm.auto import tqdm
 
-from compass.catalog.db import Catalog
+from compass.catalog.db import Catalog, registered
 from compass.datagen.answers import example_row, grounded_pairs, parse_answer, translate_pair
 from compass.datagen.backends import Backend, LLMResult
 from compass.datagen.plan import Planned, market_of
@@ -39,12 +39,9 @@ def answered_ids(cat: Catalog, ids: list[str]) -> set[str]:
     """Request ids among `ids` that already have an answer (ok or reject)."""
     if not ids:
         return set()
-    cat.con.register("_ids", pl.DataFrame({"request_id": ids}).to_arrow())
-    try:
+    with registered(cat.con, "_ids", pl.DataFrame({"request_id": ids})):
         rows = cat.con.execute("SELECT g.request_id FROM generations g JOIN _ids USING (request_id) "
                                "WHERE g.status IN ('ok', 'reject')").fetchall()
-    finally:
-        cat.con.unregister("_ids")
     return {r[0] for r in rows}
 
 
@@ -91,19 +88,18 @@ def write_chunk(cat: Catalog, gens: list[dict], examples: list[dict]) -> int:
     gframe = pl.DataFrame(gens, schema=GEN_SCHEMA)
     eframe = pl.DataFrame(examples, schema=EX_SCHEMA)
     with cat.transaction() as con:
-        con.register("_done", gframe.select("request_id").to_arrow())
-        con.execute("DELETE FROM generations WHERE status = 'failed' AND request_id IN (SELECT request_id FROM _done)")
-        con.unregister("_done")
+        with registered(con, "_done", gframe.select("request_id")):
+            con.execute("DELETE FROM generations WHERE status = 'failed' "
+                        "AND request_id IN (SELECT request_id FROM _done)")
         insert_frame(con, "generations", gframe.with_columns(pl.col("messages", "sampling", "parsed")
                                                             .cast(pl.Utf8)), ["request_id"])
         new = insert_frame(con, "examples", eframe, ["id"])
         sources = eframe.filter(pl.col("source_example_id").is_not_null())
         if not sources.is_empty():
             # A source example joins its own translation group, so a group is one column to group by.
-            con.register("_src", sources.select("source_example_id").unique().to_arrow())
-            con.execute("UPDATE examples SET translation_group = id WHERE translation_group IS NULL "
-                        "AND id IN (SELECT source_example_id FROM _src)")
-            con.unregister("_src")
+            with registered(con, "_src", sources.select("source_example_id").unique()):
+                con.execute("UPDATE examples SET translation_group = id WHERE translation_group IS NULL "
+                            "AND id IN (SELECT source_example_id FROM _src)")
     return new
 
 

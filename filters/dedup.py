@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel
 
-from compass.catalog.db import Catalog
+from compass.catalog.db import Catalog, registered
 from compass.filters.base import Filter, Verdict
 from compass.filters.minhash import EMPTY, estimate, first_seen, permutations, signatures
 from compass.ids import params_hash
@@ -167,15 +167,12 @@ class Dedup(Filter):
         want = pl.DataFrame({"text_hash": hashes, "shingling": kinds}).unique()
         stored: dict[tuple[str, str], bytes] = {}
         if self.cat is not None and want.height:
-            self.cat.con.register("_want", want.to_arrow())
-            try:
+            with registered(self.cat.con, "_want", want):
                 for h, k, s in self.cat.con.execute(
                         "SELECT s.text_hash, s.shingling, s.signature FROM minhash_signatures s JOIN _want w "
                         "ON s.text_hash = w.text_hash AND s.shingling = w.shingling WHERE s.sig_params = ?",
                         [sp]).fetchall():
                     stored[(h, k)] = s
-            finally:
-                self.cat.con.unregister("_want")
         todo: dict[tuple[str, str], int] = {}
         for i, key in enumerate(zip(hashes, kinds)):
             if key not in stored and key not in todo:
@@ -237,12 +234,7 @@ def positive_cluster_ids(cat: Catalog, example_ids: list[str] | None = None) -> 
     seen by the dedup stage are absent (run `compass filter --stages dedup` first).
     """
     sql = "SELECT example_id, cluster_id FROM positive_clusters"
-    params: list = []
-    if example_ids is not None:
-        cat.con.register("_ids", pl.DataFrame({"id": example_ids}, schema={"id": pl.Utf8}).to_arrow())
-        sql += " WHERE example_id IN (SELECT id FROM _ids)"
-    try:
-        return dict(cat.con.execute(sql, params).fetchall())
-    finally:
-        if example_ids is not None:
-            cat.con.unregister("_ids")
+    if example_ids is None:
+        return dict(cat.con.execute(sql).fetchall())
+    with registered(cat.con, "_ids", pl.DataFrame({"id": example_ids}, schema={"id": pl.Utf8})):
+        return dict(cat.con.execute(sql + " WHERE example_id IN (SELECT id FROM _ids)").fetchall())

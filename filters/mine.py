@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from compass.catalog.db import Catalog
+from compass.catalog.db import Catalog, registered
 from compass.errors import CompassError
 from compass.filters.mine_cache import encode_missing, load_embeddings, load_encoder, model_fingerprint, register_model
 from compass.filters.mine_search import GUARDS, GuardConfig, NearDup, mine_arrays
@@ -188,8 +188,7 @@ def build_pool(cat: Catalog, cfg: MineConfig, key: tuple[str, str], fp: str, dim
                      "GROUP BY positive ORDER BY positive", params)
     texts = [r["positive"] for r in rows]
     # class keys from every example (kept or not) whose positive is the text: any of them makes it a positive
-    cat.con.register("_mine_texts", pl.DataFrame({"positive": texts}).to_arrow())
-    try:
+    with registered(cat.con, "_mine_texts", pl.DataFrame({"positive": texts})):
         cls = cat.query("SELECT e.positive, list(DISTINCT e.class_id) AS c, list(DISTINCT e.translation_group) AS g "
                         "FROM examples e JOIN _mine_texts t ON t.positive = e.positive GROUP BY e.positive")
         clusters = None
@@ -200,8 +199,6 @@ def build_pool(cat: Catalog, cfg: MineConfig, key: tuple[str, str], fp: str, dim
                 "JOIN examples e ON e.id = pc.example_id JOIN _mine_texts t ON t.positive = e.positive "
                 "GROUP BY e.positive")}
             clusters = [got.get(t, frozenset()) for t in texts] if got else None
-    finally:
-        cat.con.unregister("_mine_texts")
     by_text = {r["positive"]: frozenset(r["c"] + [f"tg:{g}" for g in r["g"] if g]) for r in cls}
     return Pool(key=f"{lang}/{task}", texts=texts, emb=load_embeddings(cat, fp, texts, dim),
                 classes=[by_text.get(t, frozenset()) for t in texts], example_ids=[r["example_id"] for r in rows],

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from compass.catalog.db import Catalog
+from compass.catalog.db import Catalog, registered
 from compass.errors import CompassError
 from compass.ids import text_hash
 
@@ -77,12 +77,9 @@ def _hashes_table(texts: list[str]) -> pa.Table:
 def missing_texts(cat: Catalog, fp: str, texts: list[str]) -> list[str]:
     """The distinct texts with no cached embedding for this model."""
     uniq = list(dict.fromkeys(texts))
-    cat.con.register("_mine_q", _hashes_table(uniq))
-    try:
+    with registered(cat.con, "_mine_q", _hashes_table(uniq)):
         rows = cat.con.execute("SELECT q.pos FROM _mine_q q WHERE NOT EXISTS (SELECT 1 FROM embedding_cache c "
                                "WHERE c.model_fp = ? AND c.text_hash = q.h) ORDER BY q.pos", [fp]).fetchall()
-    finally:
-        cat.con.unregister("_mine_q")
     return [uniq[r[0]] for r in rows]
 
 
@@ -98,13 +95,9 @@ def encode_missing(cat: Catalog, model, fp: str, texts: list[str], batch_size: i
         vec = pa.ListArray.from_arrays(pa.array(np.arange(0, emb.size + 1, emb.shape[1], dtype=np.int32)),
                                        pa.array(emb.reshape(-1)))
         tbl = pa.table({"h": [text_hash(t) for t in chunk], "vec": vec})
-        with cat.transaction() as con:
-            con.register("_mine_new", tbl)
-            try:
-                con.execute("INSERT INTO embedding_cache (model_fp, text_hash, vec, run_id) "
-                            "SELECT ?, h, vec, ? FROM _mine_new ON CONFLICT DO NOTHING", [fp, run_id])
-            finally:
-                con.unregister("_mine_new")
+        with cat.transaction() as con, registered(con, "_mine_new", tbl):
+            con.execute("INSERT INTO embedding_cache (model_fp, text_hash, vec, run_id) "
+                        "SELECT ?, h, vec, ? FROM _mine_new ON CONFLICT DO NOTHING", [fp, run_id])
     return len(todo)
 
 
@@ -112,12 +105,9 @@ def load_embeddings(cat: Catalog, fp: str, texts: list[str], dim: int) -> np.nda
     """(len(texts), dim) float32 embeddings from the cache, in the order of `texts` (all must be cached)."""
     if not texts:
         return np.zeros((0, dim), dtype=np.float32)
-    cat.con.register("_mine_q", _hashes_table(texts))
-    try:
+    with registered(cat.con, "_mine_q", _hashes_table(texts)):
         tbl = cat.con.execute("SELECT q.pos, c.vec FROM _mine_q q JOIN embedding_cache c ON c.text_hash = q.h "
                               "AND c.model_fp = ? ORDER BY q.pos", [fp]).to_arrow_table()
-    finally:
-        cat.con.unregister("_mine_q")
     if tbl.num_rows != len(texts):
         raise CompassError(f"embedding cache is missing {len(texts) - tbl.num_rows} texts for model {fp}: "
                            "rerun `compass mine` (it encodes what is missing)")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from compass.catalog.db import Catalog
-from compass.cli_common import CatalogOpt, LangsOpt, console, print_json, print_table
+from compass.cli_common import CatalogOpt, LangsOpt, console, print_table
 from compass.langs import parse_langs
 
 

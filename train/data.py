@@ -8,6 +8,11 @@ takes ``labels`` in its forward and ignores them, so both losses train on the ve
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported lazily at run time: `compass --help` must not load datasets
+    import datasets
+
 import functools
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,7 +29,7 @@ LABEL = "label"
 
 @dataclass
 class TrainingData:
-    dataset: "datasets.Dataset"  # noqa: F821 (datasets is imported lazily)
+    dataset: datasets.Dataset
     langs: list[str]  # language of each row, for the sampler
     task_ids: dict[str, int]
     negative_set: str | None
