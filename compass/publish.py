@@ -6,6 +6,7 @@ exactly it, `compass export` writes it as Parquet or JSON Lines. Layout:
     README.md                               card: YAML metadata (configs per language) + provenance
     compass_provenance.json                 the same provenance, machine-readable
     data/<lang>/<split>-00000-of-0000N.<ext>
+    .compass-manifest.json                  what compass wrote (sha256 each): the only files a rebuild removes
 
 Same catalog in, same bytes out: rows are sorted by example id, the Parquet writer settings are fixed, and
 nothing time-dependent (no "generated at") is written. That is what lets a re-publish upload nothing.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,8 +31,6 @@ SPLIT_ORDER = ("train", "dev", "test")
 FORMATS = ("parquet", "jsonl")
 CARD = "README.md"
 PROVENANCE = "compass_provenance.json"
-# What a previous build may have left in the folder; anything else means it is not ours to overwrite.
-OWNED = {CARD, PROVENANCE, "data", ".gitattributes"}
 
 # Column order of every shard: the pair, what it is, then lineage back to the prompt that produced it.
 LINEAGE = ["example_id", "product_id", "template_id", "template_version", "request_id", "run_id",
@@ -165,23 +163,13 @@ def write_shard(table: pa.Table, path: Path, fmt: str) -> None:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def prepare_folder(folder: Path) -> None:
-    """Empty or a previous compass build (whose data and card we replace); anything else is refused."""
-    if folder.exists() and not folder.is_dir():
-        raise CompassError(f"{folder} exists and is not a folder: choose another --to-dir / --out")
-    if folder.exists():
-        foreign = sorted(p.name for p in folder.iterdir() if p.name not in OWNED)
-        if foreign:
-            raise CompassError(f"{folder} holds files compass did not write ({', '.join(foreign[:3])}): choose an "
-                               "empty folder (or a previous publish / export folder)")
-        if (folder / "data").exists():
-            shutil.rmtree(folder / "data")
-    folder.mkdir(parents=True, exist_ok=True)
+def build_folder(cat: Catalog, folder: str | Path, opts: BuildOptions, overwrite: bool = False) -> BuildResult:
+    """Write the dataset folder for the catalog's kept examples; returns what was written.
 
-
-def build_folder(cat: Catalog, folder: str | Path, opts: BuildOptions) -> BuildResult:
-    """Write the dataset folder for the catalog's kept examples; returns what was written."""
+    The folder must be new, empty or compass-made (see publish_folder); `overwrite` replaces a compass folder's
+    files even when edited or accompanied by user files, which are kept."""
     from compass.publish_card import collect_provenance, render_card, write_provenance
+    from compass.publish_folder import Manifest
 
     opts.validate()
     folder = Path(folder)
@@ -190,7 +178,7 @@ def build_folder(cat: Catalog, folder: str | Path, opts: BuildOptions) -> BuildR
     if opts.split_from_catalog and not cat.scalar("SELECT count(*) FROM splits"):
         raise CompassError("--split-from-catalog: the catalog has no splits: run `compass split` first, or drop "
                            "the flag to publish everything as train")
-    prepare_folder(folder)
+    man = Manifest(folder, overwrite=overwrite)
     res = BuildResult(folder=folder, files=[], negative_set=set_id)
     want = schema(set_id is not None)
     data_files: dict[str, dict[str, list[str]]] = {}
@@ -214,13 +202,14 @@ def build_folder(cat: Catalog, folder: str | Path, opts: BuildOptions) -> BuildR
             for i in range(n):  # even cut: shard sizes differ by at most one row, none is empty
                 lo, hi = i * part.num_rows // n, (i + 1) * part.num_rows // n
                 rel = f"data/{lang}/{split}-{i:05d}-of-{n:05d}.{opts.fmt}"
-                write_shard(part.slice(lo, hi - lo), folder / rel, opts.fmt)
+                write_shard(part.slice(lo, hi - lo), man.path(rel), opts.fmt)
                 names.append(rel)
             data_files[lang][split] = names
             res.rows[lang][split] = part.num_rows
             res.files += names
     prov = collect_provenance(cat, langs, opts, res)
-    (folder / CARD).write_text(render_card(prov, data_files, opts), encoding="utf-8", newline="\n")
-    write_provenance(folder / PROVENANCE, prov)
+    man.path(CARD).write_text(render_card(prov, data_files, opts), encoding="utf-8", newline="\n")
+    write_provenance(man.path(PROVENANCE), prov)
+    man.finish()
     res.files = sorted(res.files + [CARD, PROVENANCE])
     return res

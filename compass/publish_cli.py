@@ -19,6 +19,8 @@ NegSetOpt = Annotated[str, typer.Option("--negatives", help="Negative set id, or
 MaxNegOpt = Annotated[Optional[int], typer.Option("--max-negatives", help="Keep at most N negatives per row.")]
 RowsOpt = Annotated[int, typer.Option("--max-rows-per-shard", help="Rows per shard at most.")]
 MbOpt = Annotated[int, typer.Option("--max-shard-mb", help="Uncompressed MiB per shard at most.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the files of a folder compass made even "
+                                           "if edited or joined by other files (those are kept).")]
 LicenseOpt = Annotated[str, typer.Option("--license", help="License id for the card (Hub ids: apache-2.0, "
                                                           "cc-by-4.0, cc-by-sa-4.0, other...).")]
 
@@ -48,6 +50,7 @@ def publish(
     private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
     to_dir: Annotated[Optional[Path], typer.Option("--to-dir", help="Write the folder here and stop (offline).")]
     = None,
+    overwrite: OverwriteOpt = False,
     create_pr: Annotated[bool, typer.Option("--create-pr", help="Open a pull request instead of pushing to main.")]
     = False,
     license: LicenseOpt = "other",
@@ -62,7 +65,7 @@ def publish(
                     max_rows_per_shard, max_shard_mb, license, repo_id)
     with Catalog(catalog, read_only=True) as cat:
         if to_dir is not None:
-            res = build_folder(cat, to_dir, opts)
+            res = build_folder(cat, to_dir, opts, overwrite=overwrite)
             _report(res)
             console.print(f"wrote {len(res.files)} files to {to_dir} (not uploaded: --to-dir)")
             return
@@ -81,7 +84,8 @@ def publish(
 
 
 def export(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write (empty, or a previous export).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (new, empty, or one compass made).")],
+    overwrite: OverwriteOpt = False,
     fmt: Annotated[str, typer.Option("--format", help="parquet | jsonl")] = "parquet",
     langs: LangsOpt = None,
     split_from_catalog: SplitOpt = False,
@@ -99,7 +103,7 @@ def export(
     opts = _options(langs, split_from_catalog, with_negatives, negatives, max_negatives, fmt, max_rows_per_shard,
                     max_shard_mb, license, None)
     with Catalog(catalog, read_only=True) as cat:
-        res = build_folder(cat, out, opts)
+        res = build_folder(cat, out, opts, overwrite=overwrite)
     _report(res)
     console.print(f"wrote {len(res.files)} files to {out}")
 

@@ -60,10 +60,13 @@ def git_blob_sha1(data: bytes) -> str:
 
 
 def local_files(folder: str | Path) -> dict[str, LocalFile]:
+    from compass.publish_folder import MARKER
+
     folder = Path(folder)
     out = {}
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and ".git" not in p.relative_to(folder).parts:
+        # The manifest is local bookkeeping (which files compass may remove), not part of the dataset.
+        if p.is_file() and ".git" not in p.relative_to(folder).parts and p.name != MARKER:
             data = p.read_bytes()
             rel = p.relative_to(folder).as_posix()
             out[rel] = LocalFile(rel, len(data), hashlib.sha256(data).hexdigest(), git_blob_sha1(data))

@@ -307,3 +307,77 @@ def test_shard_count_bounds_rows_and_bytes():
     assert shard_count(t, BuildOptions(max_shard_bytes=2100)) == 2        # ~4 KB of strings -> 2 shards
     assert shard_count(t, BuildOptions(max_shard_bytes=1)) == 4           # never more shards than rows
     assert shard_count(t.slice(0, 0), BuildOptions()) == 1
+
+
+def err(res) -> str:
+    return f"{res.output}{res.exception}"
+
+
+def test_user_folder_is_refused_and_left_untouched(demo_catalog, tmp_path):
+    """Issue 14.1: a folder holding only names compass uses (data/, README.md) but not made by compass was wiped."""
+    runner = CliRunner()
+    proj = tmp_path / "proj"
+    (proj / "data").mkdir(parents=True)
+    (proj / "data" / "precious.csv").write_text("id,price\n1,9.99\n")
+    (proj / "README.md").write_text("# my project\n")
+    before = tree_bytes(proj)
+    for args in (["publish", "me/x", "--to-dir", str(proj)], ["export", "--out", str(proj)],
+                 ["publish", "me/x", "--to-dir", str(proj), "--overwrite"], ["export", "--out", str(proj),
+                                                                              "--overwrite"]):
+        res = runner.invoke(app, [*args, "--catalog", str(demo_catalog)])
+        assert res.exit_code == 1, (args, res.output)
+        assert "compass did not make it" in err(res) and "new or empty folder" in err(res)
+        assert tree_bytes(proj) == before
+        assert sorted(p.relative_to(proj).as_posix() for p in proj.rglob("*")) == ["README.md", "data",
+                                                                                     "data/precious.csv"]
+
+
+def test_compass_folder_is_rebuilt_removing_only_manifest_files(demo_catalog, tmp_path):
+    from compass.publish_folder import MARKER
+    from compass.publish_hub import local_files
+
+    runner = CliRunner()
+    out, cat = tmp_path / "o", ["--catalog", str(demo_catalog)]
+    invoke(["export", "--out", str(out), "--langs", "th", "--max-rows-per-shard", "1", *cat])
+    man = json.loads((out / MARKER).read_text())["files"]
+    assert set(man) == {p for p in tree_bytes(out) if p != MARKER} and len(man) > 3
+    assert MARKER not in local_files(out)  # bookkeeping is never uploaded
+
+    # unchanged compass folder: rebuilt without a flag, stale shards removed
+    invoke(["export", "--out", str(out), "--langs", "th", *cat])
+    assert sorted(p.name for p in (out / "data" / "th").iterdir()) == ["train-00000-of-00001.parquet"]
+
+    # a user file inside a compass folder: refused, nothing changes; --overwrite rebuilds and keeps it
+    (out / "data" / "th" / "notes.csv").write_text("mine")
+    before = tree_bytes(out)
+    res = runner.invoke(app, ["export", "--out", str(out), "--langs", "vi", *cat])
+    assert res.exit_code == 1 and "data/th/notes.csv was not written by compass" in err(res)
+    assert "--overwrite" in err(res) and tree_bytes(out) == before
+    invoke(["export", "--out", str(out), "--langs", "vi", "--overwrite", *cat])
+    assert (out / "data" / "th" / "notes.csv").read_text() == "mine"
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "data").rglob("*.parquet")) == [
+        "data/vi/train-00000-of-00001.parquet"]
+    assert "data/th/notes.csv" not in json.loads((out / MARKER).read_text())["files"]
+
+    # an edited card: refused; --overwrite replaces it
+    (out / "data" / "th" / "notes.csv").unlink()
+    (out / "README.md").write_text("my notes")
+    res = runner.invoke(app, ["publish", "me/x", "--to-dir", str(out), *cat])
+    assert res.exit_code == 1 and "README.md changed since compass wrote it" in err(res)
+    assert (out / "README.md").read_text() == "my notes"
+    invoke(["publish", "me/x", "--to-dir", str(out), "--overwrite", *cat])
+    assert (out / "README.md").read_text().startswith("---")
+
+
+def test_manifest_cannot_be_used_to_remove_other_files(demo_catalog, tmp_path):
+    """A tampered manifest listing a path outside the folder removes nothing outside it."""
+    from compass.publish_folder import MARKER
+
+    out, victim = tmp_path / "o", tmp_path / "victim.txt"
+    victim.write_text("keep")
+    invoke(["export", "--out", str(out), "--langs", "th", "--catalog", str(demo_catalog)])
+    doc = json.loads((out / MARKER).read_text())
+    doc["files"]["../victim.txt"] = None
+    (out / MARKER).write_text(json.dumps(doc))
+    invoke(["export", "--out", str(out), "--langs", "th", "--catalog", str(demo_catalog)])
+    assert victim.read_text() == "keep"
