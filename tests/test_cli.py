@@ -60,3 +60,59 @@ def test_catalog_from_environment(tmp_path, products_file):
 def test_stats_by_unknown_column_is_clear(catalog):
     proc = run_cli("stats", "--by", "colour", catalog=catalog, check=False)
     assert proc.returncode == 1 and "--by 'colour'" in proc.stderr
+
+
+def test_sql_without_write_refuses_every_statement_that_writes(catalog, tmp_path):
+    """Issue 14.3: a read-only catalog alone still let ATTACH ... READ_WRITE, COPY TO, EXPORT, INSTALL, SET run."""
+    import duckdb
+    from typer.testing import CliRunner
+
+    from compass.cli import app
+
+    other = tmp_path / "other.duckdb"
+    with duckdb.connect(str(other)) as con:
+        con.execute("CREATE TABLE t AS SELECT 1 AS a")
+    local = tmp_path / "local.csv"
+    local.write_text("a,b\n1,x\n2,y\n")
+    out_csv, out_dir, logs = tmp_path / "out.csv", tmp_path / "exported", tmp_path / "logs"
+    refused = {
+        f"ATTACH '{other}' AS o (READ_WRITE); DELETE FROM o.t": "2 statements",
+        f"ATTACH '{other}' AS o (READ_WRITE)": "ATTACH",
+        f"COPY (SELECT 1) TO '{out_csv}'": "COPY",
+        f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{out_csv}'": "COPY",
+        f"EXPORT DATABASE '{out_dir}'": "EXPORT",
+        "INSTALL httpfs": "INSTALL",
+        "LOAD httpfs": "LOAD",
+        "SET GLOBAL threads = 1": "SET",
+        "SET threads = 1": "SET",
+        "PRAGMA enable_profiling": "PRAGMA",
+        f"SELECT * FROM enable_logging(storage = 'file', storage_path = '{logs}')": "enable_logging()",
+        "SELECT 1; SELECT 2": "2 statements",
+    }
+    runner = CliRunner()
+    for sql, word in refused.items():
+        res = runner.invoke(app, ["sql", sql, "--catalog", str(catalog)])
+        msg = str(res.exception)
+        assert res.exit_code == 1 and word in msg and "--write" in msg and "\n" not in msg, (sql, msg)
+    assert not out_csv.exists() and not out_dir.exists() and not logs.exists()
+    with duckdb.connect(str(other), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+
+    reads = {f"SELECT sum(a) AS s FROM read_csv('{local}')": "3", "SHOW TABLES": "products",
+             "PRAGMA table_info('products')": "title", "DESCRIBE products": "title", "EXPLAIN SELECT 1": "physical"}
+    for sql, want in reads.items():
+        res = runner.invoke(app, ["sql", sql, "--csv", "--catalog", str(catalog)])
+        assert res.exit_code == 0 and want in res.output, (sql, res.output, res.exception)
+    res = runner.invoke(app, ["sql", f"COPY (SELECT 1 AS a) TO '{out_csv}'", "--write", "--catalog", str(catalog)])
+    assert res.exit_code == 0 and out_csv.exists()
+
+
+def test_sql_csv_lines_end_in_lf(catalog):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "compass", "sql", "SELECT 1 AS a, 'x' AS b", "--csv",
+                           "--catalog", str(catalog)], capture_output=True, env=os.environ.copy(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"a,b\n1,x\n"
