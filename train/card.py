@@ -24,6 +24,21 @@ def _md_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# One product phrase per language ("white sports shoes"), for the usage example: the card shows text in languages
+# the model was trained on (a catalog-learnt tokenizer reads other scripts as [UNK]), never catalog text.
+USAGE_PHRASES = {
+    "th": "รองเท้าผ้าใบ สีขาว", "vi": "giày thể thao trắng", "id": "sepatu olahraga putih",
+    "ms": "kasut sukan putih", "fil": "puting sapatos pang-isports", "my": "အဖြူရောင် အားကစားဖိနပ်",
+    "km": "ស្បែកជើងកីឡាពណ៌ស", "lo": "ເກີບກິລາສີຂາວ", "en": "white sports shoes",
+}
+
+
+def usage_texts(per_lang: dict[str, int], n: int = 2) -> list[str]:
+    """Phrases of the n languages with the most training examples (English when none is known)."""
+    langs = [lang for lang, _ in sorted(per_lang.items(), key=lambda kv: (-kv[1], kv[0])) if lang in USAGE_PHRASES]
+    return [USAGE_PHRASES[lang] for lang in langs[:n]] or [USAGE_PHRASES["en"]]
+
+
 def card_text(cfg, spec: dict, fit: dict, evaluation: dict | None) -> str:
     from compass.train.evaluate import result_tables
 
@@ -39,13 +54,24 @@ def card_text(cfg, spec: dict, fit: dict, evaluation: dict | None) -> str:
         f"Trained by compass (`pip install compass-embed`) {__version__} from a product catalog; base: {base}.", "",
         "## Usage", "", "```python", "from sentence_transformers import SentenceTransformer", "",
         'model = SentenceTransformer("path/to/this/folder")',
-        'embeddings = model.encode(["รองเท้าผ้าใบ สีขาว", "giày thể thao trắng"])', "```", "",
+        *(["queries = model.encode_query(" + json.dumps(usage_texts(counts.get("per_lang", {}))[:1],
+                                                        ensure_ascii=False) + ")",
+            "documents = model.encode_document(" + json.dumps(usage_texts(counts.get("per_lang", {})),
+                                                             ensure_ascii=False) + ")"]
+          if fit.get("prompts") else
+          ["embeddings = model.encode(" + json.dumps(usage_texts(counts.get("per_lang", {})), ensure_ascii=False)
+           + ")"]), "```", "",
+        *([f"Queries take the prompt `{fit['prompts'].get('anchor', '')}` and documents "
+           f"`{fit['prompts'].get('positive', '')}` (`encode_query` / `encode_document` add them), as in training.",
+           ""] if fit.get("prompts") else []),
         "## Training", "",
         _md_table([{"base": cfg.base, "loss": fit.get("loss_class"), "batch": cfg.batch_size,
                     "processes": cfg.nproc, "steps": fit.get("global_step"), "lr": cfg.learning_rate,
                     "seed": cfg.seed, "lang temperature": cfg.lang_temperature,
                     "batch dedup": getattr(cfg, "batch_dedup", "text"),
-                    "final loss": fit.get("final_loss")}]),
+                    "final loss": fit.get("final_loss"), "device": fit.get("device"),
+                    "precision": fit.get("precision"), "max tokens": fit.get("train_max_seq_length"),
+                    "frozen params": fit.get("frozen_parameters")}]),
         f"Loss config: `{loss_cfg}`", "",
         f"Full command config: `{json.dumps(asdict(cfg), ensure_ascii=False, sort_keys=True, default=str)}`", "",
         "## Data", "",
@@ -55,7 +81,9 @@ def card_text(cfg, spec: dict, fit: dict, evaluation: dict | None) -> str:
         f"Split policy: `{json.dumps(lineage['split_policy'], sort_keys=True)}` (groups = product / item / "
         "translation group; no group straddles train and test).", "",
         f"{counts['examples']} training examples ({counts.get('dropped_missing_negatives', 0)} dropped for "
-        "missing negatives).", "",
+        f"missing negatives; {counts.get('fewer_negatives', 0)} trained with fewer mined negatives than asked, "
+        "in batches of their own).", "",
+        *[f"- note: {line}" for line in spec.get("notes", [])], "",
         _md_table([{"lang": k, "examples": v} for k, v in counts.get("per_lang", {}).items()]), "",
         _md_table([{"task": k, "examples": v} for k, v in counts.get("per_task", {}).items()]), "",
     ]

@@ -57,8 +57,11 @@ def train(
                                                   "anchors; none: mask by class and text only.")] = "default",
     langs: LangsOpt = None,
     negatives: Annotated[str, typer.Option(help="Negative set id, 'latest' or 'none'.")] = "latest",
-    num_negatives: Annotated[int, typer.Option(help="Hard negatives per example (rows with fewer are left out).")]
+    num_negatives: Annotated[int, typer.Option(help="Hard negatives per example (see --missing-negatives).")]
     = 1,
+    missing_negatives: Annotated[str, typer.Option(
+        help="Rows with fewer mined negatives: pairs = train with what they have (in-batch negatives only when "
+             "none), in batches of their own; drop = leave them out.")] = "pairs",
     lang_temperature: Annotated[float, typer.Option(help="Language sampling p ~ n^(1/T); 1 = as in the data.")]
     = 3.0,
     batch_dedup: Annotated[str, typer.Option(
@@ -68,7 +71,23 @@ def train(
              "infonce they are false negatives. text: no text of any column twice (CAM then has nothing to mask "
              "by text).")] = "anchor",
     seed: Annotated[int, typer.Option(help="Seed for initialisation and sampling.")] = 0,
-    nproc: Annotated[int, typer.Option(help="Data-parallel processes (torch.distributed, gloo on CPU).")] = 1,
+    nproc: Annotated[int, typer.Option(help="Data-parallel processes (torch.distributed: gloo on CPU, NCCL on GPUs, "
+                                            "process r on cuda:r).")] = 1,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present) | cpu | cuda | cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (mixed "
+                                                "precision: weights stay fp32).")] = "auto",
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward (transformer "
+                                                              "bases): less memory, ~30% slower.")] = False,
+    prompts: Annotated[bool, typer.Option(help="Anchors get the base's query prompt, positives and negatives its "
+                                               "document prompt (e5: 'query: ' / 'passage: '); none if it has none.")]
+    = True,
+    freeze_embeddings: Annotated[bool, typer.Option(help="Transformer bases: do not train the word-embedding "
+                                                         "table (most of a multilingual model's parameters).")]
+    = True,
+    max_seq_length: Annotated[Optional[int], typer.Option(help="Transformer bases: truncate training texts to this "
+                                                               "many tokens (the saved model keeps its own limit).")]
+    = 128,
+    overwrite: Annotated[bool, typer.Option(help="Discard checkpoints in --out made with another config.")] = False,
     embedding_dim: Annotated[int, typer.Option(help="--base static: embedding size.")] = 256,
     vocab_size: Annotated[int, typer.Option(help="--base static: tokenizer vocabulary size.")] = 24000,
     tokenizer_texts: Annotated[Optional[list[Path]], typer.Option(
@@ -91,10 +110,13 @@ def train(
         task_policy=task_policy, langs=parse_langs(langs), negatives=negatives, num_negatives=num_negatives,
         lang_temperature=lang_temperature, batch_dedup=batch_dedup, seed=seed, nproc=nproc,
         embedding_dim=embedding_dim, vocab_size=vocab_size, tokenizer_texts=[str(p) for p in tokenizer_texts or []],
-        eval_tasks=str(eval_tasks) if eval_tasks else None, save_steps=save_steps, keep_checkpoints=keep_checkpoints)
-    res = run_train(catalog, cfg)
-    console.print(f"model written to {out} ({res['global_step']} steps, final loss {res['final_loss']}, "
-                  f"timings {res['timings_s']})")
+        eval_tasks=str(eval_tasks) if eval_tasks else None, save_steps=save_steps, keep_checkpoints=keep_checkpoints,
+        device=device, precision=precision, gradient_checkpointing=gradient_checkpointing, prompts=prompts,
+        freeze_embeddings=freeze_embeddings, max_seq_length=max_seq_length, missing_negatives=missing_negatives,
+        overwrite=overwrite)
+    res = run_train(catalog, cfg, echo=lambda line: console.print(f"train: {line}", markup=False, highlight=False))
+    console.print(f"model written to {out} ({res['global_step']} steps on {res.get('device')} "
+                  f"{res.get('precision')}, final loss {res['final_loss']}, timings {res['timings_s']})")
     import json
 
     evaluation = json.loads((out / "compass_train.json").read_text(encoding="utf-8"))["evaluation"]
@@ -104,17 +126,23 @@ def train(
 
 
 def eval_(
-    model: Annotated[Path, typer.Argument(help="A sentence-transformers model folder.")],
+    model: Annotated[str, typer.Argument(help="A sentence-transformers model folder, or a model name: minilm, "
+                                              "e5-small.")],
     tasks: Annotated[Optional[Path], typer.Option(help="Folder of task folders (BEIR retrieval or "
                                                        "train/test.jsonl classification).")] = None,
-    catalog_split: Annotated[Optional[str], typer.Option(help="Also score this catalog split as retrieval "
-                                                              "(test | dev; 'none' to skip).")] = "test",
+    catalog_split: Annotated[Optional[str], typer.Option(help="Also score this catalog split (test | dev; 'none' to "
+                                                              "skip): its queries ranked against every product title "
+                                                              "of their language.")] = "test",
     langs: LangsOpt = None,
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (auto: CUDA when present).")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU).")]
+    = "auto",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full result as JSON here.")] = None,
     catalog: CatalogOpt = None,
 ) -> None:
-    """Evaluate a model: retrieval nDCG@10/MRR@10/Recall@100, classification accuracy/macro-F1, per language."""
+    """Evaluate a model: retrieval nDCG@10/MRR@10/Recall@100, classification accuracy/macro-F1; retrieval and
+    classification macros apart, per language."""
     import json
 
     from compass.catalog.db import catalog_path
@@ -123,10 +151,10 @@ def eval_(
     split_name = None if catalog_split in (None, "", "none") else catalog_split
     use_catalog = split_name is not None and (catalog is not None or catalog_path(None).exists())
     res = evaluate_model(model, tasks, catalog_path(catalog) if use_catalog else None, split_name,
-                         batch_size=batch_size, langs=parse_langs(langs))
+                         batch_size=batch_size, langs=parse_langs(langs), device=device, precision=precision)
     task_rows, lang_rows = result_tables(res)
-    print_table(task_rows, title=f"{model}: tasks (x100)")
-    print_table(lang_rows, title="per-language macro (x100)")
+    print_table(task_rows, title=f"{model}: tasks (x100; main = nDCG@10 for retrieval, accuracy for classification)")
+    print_table(lang_rows, title="macro per language (x100): retrieval, classification, all tasks")
     if json_out:
         json_out.write_text(json.dumps(res, ensure_ascii=False, indent=2), encoding="utf-8")
         console.print(f"wrote {json_out}")

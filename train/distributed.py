@@ -1,4 +1,4 @@
-"""Run one function in N local processes joined by a torch.distributed process group (gloo, CPU).
+"""Run one function in N local processes joined by a torch.distributed process group (gloo on CPU, NCCL on GPUs).
 
 ``compass train --nproc N`` calls ``launch(train_fn, N, ...)``; tests call it to check that N processes give what one
 process gives. torchrun would do the same from a shell, but the CLI wants a Python call that returns each rank's
@@ -39,18 +39,22 @@ def _worker(
     threads: int,
     backend: str,
     timeout_s: float,
+    first_device: int,
     args: tuple,
 ) -> None:
+    local_rank = first_device + rank if backend == "nccl" else rank
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
         RANK=str(rank),
-        LOCAL_RANK=str(rank),
+        LOCAL_RANK=str(local_rank),
         WORLD_SIZE=str(nproc),
         LOCAL_WORLD_SIZE=str(nproc),
     )
     # N processes on a few cores: without this each one starts a thread per core and they thrash.
     torch.set_num_threads(threads)
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)  # NCCL binds a process to the current device: one GPU per process
     dist.init_process_group(
         backend, rank=rank, world_size=nproc, timeout=datetime.timedelta(seconds=timeout_s)
     )
@@ -69,6 +73,7 @@ def launch(
     backend: str = "gloo",
     timeout_s: float = 600.0,
     start_method: str = "spawn",
+    first_device: int = 0,
 ) -> list[Any]:
     """Run ``fn(*args)`` in ``nproc`` spawned processes inside an initialised process group; return the results
     by rank. Inside ``fn``, ``torch.distributed.get_rank()`` tells the rank.
@@ -80,6 +85,9 @@ def launch(
     ``start_method="fork"`` skips re-importing torch and the model libraries in every child (seconds each on a
     busy CPU); it is safe here because each child sets its own thread count before any torch op, but spawn stays
     the default since a parent holding threads or a GPU context must not fork.
+
+    ``backend="nccl"``: process r runs on GPU ``first_device + r`` (its LOCAL_RANK, which the transformers trainer
+    and accelerate read to pick the device).
     """
     if nproc < 1:
         raise CompassError(f"--nproc must be >= 1, got {nproc}")
@@ -89,7 +97,7 @@ def launch(
     with tempfile.TemporaryDirectory(prefix="compass-launch-") as out_dir:
         mp.start_processes(
             _worker,
-            args=(fn, nproc, free_port(), out_dir, threads, backend, timeout_s, args),
+            args=(fn, nproc, free_port(), out_dir, threads, backend, timeout_s, first_device, args),
             nprocs=nproc,
             join=True,
             start_method=start_method,

@@ -86,3 +86,52 @@ def build_static_model(texts: Iterable[str], embedding_dim: int = 256, vocab_siz
     torch.manual_seed(seed)  # the random initial table is part of the experiment: same seed, same start
     module = StaticEmbedding(tok, embedding_dim=embedding_dim)
     return SentenceTransformer(modules=[module], device="cpu")
+
+
+UNK_WARN_SHARE = 0.10  # a language the corpus covered has well under 1% [UNK] pieces; an unseen script is ~100%
+
+
+def _task_texts(task, limit: int = 200) -> list[str]:
+    """Up to `limit` texts of an eval task (queries and documents, or classification texts)."""
+    from compass.jsonl import iter_jsonl
+
+    files = ["queries.jsonl", "corpus.jsonl"] if task.kind == "retrieval" else ["test.jsonl"]
+    texts: list[str] = []
+    for name in files:
+        for n, (_, row) in enumerate(iter_jsonl(task.path / name, ("text",))):
+            if n >= limit // len(files):
+                break
+            texts.append(str(row["text"]))
+    return texts
+
+
+def tokenizer_notes(base: str | Path, vocab_size: int, train_langs: set[str], eval_tasks: str | None) -> list[str]:
+    """Warnings about a static base's catalog-learnt tokenizer: --vocab-size not reached, and eval languages that
+    its corpus lacked (measured: the share of [UNK] pieces on the task's texts, since an unseen script is all
+    [UNK] and the model then embeds every text of it alike)."""
+    from tokenizers import Tokenizer
+
+    paths = sorted(Path(base).rglob("tokenizer.json"))
+    if not paths:
+        return []
+    tok = Tokenizer.from_file(str(paths[0]))
+    notes = []
+    got = tok.get_vocab_size()
+    if got < vocab_size:
+        notes.append(f"tokenizer: {got} pieces learnt, fewer than --vocab-size {vocab_size}: the training texts hold "
+                     "no more distinct pieces (add --tokenizer-texts for a larger vocabulary)")
+    if not eval_tasks:
+        return notes
+    from compass.train.evaluate import discover_tasks
+
+    unk = tok.token_to_id(UNK)
+    for task in discover_tasks(eval_tasks):
+        texts = _task_texts(task)
+        ids = [i for enc in tok.encode_batch(texts) for i in enc.ids] if texts else []
+        share = sum(i == unk for i in ids) / len(ids) if ids else 0.0
+        if share > UNK_WARN_SHARE:
+            why = ("the catalog has no training examples in it" if task.lang not in train_langs
+                   else "the tokenizer corpus covers it poorly")
+            notes.append(f"tokenizer: eval task {task.name} ({task.lang}): {share:.0%} of its pieces are [UNK]; "
+                         f"{why}: add {task.lang} text with --tokenizer-texts (e.g. the task folder) or drop the task")
+    return notes

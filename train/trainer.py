@@ -14,6 +14,7 @@ card, and records the run.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,8 +23,9 @@ from typing import Any
 
 from compass.catalog.db import Catalog
 from compass.errors import CompassError
-from compass.models import BASELINE_ALIASES, minilm_path
+from compass.models import resolve_model
 
+log = logging.getLogger("compass.train")
 WORK = ".compass-train"
 STATIC_LR, TRANSFORMER_LR = 0.2, 2e-5  # static tables want a large step (sentence-transformers' static recipe)
 
@@ -57,6 +59,14 @@ class TrainConfig:
     logging_steps: int = 10
     save_steps: int = 200
     keep_checkpoints: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (compass.devices)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16: mixed precision, fp32 weights
+    gradient_checkpointing: bool = False
+    prompts: bool = True  # anchors get the base's query prompt, positives/negatives its document prompt
+    freeze_embeddings: bool = True  # transformer bases: the word-embedding table is not trained (see fit)
+    max_seq_length: int | None = 128  # transformer bases: token limit while training (the saved model keeps its own)
+    missing_negatives: str = "pairs"  # pairs | drop: rows with fewer than num_negatives mined negatives
+    overwrite: bool = False  # discard checkpoints of another config in OUT
 
     def __post_init__(self) -> None:
         if self.loss not in ("cam", "infonce"):
@@ -70,6 +80,13 @@ class TrainConfig:
                                "(it is the global batch, split evenly across processes)")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise CompassError("give --epochs > 0 or --max-steps > 0")
+        if self.missing_negatives not in ("pairs", "drop"):
+            raise CompassError(f"--missing-negatives {self.missing_negatives!r}: use pairs or drop")
+        if self.max_seq_length is not None and self.max_seq_length < 8:
+            raise CompassError(f"--max-seq-length {self.max_seq_length}: give at least 8 tokens")
+        if self.nproc > 1 and self.device.strip().lower().startswith("cuda:"):
+            raise CompassError(f"--device {self.device} with --nproc {self.nproc}: process r takes cuda:r; pick the "
+                               "GPUs with CUDA_VISIBLE_DEVICES and pass --device cuda")
 
     @property
     def learning_rate(self) -> float:
@@ -106,26 +123,80 @@ def make_loss(model, cfg: TrainConfig, task_ids: dict[str, int], gather: bool):
     return CAMLoss(model, **kw)
 
 
-def fit(spec: dict, callbacks: list | None = None) -> dict:
-    """Phase 2, in each training process: the library's trainer over the prepared dataset and base model.
+def training_prompts(model, columns: list[str]) -> dict[str, str] | None:
+    """Per-column prompts for the trainer: the model's query prompt for the anchor, its document prompt (the first
+    of document / passage / corpus, as ``encode_document`` picks) for the positive and negatives; None when the
+    model has neither (it then trains on the bare texts, as before)."""
+    prompts = getattr(model, "prompts", None) or {}
+    query = prompts.get("query") or None
+    doc = next((prompts[n] for n in ("document", "passage", "corpus") if prompts.get(n)), None)
+    if not query and not doc:
+        return None
+    out = {c: (query if c == "anchor" else doc) for c in columns if c != "label"}
+    return {c: p for c, p in out.items() if p}
 
-    Resumes from the newest checkpoint in OUT/checkpoints when there is one. ``callbacks``: extra
-    transformers TrainerCallbacks (progress hooks; tests use one to kill a run mid-way)."""
+
+def transformer_module(model):
+    """The model's first module when it is a transformers-backed one (None for StaticEmbedding)."""
+    first = model[0]
+    return first if hasattr(first, "auto_model") else None
+
+
+def fit_device(cfg: TrainConfig) -> str:
+    """This process's device: --device resolved, and in a launched GPU process the GPU of its LOCAL_RANK."""
+    import os
+
+    import torch.distributed as dist
+
+    from compass.devices import resolve_device
+
+    device = resolve_device(cfg.device)
+    if device.startswith("cuda") and dist.is_available() and dist.is_initialized():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return device
+
+
+def build_trainer(spec: dict, callbacks: list | None = None):
+    """The library's trainer over the prepared dataset and base, set up as the config says; (trainer, info)."""
     import datasets
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
-    from transformers.trainer_utils import get_last_checkpoint
+    import torch
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
-    from compass.train.data import batch_sampler_factory
+    from compass.devices import precision_name, resolve_precision
+    from compass.train.data import NegativeGroupCollator, batch_sampler_factory
+
+    class Trainer(SentenceTransformerTrainer):
+        data_collator_class = NegativeGroupCollator  # rows with fewer mined negatives leave their columns empty
 
     cfg = TrainConfig(**spec["config"])
+    device = fit_device(cfg)
+    dtype = resolve_precision(device, cfg.precision)
     dataset = datasets.load_from_disk(spec["dataset"])
-    model = SentenceTransformer(spec["base"], device="cpu")
+    model = SentenceTransformer(spec["base"], device=device)
+    info: dict[str, Any] = {"device": device, "precision": precision_name(dtype), "prompts": None,
+                            "frozen_parameters": 0, "trainable_parameters": 0, "train_max_seq_length": None}
+    hf = transformer_module(model)
+    if hf is not None:
+        if cfg.freeze_embeddings:
+            # 96M of multilingual-e5-small's 118M parameters are its 250k-row word table, and a catalog touches a
+            # few thousand rows. Freezing it removes the dense (250k, 384) gradient and AdamW's update of it, the
+            # bulk of a CPU step, and keeps the rows of tokens the catalog never shows where the base left them
+            # (updated rows drift away from untouched ones: the forgetting this guards against).
+            emb = hf.auto_model.get_input_embeddings()
+            emb.weight.requires_grad_(False)
+            info["frozen_parameters"] = emb.weight.numel()
+        if cfg.max_seq_length and (model.max_seq_length or 10**9) > cfg.max_seq_length:
+            info["saved_max_seq_length"] = model.max_seq_length
+            model.max_seq_length = cfg.max_seq_length  # restored before the final save
+        info["train_max_seq_length"] = model.max_seq_length
+    elif cfg.gradient_checkpointing:
+        raise CompassError("--gradient-checkpointing needs a transformer base (a static model has no layers)")
+    info["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    prompts = training_prompts(model, dataset.column_names) if cfg.prompts else None
+    info["prompts"] = prompts
     loss = make_loss(model, cfg, spec["task_ids"], gather=cfg.nproc > 1)
     ckpt_dir = Path(cfg.out) / "checkpoints"
+    on_cuda = device.startswith("cuda")
     args = SentenceTransformerTrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=cfg.batch_size // cfg.nproc,
@@ -141,46 +212,123 @@ def fit(spec: dict, callbacks: list | None = None) -> dict:
         save_steps=cfg.save_steps,
         save_total_limit=2,
         report_to="none",
-        use_cpu=True,
-        batch_sampler=batch_sampler_factory(spec["langs"], cfg.lang_temperature, cfg.batch_dedup),
+        use_cpu=not on_cuda,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        # only when asked: transformers 5.2x renames it (activation_checkpointing) and warns on every use
+        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
+        prompts=prompts,
+        batch_sampler=batch_sampler_factory(spec["langs"], cfg.lang_temperature, cfg.batch_dedup,
+                                            spec.get("groups"), block=cfg.nproc),
         # gather_across_devices needs equal per-rank batches
         dataloader_drop_last=cfg.nproc > 1,
-        ddp_backend="gloo" if cfg.nproc > 1 else None,
+        ddp_backend=("nccl" if on_cuda else "gloo") if cfg.nproc > 1 or spec.get("launched") else None,
     )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
-                                         callbacks=callbacks)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=callbacks)
+    return trainer, info
+
+
+def fit(spec: dict, callbacks: list | None = None) -> dict:
+    """Phase 2, in each training process: the library's trainer over the prepared dataset and base model.
+
+    Resumes from the newest checkpoint in OUT/checkpoints when there is one (prepare() has checked that it was made
+    with this config). ``callbacks``: extra transformers TrainerCallbacks (progress hooks; tests use one to kill a
+    run mid-way)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    trainer, info = build_trainer(spec, callbacks)
+    cfg = TrainConfig(**spec["config"])
+    ckpt_dir = Path(cfg.out) / "checkpoints"
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     output = trainer.train(resume_from_checkpoint=last)
+    model, loss = trainer.model, trainer.loss
+    if isinstance(loss, dict):
+        loss = next(iter(loss.values()))
     if trainer.is_world_process_zero():
+        if "saved_max_seq_length" in info:
+            model.max_seq_length = info["saved_max_seq_length"]
         model.save(cfg.out)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"resumed_from": last, "global_step": trainer.state.global_step, "final_loss": losses[-1] if losses else None,
             "train_runtime_s": output.metrics.get("train_runtime"), "loss_config": loss.get_config_dict()
-            if hasattr(loss, "get_config_dict") else {}, "loss_class": type(loss).__name__}
+            if hasattr(loss, "get_config_dict") else {}, "loss_class": type(loss).__name__, **info}
 
 
-def prepare(cat: Catalog, cfg: TrainConfig, run_id: str) -> dict:
-    """Phase 1: splits, dataset, base model on disk; returns the spec `fit` runs from."""
-    from compass.train.data import build_training_data
+# Fields that do not change what is trained: where it goes, how often it is logged or saved, what is evaluated
+# afterwards, and the device (a run started on a CPU may resume on a GPU).
+NOT_HASHED = ("out", "eval_tasks", "logging_steps", "save_steps", "keep_checkpoints", "overwrite", "device")
+CONFIG_FILE = "compass_config.json"
+
+
+def config_fields(cfg: TrainConfig) -> dict:
+    return {k: v for k, v in asdict(cfg).items() if k not in NOT_HASHED}
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    import hashlib
+
+    blob = json.dumps(config_fields(cfg), sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def claim_checkpoints(cfg: TrainConfig) -> str | None:
+    """Make OUT/checkpoints this config's: refuse checkpoints made with another config (naming the fields that
+    differ), or discard them with --overwrite. Returns what happened, for the console (None: a fresh start)."""
+    out = Path(cfg.out)
+    ckpt, work = out / "checkpoints", out / WORK
+    stored_path = ckpt / CONFIG_FILE
+    note = None
+    if ckpt.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt.iterdir()):
+        stored = json.loads(stored_path.read_text(encoding="utf-8")) if stored_path.exists() else None
+        if stored is None or stored.get("hash") != config_hash(cfg):
+            mine = config_fields(cfg)
+            theirs = (stored or {}).get("fields", {})
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)) if stored else []
+            if not cfg.overwrite:
+                what = (f"differ in {', '.join(f'{k} ({theirs.get(k)!r} -> {mine.get(k)!r})' for k in diff)}"
+                        if stored else "have no stored config (made by an older compass)")
+                raise CompassError(f"--out {out}: its checkpoints were made with another config: they {what}; "
+                                   "pass --overwrite to discard them and start over, or a new --out")
+            note = f"--overwrite: discarded the checkpoints of another config in {ckpt}"
+            shutil.rmtree(ckpt)
+            shutil.rmtree(work, ignore_errors=True)  # the static base there belongs to the old config too
+        else:
+            note = f"resuming from the checkpoints in {ckpt} (same config {stored['hash']})"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    stored_path.write_text(json.dumps({"hash": config_hash(cfg), "fields": config_fields(cfg)}, indent=2,
+                                      sort_keys=True, default=str), encoding="utf-8")
+    return note
+
+
+def prepare(cat: Catalog, cfg: TrainConfig, run_id: str, echo=None) -> dict:
+    """Phase 1: splits, dataset, base model on disk; returns the spec `fit` runs from. ``echo(line)`` gets what
+    the user should read before a long fit (default: the logging module)."""
+    from compass.train.data import build_training_data, describe_negatives
     from compass.train.splits import active_policy, assign_splits
-    from compass.train.static_base import build_static_model, catalog_texts, read_text_files
+    from compass.train.static_base import build_static_model, catalog_texts, read_text_files, tokenizer_notes
 
+    echo = echo or log.warning
+    resumed = claim_checkpoints(cfg)
+    if resumed:
+        echo(resumed)
     split = assign_splits(cat, None, run_id)  # examples that arrived since the last split get theirs first
-    data = build_training_data(cat, cfg.langs, cfg.negatives, cfg.num_negatives)
+    data = build_training_data(cat, cfg.langs, cfg.negatives, cfg.num_negatives, missing=cfg.missing_negatives)
+    for line in describe_negatives(data):
+        echo(line)
     work = Path(cfg.out) / WORK
     work.mkdir(parents=True, exist_ok=True)
     data.dataset.save_to_disk(str(work / "dataset"))
-    base = cfg.base
-    if base.lower() in BASELINE_ALIASES:
-        base = str(minilm_path())
+    notes: list[str] = []
     if cfg.base == "static":
         base = str(work / "base")
         if not (work / "base" / "modules.json").exists():  # a resumed run keeps the tokenizer its checkpoints use
             texts = list(catalog_texts(cat)) + list(read_text_files(cfg.tokenizer_texts))
             build_static_model(texts, cfg.embedding_dim, cfg.vocab_size, cfg.seed).save(base)
-    elif not Path(base).exists():
-        raise CompassError(f"--base {cfg.base}: not a model folder (pass 'static' or a sentence-transformers "
-                           "model directory; no downloads happen here)")
+        notes = tokenizer_notes(base, cfg.vocab_size, set(data.langs), cfg.eval_tasks)
+        for line in notes:
+            echo(line)
+    else:
+        base = resolve_model(cfg.base)  # a folder, or a name compass knows (minilm, e5-small, ...)
     runs = [r["run_id"] for r in cat.query(
         "SELECT DISTINCT k.run_id FROM kept_examples k JOIN splits s ON s.example_id = k.id "
         "WHERE s.split = 'train' AND k.run_id IS NOT NULL ORDER BY 1")]
@@ -193,12 +341,16 @@ def prepare(cat: Catalog, cfg: TrainConfig, run_id: str) -> dict:
         "lineage": {"train_run": run_id, "example_runs": runs, "negative_set": data.negative_set,
                     "negative_set_run": neg_run, "split_policy": asdict(policy) if policy else None,
                     "catalog": Path(cat.path).name},
-        "counts": data.counts, "split": split,
+        "counts": data.counts, "split": split, "groups": data.groups, "notes": notes,
     }
 
 
-def train(catalog: str | Path | None, cfg: TrainConfig) -> dict:
-    """Prepare, fit, evaluate, write the card; returns the run summary."""
+def train(catalog: str | Path | None, cfg: TrainConfig, echo=None) -> dict:
+    """Prepare, fit, evaluate, write the card; returns the run summary. ``echo(line)``: notes for the console.
+
+    Devices: one CPU process fits here; N CPU processes (gloo) or any GPU run that is not the only GPU's fit
+    here (N processes with NCCL, process r on cuda:r; --device cuda:N alone) go through ``launch``, since the
+    transformers trainer in this process would take cuda:0 and spread over every visible GPU (DataParallel)."""
     from compass.train.card import write_card
     from compass.train.evaluate import evaluate_model
 
@@ -207,18 +359,26 @@ def train(catalog: str | Path | None, cfg: TrainConfig) -> dict:
         raise CompassError(f"--out {out} already holds a finished model: pass another --out (or delete it)")
     t0 = time.perf_counter()
     with Catalog(catalog) as cat, cat.run("train", asdict(cfg)) as run:
-        spec = prepare(cat, cfg, run.id)
+        spec = prepare(cat, cfg, run.id, echo)
         t_prep = time.perf_counter()
-        if cfg.nproc > 1:
+        import torch
+
+        from compass.devices import device_index, resolve_device
+
+        device = resolve_device(cfg.device)
+        on_cuda = device.startswith("cuda")
+        if cfg.nproc > 1 or (on_cuda and (device != "cuda:0" or torch.cuda.device_count() > 1)):
             from compass.train.distributed import launch
 
-            result = launch(fit, cfg.nproc, spec)[0]
+            spec["launched"] = True
+            result = launch(fit, cfg.nproc, spec, backend="nccl" if on_cuda else "gloo",
+                            first_device=device_index(device) or 0)[0]
         else:
             result = fit(spec)
         t_fit = time.perf_counter()
         from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(str(out), device="cpu")
+        model = SentenceTransformer(str(out), device=device)
         evaluation = evaluate_model(model, cfg.eval_tasks, cat, "test", langs=cfg.langs)
         summary = {**result, "out": str(out), "counts": spec["counts"], "lineage": spec["lineage"],
                    "base": cfg.base, "macro": evaluation["macro"],
