@@ -9,7 +9,7 @@ import pytest
 
 from compass.errors import CompassError
 from compass.train.evaluate import discover_tasks, evaluate_model, read_beir
-from conftest import run_cli, write_jsonl
+from conftest import PRODUCTS_TH, run_cli, write_jsonl
 
 DOCS = ["sepatu lari pria hitam", "tas kulit wanita coklat", "krim tabir surya spf50", "casing ponsel silikon",
         "kemeja batik lengan panjang", "jam tangan digital sport"]
@@ -58,8 +58,33 @@ def test_eval_tasks_scores_and_language_macros(tmp_path):
     c = res["tasks"]["th_toy_classification"]
     assert c["type"] == "classification" and c["lang"] == "th" and c["accuracy"] == pytest.approx(1.0)
     assert c["f1"] == pytest.approx(1.0)
-    assert res["languages"] == {"id": pytest.approx(1.0), "th": pytest.approx(1.0)}
+    assert res["languages"]["id"] == {"retrieval": pytest.approx(1.0), "classification": None,
+                                      "macro": pytest.approx(1.0)}
+    assert res["languages"]["th"] == {"retrieval": None, "classification": pytest.approx(1.0),
+                                      "macro": pytest.approx(1.0)}
     assert res["macro"] == pytest.approx(1.0) and res["sea_macro"] == pytest.approx(1.0)
+    assert res["retrieval_macro"] == pytest.approx(1.0) and res["classification_macro"] == pytest.approx(1.0)
+    assert res["device"] == "cpu" and res["precision"] == "fp32"
+
+
+def test_macros_keep_retrieval_and_classification_apart():
+    from compass.train.evaluate import result_tables, summarise
+
+    results = {"a": {"type": "retrieval", "lang": "th", "source": "tasks", "main": 0.2},
+               "b": {"type": "classification", "lang": "th", "source": "tasks", "main": 0.8},
+               "c": {"type": "classification", "lang": "th", "source": "tasks", "main": 0.6},
+               "d": {"type": "retrieval", "lang": "en", "source": "catalog", "main": 0.4}}
+    s = summarise(results)
+    assert s["retrieval_macro"] == pytest.approx(0.3) and s["classification_macro"] == pytest.approx(0.7)
+    assert s["macro"] == pytest.approx(0.5)  # over tasks, not over the two type macros
+    assert s["languages"]["th"] == {"retrieval": pytest.approx(0.2), "classification": pytest.approx(0.7),
+                                    "macro": pytest.approx(1.6 / 3)}
+    assert s["sea"] == {"retrieval": pytest.approx(0.2), "classification": pytest.approx(0.7),
+                        "macro": pytest.approx(1.6 / 3)}
+    _, langs = result_tables({"tasks": results, **s})
+    assert [r["lang"] for r in langs] == ["en", "th", "ALL", "SEA"]
+    assert langs[1] == {"lang": "th", "retrieval": 20.0, "classification": 70.0, "macro": 53.33}
+    assert langs[0]["classification"] is None
 
 
 def test_eval_retrieval_is_not_trivially_perfect(tmp_path):
@@ -71,6 +96,87 @@ def test_eval_retrieval_is_not_trivially_perfect(tmp_path):
     model = tiny_model(tmp_path, DOCS)
     res = evaluate_model(model, root / "id_toy_retrieval")
     assert res["tasks"]["id_toy_retrieval"]["mrr@10"] < 0.6
+
+
+def _with_prompts(path: Path, prompts: dict) -> Path:
+    cfg = path / "config_sentence_transformers.json"
+    data = json.loads(cfg.read_text()) if cfg.exists() else {}
+    cfg.write_text(json.dumps({**data, "prompts": prompts, "default_prompt_name": None}))
+    return path
+
+
+def test_retrieval_encodes_queries_and_documents_with_their_prompts(tmp_path):
+    """A model's query/document prompts apply in retrieval: the evaluator's MRR equals one computed by hand from
+    prompt + text, and differs from the same model without prompts (which finds every verbatim query)."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    root = write_tasks(tmp_path / "tasks")
+    path = tiny_model(tmp_path, DOCS + ["tas tas tas"])
+    plain = evaluate_model(path, root / "id_toy_retrieval")["tasks"]["id_toy_retrieval"]
+    assert plain["mrr@10"] == pytest.approx(1.0)
+    prompts = {"query": "tas " * 30, "document": "sepatu "}
+    res = evaluate_model(_with_prompts(path, prompts), root / "id_toy_retrieval")["tasks"]["id_toy_retrieval"]
+    model = SentenceTransformer(str(path), device="cpu")
+    assert model.prompts == prompts
+    q = model.encode([prompts["query"] + t for t in DOCS], normalize_embeddings=True)
+    d = model.encode([prompts["document"] + t for t in DOCS], normalize_embeddings=True)
+    ranks = [int((row > row[i]).sum()) + 1 for i, row in enumerate(q @ d.T)]  # rank of the right document
+    mrr = float(np.mean([1 / r if r <= 10 else 0.0 for r in ranks]))
+    assert res["mrr@10"] == pytest.approx(mrr, abs=1e-6) and mrr < 0.99
+
+
+def test_classification_uses_the_query_prompt(tmp_path):
+    from compass.train.evaluate import fit_probe, score_classification
+    from sentence_transformers import SentenceTransformer
+
+    root = write_tasks(tmp_path / "tasks")
+    path = _with_prompts(tiny_model(tmp_path, DOCS + ["tas sepatu model"]), {"query": "tas sepatu ",
+                                                                            "document": "model "})
+    model = SentenceTransformer(str(path), device="cpu")
+    train = [json.loads(x) for x in (root / "th_toy_classification" / "train.jsonl").read_text().splitlines()]
+    test = [{"text": f"{w} baru", "label": lab} for lab, ws in CLS_WORDS.items() for w in ws]
+    res = score_classification(model, train, test)
+    probe, c, folds = fit_probe(model.encode(["tas sepatu " + r["text"] for r in train]), [r["label"] for r in train])
+    pred = probe.predict(model.encode(["tas sepatu " + r["text"] for r in test]))
+    assert res["accuracy"] == pytest.approx(sum(p == r["label"] for p, r in zip(pred, test)) / len(test))
+    assert res["probe_c"] == c and res["probe_folds"] == folds == 5
+
+
+def test_probe_standardises_and_picks_c_by_cross_validation():
+    """Normalised, anisotropic features (a large shared offset, the signal tiny): plain C=1 logistic regression on
+    raw features under-fits; the probe standardises on train and chooses C by CV, and separates the classes."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from compass.train.evaluate import PROBE_CS, fit_probe
+
+    rng = np.random.default_rng(0)
+    y = np.array(["a", "b"] * 100)
+    x = rng.normal(0, 0.05, (200, 30))  # 28 dimensions of noise
+    x[:, 0] = 1.0  # the offset every embedding shares
+    x[:, 1] = np.where(y == "a", 1e-3, -1e-3) + rng.normal(0, 3e-4, 200)  # the signal, tiny next to the noise
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    raw = LogisticRegression(C=1.0, max_iter=1000).fit(x[:100], y[:100]).score(x[100:], y[100:])
+    probe, c, folds = fit_probe(x[:100], list(y[:100]))
+    assert raw < 0.65 and probe.score(x[100:], y[100:]) > 0.9
+    assert c in PROBE_CS and folds == 5
+    # a class with 3 examples: 3 folds; with 1: nothing to cross-validate, C=1
+    assert fit_probe(x[:23], ["a"] * 20 + ["b"] * 3)[2] == 3
+    assert fit_probe(x[:21], ["a"] * 20 + ["b"])[1:] == (1.0, 0)
+
+
+def test_eval_device_and_precision(tmp_path):
+    root = write_tasks(tmp_path / "tasks")
+    path = tiny_model(tmp_path, DOCS)
+    res = evaluate_model(path, root / "id_toy_retrieval", device="cpu", precision="bf16")
+    assert res["precision"] == "bf16" and res["device"] == "cpu"
+    assert res["tasks"]["id_toy_retrieval"]["mrr@10"] == pytest.approx(1.0)
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(CompassError, match="--device cuda"):
+            evaluate_model(path, root, device="cuda")
 
 
 def test_eval_errors_name_the_file_and_line(tmp_path):
@@ -96,28 +202,66 @@ def test_eval_cli_with_catalog_split(tmp_path, catalog, products_file):
     run_cli("eval", str(model), "--tasks", str(tasks), "--json", str(out), catalog=catalog)
     res = json.loads(out.read_text())
     cat_tasks = [n for n, r in res["tasks"].items() if r["source"] == "catalog"]
-    assert cat_tasks == ["catalog_test_th_category", "catalog_test_th_title"]
-    t = res["tasks"]["catalog_test_th_title"]
-    assert t["queries"] >= 1 and 0 <= t["ndcg@10"] <= 1
+    assert {"catalog_test_th_category", "catalog_test_th_query2title"} <= set(cat_tasks)
+    t = res["tasks"]["catalog_test_th_query2title"]
+    n_products = len({p["title"] for p in PRODUCTS_TH})
+    assert t["queries"] >= 1 and 0 <= t["ndcg@10"] <= 1 and t["docs"] == n_products  # the whole shop, not the split
     assert res["source_macro"]["tasks"] is not None and res["source_macro"]["catalog"] is not None
+    assert res["retrieval_macro"] is not None and res["classification_macro"] is not None
+    bad = run_cli("eval", str(model), "--tasks", str(tasks), "--device", "tpu", catalog=catalog, check=False)
+    assert bad.returncode != 0 and "--device 'tpu'" in bad.stdout + bad.stderr
 
 
-def test_catalog_retrieval_relevance_is_the_class(tmp_path):
-    """Two examples of one class: each anchor's relevant set holds both positives."""
+def test_catalog_queries_rank_against_every_kept_title_and_relevance_is_the_class(tmp_path):
+    """Item queries: relevant = the products of the item (two sellers' listings); category queries: every product of
+    the category, train-split ones included. Corpus = titles of every kept product of the language."""
     from compass.catalog.db import Catalog
     from compass.ids import text_hash
-    from compass.train.evaluate import catalog_retrieval_tasks
+    from compass.train.eval_catalog import catalog_retrieval_tasks
 
+    products = [("p1", "th", "รองเท้า A ร้าน 1", "Shoes"), ("p2", "th", "รองเท้า A ร้าน 2", "Shoes"),
+                ("p3", "th", "กระเป๋า B", "Bags"), ("p4", "th", "รองเท้า C", "Shoes"),
+                ("p5", "vi", "giày A", "Shoes"), ("p6", "th", "ขยะ ขยะ", "Bags")]
+    title = {p[0]: p[2] for p in products}
+    item_a, shoes = "item:th:a|1", "category:th:Shoes"
+    examples = [  # id, task, anchor, positive, class, product, split
+        ("e1", "query2title", "ราคา ถูก", title["p1"], item_a, "p1", "test"),
+        ("e2", "query2title", "รองเท้า a", title["p2"], item_a, "p2", "test"),
+        ("e3", "query2title", "กระเป๋า", title["p3"], "product:p3", "p3", "test"),
+        ("e4", "query2title", "รองเท้า c", title["p4"], "product:p4", "p4", "train"),
+        ("e5", "title2category", title["p1"], "Shoes", shoes, "p1", "test"),
+        ("e6", "title2category", title["p4"], "Shoes", shoes, "p4", "train"),
+        ("e7", "title2category", title["p2"], "Shoes", shoes, "p2", "dev"),
+        ("e8", "category_query2title", "รองเท้า ผู้ชาย", title["p2"], shoes, "p2", "test"),
+        ("e9", "title2category", title["p3"], "Bags", "category:th:Bags", "p3", "test"),
+        ("e10", "query2title", "giày", title["p5"], "product:p5", "p5", "test"),
+        ("e11", "query2title", "ขยะ", title["p6"], "product:p6", "p6", "train"),
+        ("e12", "translation", "shoe A", "giày A", "tg:1", "p1", "test"),  # positive is not p1's title: no title task
+    ]
     with Catalog(tmp_path / "c.duckdb", create=True) as cat, cat.transaction() as con:
-        rows = [("e1", "ราคา ถูก", "รองเท้า A ร้าน 1", "item:th:a|1"), ("e2", "รองเท้า a", "รองเท้า A ร้าน 2",
-                                                                            "item:th:a|1"),
-                ("e3", "กระเป๋า", "กระเป๋า B", "item:th:b|2")]
-        for i, a, p, c in rows:
-            con.execute("INSERT INTO examples (id, route, lang, task, anchor, positive, class_id) "
-                        "VALUES (?, 'structured', 'th', 'query2title', ?, ?, ?)", [i, a, p, c])
-            con.execute("INSERT INTO splits (example_id, split, group_id) VALUES (?, 'test', ?)", [i, c])
+        for pid, lang, t, c in products:
+            con.execute("INSERT INTO products (id, lang, market, title, category) VALUES (?, ?, 'X', ?, ?)",
+                        [pid, lang, t, c])
+        for i, task, a, pos, c, pid, split in examples:
+            lang = "vi" if pid == "p5" else "th"
+            con.execute("INSERT INTO examples (id, route, lang, task, anchor, positive, class_id, product_id) "
+                        "VALUES (?, 'structured', ?, ?, ?, ?, ?, ?)", [i, lang, task, a, pos, c, pid])
+            con.execute("INSERT INTO splits (example_id, split, group_id) VALUES (?, ?, ?)", [i, split, pid])
+        con.execute("INSERT INTO decisions (example_id, stage, keep, reason) VALUES ('e11', 'quality', FALSE, 'x')")
     with Catalog(tmp_path / "c.duckdb", read_only=True) as cat:
-        [(task, (queries, corpus, qrels))] = catalog_retrieval_tasks(cat, "test")
-    assert task.name == "catalog_test_th_title" and len(corpus) == 3 and len(queries) == 3
-    assert qrels[text_hash("ราคา ถูก")] == {text_hash("รองเท้า A ร้าน 1"), text_hash("รองเท้า A ร้าน 2")}
-    assert qrels[text_hash("กระเป๋า")] == {text_hash("กระเป๋า B")}
+        tasks = {name: (lang, data) for name, lang, data in catalog_retrieval_tasks(cat, "test")}
+        assert list(catalog_retrieval_tasks(cat, "test", ["vi"])[0][:2]) == ["catalog_test_vi_query2title", "vi"]
+    assert sorted(tasks) == ["catalog_test_th_category", "catalog_test_th_category_query2title",
+                             "catalog_test_th_query2title", "catalog_test_vi_query2title"]
+    h = text_hash
+    lang, (queries, corpus, qrels) = tasks["catalog_test_th_query2title"]
+    assert lang == "th" and set(queries.values()) == {"ราคา ถูก", "รองเท้า a", "กระเป๋า"}  # test split only
+    # every kept th product (p4 is train-split), not p5 (vi) nor p6 (its only example rejected)
+    assert corpus == {h(title[p]): title[p] for p in ("p1", "p2", "p3", "p4")}
+    assert qrels[h("ราคา ถูก")] == qrels[h("รองเท้า a")] == {h(title["p1"]), h(title["p2"])}
+    assert qrels[h("กระเป๋า")] == {h(title["p3"])}
+    _, (queries, corpus, qrels) = tasks["catalog_test_th_category_query2title"]
+    assert qrels == {h("รองเท้า ผู้ชาย"): {h(title["p1"]), h(title["p2"]), h(title["p4"])}} and len(corpus) == 4
+    _, (queries, corpus, qrels) = tasks["catalog_test_th_category"]
+    assert set(corpus.values()) == {"Shoes", "Bags"} and qrels[h(title["p1"])] == {h("Shoes")}
+    assert len(tasks["catalog_test_vi_query2title"][1][1]) == 1
