@@ -33,10 +33,9 @@ def load_encoder(model: str, device: str = "cpu"):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    from compass.models import BASELINE_ALIASES, minilm_path
+    from compass.models import resolve_model
 
-    if model.lower() in BASELINE_ALIASES:
-        model = str(minilm_path())
+    model = resolve_model(model)  # minilm, e5-small (converted on first use), a folder, or a hub id
 
     try:
         return SentenceTransformer(model, device=device)

@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from compass.errors import CompassError
-from compass.models import BASELINE_ALIASES, minilm_path
+from compass.models import resolve_model
 from compass.train import fp8_card
 
 GATE_MEAN_COS = 0.995
@@ -246,8 +246,7 @@ def export_fp8(model_path: str | Path, out: str | Path, scheme: str = "dynamic",
                overwrite: bool = False) -> dict:
     """Quantise, save and gate. Returns the card's info dict (gate figures, sizes); raises CompassError on failure."""
     out = Path(out)
-    if str(model_path).lower() in BASELINE_ALIASES:
-        model_path = minilm_path()
+    model_path = resolve_model(model_path)  # minilm, e5-small (converted on first use), a folder, or a hub id
     load_gate_texts(gate_texts)  # fail on a bad texts file before the slow part
     if out.exists() and any(out.iterdir()):
         if not overwrite:
