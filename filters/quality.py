@@ -5,6 +5,11 @@ template leftovers, JSON debris, URLs, phone numbers (for the tasks that forbid 
 bounds in characters per language (Thai/Lao/Khmer/Burmese pack a word into more code points than Latin, and
 a Burmese syllable is several code points), anchor equal to positive (after normalisation), repeated n-grams
 (share of duplicate n-gram occurrences: word bigrams for spaced scripts, character 4-grams for th/lo/km/my).
+
+One length exception: a long *anchor* of a task whose anchors are free product text (`long_anchor_tasks`,
+default desc2title) is kept with the reason code `quality:long_anchor` (score = its length) instead of rejected as
+`quality:too_long`: training truncates it to the model's token limit (`compass train --max-seq-length`), and such
+descriptions were a fifth of a real catalog's desc2title pairs. Above `long_anchor_max_chars` it is still rejected.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class QualityConfig(BaseModel):
     repeat_min_ngrams: int = 8         # texts with fewer n-grams are not judged for repetition
     url_tasks: list[str] = Field(default_factory=lambda: ["*"])    # tasks where URLs are rejected
     phone_tasks: list[str] = Field(default_factory=lambda: ["*"])  # tasks where phone numbers are rejected
+    long_anchor_tasks: list[str] = Field(default_factory=lambda: ["desc2title"])  # long anchors kept (truncated)
+    long_anchor_max_chars: int = 20000  # even there, longer than this is rejected as quality:too_long
 
     def bound(self, table: dict[str, int], lang: str) -> int:
         return table.get(lang, table["*"])
@@ -92,11 +99,15 @@ class Quality(Filter):
                 if m and _digits(m.group()) >= 9:
                     return False, "quality:phone", None
         lo, hi = cfg.bound(cfg.min_chars, lang), cfg.bound(cfg.max_chars, lang)
-        for t in texts:
+        long_anchor = None
+        for i, t in enumerate(texts):
             n = len(t.strip())
             if n < lo:
                 return False, "quality:too_short", float(n)
             if n > hi:
+                if i == 0 and task in cfg.long_anchor_tasks and n <= cfg.long_anchor_max_chars:
+                    long_anchor = float(n)  # kept, if no later rule rejects it
+                    continue
                 return False, "quality:too_long", float(n)
         if normalize(texts[0]) == normalize(texts[1]):
             return False, "quality:anchor_equals_positive", None
@@ -104,4 +115,6 @@ class Quality(Filter):
             share, grams = repeated_share(t, lang)
             if grams >= cfg.repeat_min_ngrams and share > cfg.repeat_max:
                 return False, "quality:repeated_ngrams", share
+        if long_anchor is not None:
+            return True, "quality:long_anchor", long_anchor
         return OK

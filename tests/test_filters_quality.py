@@ -30,7 +30,7 @@ BAD = [
     ("th", "desc2title", "สนใจสั่งซื้อโทร 081-234-5678 ส่งฟรีทั่วประเทศ", "รองเท้าผ้าใบ Nike", "quality:phone"),
     ("vi", "desc2title", "Liên hệ +84 912 345 678 để được tư vấn", "Giày thể thao nam Nike", "quality:phone"),
     ("en", "query2title", "a", "Nike Air Max 90", "quality:too_short"),
-    ("en", "desc2title", "great shoes " * 300, "Nike Air Max 90", "quality:too_long"),
+    ("en", "query2title", "great shoes " * 300, "Nike Air Max 90", "quality:too_long"),
     ("vi", "query2title", "Giày Nike  Air Max", "giày nike air max", "quality:anchor_equals_positive"),
     ("th", "desc2title", "ลดราคา " * 12, "รองเท้าผ้าใบ Nike", "quality:repeated_ngrams"),
     ("en", "desc2title", "best price best price best price best price best price best price",
@@ -63,3 +63,18 @@ def test_length_bounds_per_language_and_task_switches():
 def test_repeated_share_counts_duplicate_ngrams():
     assert repeated_share("a b a b a b", "en") == (1 - 2 / 5, 5)
     assert repeated_share("Giày thể thao nam Nike Air Max 90", "vi")[0] == 0.0
+
+
+def test_long_description_anchor_is_kept_for_truncation_not_rejected():
+    desc = "Motor oil 10W-40 for scooters. " + " ".join(f"part{i} size{i * 7}" for i in range(200))
+    assert len(desc) > 2000
+    keep, reason, score = Quality().judge({"lang": "en", "task": "desc2title", "anchor": desc,
+                                           "positive": "Motul 7100 4T 10W-40 1L"})
+    assert (keep, reason, score) == (True, "quality:long_anchor", float(len(desc)))
+    # only the anchor of the listed tasks: a long positive, or a long query, is still too long
+    assert Quality().judge({"lang": "en", "task": "desc2title", "anchor": "oil", "positive": desc})[1] == \
+        "quality:too_long"
+    assert Quality().judge({"lang": "en", "task": "query2title", "anchor": desc, "positive": "Motul"})[1] == \
+        "quality:too_long"
+    assert Quality().judge({"lang": "en", "task": "desc2title", "anchor": desc * 10, "positive": "Motul"})[1] == \
+        "quality:too_long"  # beyond long_anchor_max_chars
