@@ -173,6 +173,12 @@ def test_eval_device_and_precision(tmp_path):
     assert res["precision"] == "bf16" and res["device"] == "cpu"
     assert res["tasks"]["id_toy_retrieval"]["mrr@10"] == pytest.approx(1.0)
     import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(path), device="cpu")  # in memory: scored as it is, or as a cast copy
+    assert evaluate_model(model, root / "id_toy_retrieval")["precision"] == "fp32"
+    assert evaluate_model(model, root / "id_toy_retrieval", precision="bf16")["precision"] == "bf16"
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the caller's model is untouched
 
     if not torch.cuda.is_available():
         with pytest.raises(CompassError, match="--device cuda"):

@@ -169,23 +169,32 @@ def _mean(xs: list[float]) -> float | None:
 KINDS = ("retrieval", "classification")
 
 
-def load_model(model_or_path: Any, device: str = "auto", precision: str = "auto"):
-    """A SentenceTransformer from a folder or model name (compass.models.resolve_model: minilm, e5-small, paths) on
-    the resolved device, cast to the resolved precision (fp32 on CPU unless asked). An in-memory model is moved and
-    cast only when it is not already there."""
+def load_model(model_or_path: Any, device: str | None = None, precision: str | None = None):
+    """A SentenceTransformer on the resolved device (auto | cpu | cuda | cuda:N) in the resolved precision (auto |
+    fp32 | bf16 | fp16; auto = bf16 on CUDA, fp32 on CPU).
+
+    A folder or model name goes through compass.models.resolve_model (minilm, e5-small, paths); None means auto.
+    An in-memory model is used as it is unless a device or precision is given; then a moved/cast COPY is scored,
+    so that the caller's model (a trainer's fp32 weights, a merge's working copy) is never changed.
+    """
+    import copy
+
     import torch
     from sentence_transformers import SentenceTransformer
 
     from compass.devices import resolve_device, resolve_precision
     from compass.models import resolve_model
 
-    dev = resolve_device(device)
-    dtype = resolve_precision(dev, precision)
     if isinstance(model_or_path, SentenceTransformer):
-        model = model_or_path
-        if model.device != torch.device(dev) or next(model.parameters()).dtype != dtype:
-            model = model.to(device=dev, dtype=dtype)
-        return model
+        if device is None and precision is None:
+            return model_or_path
+        dev = resolve_device(device or str(model_or_path.device))
+        dtype = resolve_precision(dev, precision)
+        same = (torch.device(dev) == model_or_path.device
+                and all(p.dtype == dtype for p in model_or_path.parameters() if p.is_floating_point()))
+        return model_or_path if same else copy.deepcopy(model_or_path).to(device=dev, dtype=dtype)
+    dev = resolve_device(device or "auto")
+    dtype = resolve_precision(dev, precision or "auto")
     model = SentenceTransformer(resolve_model(model_or_path), device=dev)
     return model.to(dtype) if dtype != torch.float32 else model
 
@@ -216,7 +225,7 @@ def summarise(results: dict[str, dict]) -> dict:
 
 def evaluate_model(model_or_path: Any, tasks_dir: str | Path | None = None, catalog: Any = None,
                    split: str | None = "test", batch_size: int = 64, langs: list[str] | None = None,
-                   device: str = "auto", precision: str = "auto") -> dict:
+                   device: str | None = None, precision: str | None = None) -> dict:
     """Score a model on a task folder and/or a catalog split.
 
     Returns {"model", "device", "precision", "tasks": {name: {type, lang, source, main, ...metrics}},
@@ -224,7 +233,7 @@ def evaluate_model(model_or_path: Any, tasks_dir: str | Path | None = None, cata
     type), "languages": {lang: {"retrieval", "classification", "macro"}}, "sea" (the same three over SEA-language
     tasks), "sea_macro", "source_macro": {"tasks", "catalog"}}. ``catalog`` is a Catalog or a path; ``split=None``
     skips it. ``device``: auto | cpu | cuda | cuda:N; ``precision``: auto | fp32 | bf16 | fp16 (auto: bf16 on
-    CUDA, fp32 on CPU).
+    CUDA, fp32 on CPU); None = auto for a folder, as it is for an in-memory model (see load_model).
     """
     from sentence_transformers import SentenceTransformer
 
