@@ -3,6 +3,14 @@
 Python API first; the CLI is a thin layer over it. A Catalog owns one connection. Writes happen inside
 `transaction()` blocks, so a failing or killed command leaves complete batches and nothing partial (DuckDB
 rolls back an uncommitted transaction when the file is next opened).
+
+One writer, many readers. DuckDB lets one process hold a file read-write and nobody else read it meanwhile,
+so a reader (`read_only=True`: stats, sql, eval, publish) that finds a writer at work reads a private copy of
+the file and its WAL instead: the writer's last committed state, taken while neither file changed, checked
+by opening it, and deleted on close. The writer pays nothing (batching and commits are unchanged); the reader
+pays one file copy. A writer that finds the file held waits up to $COMPASS_LOCK_WAIT seconds (default 10)
+for a short reader to finish. A run left `running` by a killed process is marked `interrupted` by the next
+writer: holding the write lock proves no other process is still writing.
 """
 
 from __future__ import annotations
@@ -12,6 +20,10 @@ import datetime as dt
 import os
 import re
 import secrets
+import shutil
+import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,6 +38,27 @@ from compass.ids import canonical_json
 DEFAULT_CATALOG = "compass.duckdb"
 _SECRET_KEY = re.compile(r"(key|token|secret|password|passwd|authorization|credential)", re.I)
 _URL_CREDS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
+# DuckDB's words for a file whose bytes are wrong (truncated, flipped, overwritten), as opposed to a lock or a
+# missing file: seen on truncated files, checksum failures in used blocks and overwritten headers.
+_DAMAGE = re.compile(r"corrupt|checksum|could not read enough bytes|not a valid duckdb database|"
+                     r"invalid (?:database )?header|failed to (?:read|load) (?:block|header)", re.I)
+RECOVERY = "see 'Damaged catalog' in the README (`compass check` says which tables can still be read)"
+_LIVE_RUNS: set[str] = set()  # ids of runs whose run() block is open in this process
+
+
+class _Locked(Exception):
+    def __init__(self, pid: str | None):
+        self.pid = pid
+
+
+def is_damage(e: BaseException) -> bool:
+    """Whether a DuckDB error means the catalog file itself is damaged."""
+    return isinstance(e, duckdb.Error) and bool(_DAMAGE.search(str(e)))
+
+
+def damaged_error(path: Path, e: BaseException) -> CompassError:
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return CompassError(f"catalog {path} is damaged (DuckDB: {first}): keep a copy of the file, then {RECOVERY}")
 
 
 def catalog_path(path: str | os.PathLike | None = None) -> Path:
@@ -83,51 +116,134 @@ class Catalog:
     """A DuckDB catalog file, migrated to this compass's schema on open."""
 
     def __init__(self, path: str | os.PathLike | None = None, *, read_only: bool = False, create: bool = False,
-                 upto: str | None = None):
+                 upto: str | None = None, migrate: bool = True):
         self.path = catalog_path(path)
         self.read_only = read_only
+        self._migrate_on_open = migrate   # False: read the file as it is (compass check)
+        self.snapshot: Path | None = None     # set when reading a copy because another process is writing
+        self.writer_pid: str | None = None
+        self.con: duckdb.DuckDBPyConnection | None = None
         if not self.path.exists() and not create:
             raise CompassError(f"no catalog at {self.path}: run `compass init --catalog {self.path}` first "
                                "(or set COMPASS_CATALOG / --catalog to an existing one)")
+        if self.path.is_dir():
+            raise CompassError(f"catalog {self.path} is a folder: pass --catalog to a catalog file")
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = self._connect(read_only=False) if (create or not read_only) else self._connect(read_only=True)
-        if read_only:
-            if self.pending_migrations():
-                self.con.close()
-                self.con = self._connect(read_only=False)
-                self.read_only = False  # migrate() writes in a transaction(), which refuses read-only catalogs
-                self.migrate(upto)
-                self.read_only = True
-                self.con.close()
-                self.con = self._connect(read_only=True)
-        else:
+        try:
+            self._open(upto)
+        except duckdb.Error as e:
+            self.close()
+            if is_damage(e):
+                raise damaged_error(self.path, e) from None
+            raise
+
+    def _open(self, upto: str | None) -> None:
+        if not self.read_only:
+            self.con = self._connect_writer()
             self.migrate(upto)
+            self._mark_interrupted()
+            return
+        try:
+            self.con = self._connect(self.path, read_only=True)
+        except _Locked as e:
+            self.writer_pid = e.pid
+            self.con = self._open_snapshot()
+        if self._migrate_on_open and self.pending_migrations():
+            target = self.snapshot or self.path  # a snapshot is our own copy: upgrade it, not the file
+            self.con.close()
+            self.con = self._connect_writer() if target == self.path else self._connect(target, read_only=False)
+            self.read_only = False  # migrate() writes in a transaction(), which refuses read-only catalogs
+            self.migrate(upto)
+            self.read_only = True
+            self.con.close()
+            self.con = self._connect(target, read_only=True)
 
     # -- connection -------------------------------------------------------------------------------------
-    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+    def _connect(self, path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         try:
-            return duckdb.connect(str(self.path), read_only=read_only)
+            return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as e:
             msg = str(e)
+            if is_damage(e):
+                raise damaged_error(self.path, e) from None
             if "lock" in msg.lower():
                 pid = re.search(r"PID (\d+)", msg)
-                who = f" (PID {pid.group(1)})" if pid else ""
-                raise CompassError(f"catalog {self.path} is held by another compass process{who}: wait for it "
-                                   "to finish, or point --catalog at another file") from None
+                raise _Locked(pid.group(1) if pid else None) from None
             raise CompassError(f"cannot open catalog {self.path}: {msg.splitlines()[0]}") from None
         except duckdb.Error as e:
+            if is_damage(e):
+                raise damaged_error(self.path, e) from None
             raise CompassError(f"{self.path} is not a compass catalog (DuckDB says: {str(e).splitlines()[0]}): "
                                "pass --catalog to a catalog made by `compass init`") from None
 
+    def _connect_writer(self) -> duckdb.DuckDBPyConnection:
+        """Read-write connection; waits a little for readers, which hold the file only briefly."""
+        wait = float(os.environ.get("COMPASS_LOCK_WAIT", "10"))
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._connect(self.path, read_only=False)
+            except _Locked as e:
+                if time.monotonic() >= deadline:
+                    who = f" (PID {e.pid})" if e.pid else ""
+                    raise CompassError(f"catalog {self.path} is held by another compass process{who}: wait for "
+                                       "it to finish, or point --catalog at another file") from None
+                time.sleep(0.2)
+
+    def _open_snapshot(self, attempts: int = 6) -> duckdb.DuckDBPyConnection:
+        """Copy the catalog and its WAL while neither changes, and open the copy read-only.
+
+        A copy is consistent when no byte of either file changed while it was taken: (size, mtime) are equal
+        before and after, and the file was not written in the last few ms (mtime has a coarse clock, so a
+        write in the same tick as the one before it would not move it). Opening it then checks every header
+        and replays the WAL up to its last complete commit, as after a crash.
+        """
+        folder = Path(tempfile.mkdtemp(prefix="compass-snapshot-"))
+        snap, wal, snap_wal = folder / self.path.name, _wal(self.path), _wal(folder / self.path.name)
+        last: Exception | None = None
+        for attempt in range(attempts):
+            try:
+                before = _stamp(self.path)
+                if time.time_ns() - max(before[1], before[2][1] if before[2] else 0) < 20_000_000:
+                    time.sleep(0.02)  # written in the last 20 ms: let the clock tick past it
+                    before = _stamp(self.path)
+                shutil.copyfile(self.path, snap)
+                snap_wal.unlink(missing_ok=True)
+                if wal.exists():
+                    shutil.copyfile(wal, snap_wal)
+                if _stamp(self.path) == before:
+                    con = duckdb.connect(str(snap), read_only=True)
+                    con.execute("SELECT count(*) FROM information_schema.tables").fetchone()
+                    self.snapshot = snap
+                    sys.stderr.write(f"note: catalog {self.path} is being written by another compass process"
+                                     f"{f' (PID {self.writer_pid})' if self.writer_pid else ''}: reading a copy "
+                                     "of its last committed state\n")
+                    return con
+            except (OSError, duckdb.Error) as e:  # a WAL removed mid-copy, a torn copy: take it again
+                last = e
+            time.sleep(0.05 * 2 ** attempt)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise CompassError(f"catalog {self.path} is being written by another compass process"
+                           f"{f' (PID {self.writer_pid})' if self.writer_pid else ''} and no consistent copy could "
+                           f"be taken in {attempts} tries ({last or 'it kept changing'}): retry, or wait for it")
+
     def close(self) -> None:
-        self.con.close()
+        if self.con is not None:
+            with contextlib.suppress(duckdb.Error):
+                self.con.close()
+            self.con = None
+        if self.snapshot is not None:
+            shutil.rmtree(self.snapshot.parent, ignore_errors=True)  # our own temporary copy
+            self.snapshot = None
 
     def __enter__(self) -> "Catalog":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
+        if exc is not None and is_damage(exc):
+            raise damaged_error(self.path, exc) from None
 
     # -- migrations -------------------------------------------------------------------------------------
     def applied_migrations(self) -> list[str]:
@@ -195,35 +311,77 @@ class Catalog:
             con.execute("INSERT INTO runs (id, command, config, compass_version, started_at, status) "
                         "VALUES (?, ?, ?, ?, ?, 'running')",
                         [run.id, command, canonical_json(scrub(config or {})), __version__, _now()])
+        _LIVE_RUNS.add(run.id)
         status = "failed"
         try:
             yield run
             status = "ok"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
         finally:
+            _LIVE_RUNS.discard(run.id)
             with contextlib.suppress(Exception):
                 with self.transaction() as con:
                     con.execute("UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
                                 [_now(), status, canonical_json(scrub(run.summary)), run.id])
 
+    def _mark_interrupted(self) -> None:
+        """Runs left `running` by a process that died: we hold the write lock, so no other process runs them."""
+        if not self.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'runs'"):
+            return
+        live = sorted(_LIVE_RUNS)  # this process's own open runs (a second Catalog on the same file)
+        where = "status = 'running' AND NOT list_contains(?::VARCHAR[], id)"
+        if self.scalar(f"SELECT count(*) FROM runs WHERE {where}", [live]):
+            with self.transaction() as con:
+                con.execute(f"UPDATE runs SET status = 'interrupted' WHERE {where}", [live])
+
     # -- small helpers --------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _damage_is_one_line(self) -> Iterator[None]:
+        try:
+            yield
+        except duckdb.Error as e:
+            if is_damage(e):
+                raise damaged_error(self.path, e) from None
+            raise
+
     def query(self, sql: str, params: list | None = None) -> list[dict]:
-        cur = self.con.execute(sql, params or [])
-        cols = [d[0] for d in cur.description] if cur.description else []
-        return [dict(zip(cols, row)) for row in cur.fetchall()]
+        with self._damage_is_one_line():
+            cur = self.con.execute(sql, params or [])
+            cols = [d[0] for d in cur.description] if cur.description else []
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
 
     def frame(self, sql: str, params: list | None = None):
         """Query result as a polars DataFrame."""
-        return self.con.execute(sql, params or []).pl()
+        with self._damage_is_one_line():
+            return self.con.execute(sql, params or []).pl()
 
     def scalar(self, sql: str, params: list | None = None) -> Any:
-        row = self.con.execute(sql, params or []).fetchone()
-        return row[0] if row else None
+        with self._damage_is_one_line():
+            row = self.con.execute(sql, params or []).fetchone()
+            return row[0] if row else None
 
     def schema(self) -> list[tuple]:
         """(table, column, type) of every user table and view, for comparing catalogs."""
         return self.con.execute(
             "SELECT table_name, column_name, data_type FROM information_schema.columns "
             "WHERE table_schema = 'main' ORDER BY table_name, ordinal_position").fetchall()
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + ".wal")
+
+
+def _stamp(path: Path) -> tuple:
+    """(size, mtime_ns) of the catalog and of its WAL (None when absent): equal stamps, unchanged files."""
+    st = path.stat()
+    try:
+        w = _wal(path).stat()
+        wal = (w.st_size, w.st_mtime_ns)
+    except FileNotFoundError:
+        wal = None
+    return st.st_size, st.st_mtime_ns, wal
 
 
 def init_catalog(path: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
