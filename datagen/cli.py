@@ -53,16 +53,34 @@ def generate(
     templates: Annotated[Optional[Path], typer.Option(help="A templates folder instead of the bundled one.")] = None,
     dry_run: Annotated[bool, typer.Option(help="LLM routes: print requests per cell and a prompt-token "
                                                "estimate; send nothing.")] = False,
+    shopper: Annotated[bool, typer.Option(help="structured: shopper-style queries (rules in datagen/rules); "
+                                               "--no-shopper keeps 2-4 title words (ablations).")] = True,
+    rules: Annotated[Optional[Path], typer.Option(help="structured: a shopper rules folder (generic.yaml + "
+                                                       "<lang>.yaml) instead of the bundled one.")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Validate the shopper rule files, replay every rule on "
+                                                        "its example, and exit.")] = False,
     catalog: CatalogOpt = None,
 ) -> None:
     """Turn products into training pairs (anchor, positive, task, class id) in the catalog."""
     lang_list = parse_langs(langs)
+    if check:
+        from compass.datagen.shopper_check import check_folder
+
+        problems, checked = check_folder(rules, lang_list)
+        for p in problems:
+            typer.echo(p)
+        if problems:
+            raise CompassError(f"{len(problems)} shopper rule problems (listed above)")
+        console.print(f"shopper rules OK: {checked} rule examples reproduced", highlight=False)
+        return
     if route == "structured":
         from compass.datagen.structured_run import run_structured
 
         with Catalog(catalog) as cat, cat.run("generate", {"route": route, "langs": lang_list, "tasks": tasks,
-                                                           "n": n, "seed": seed}) as run:
-            res = run_structured(cat, run.id, lang_list, _csv(tasks), seed=seed, limit=n)
+                                                           "n": n, "seed": seed, "shopper": shopper,
+                                                           "rules": str(rules) if rules else None}) as run:
+            res = run_structured(cat, run.id, lang_list, _csv(tasks), seed=seed, limit=n, shopper=shopper,
+                                 rules_dir=str(rules) if rules else None)
             run.summary.update(res)
         console.print(f"structured route: {res['new_examples']} new examples from {res['products']} products")
         return

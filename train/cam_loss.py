@@ -38,6 +38,7 @@ DEFAULT_TASK_IDS: dict[str, int] = {
     "question2title": 4,
     "review2title": 5,
     "title_rewrite": 6,
+    "category_query2title": 7,
 }
 # A sensible policy for the trainer to opt into: a bare category label is a meaningless negative for any free-text
 # anchor (CAMLoss itself defaults to no policy, so that its behaviour is exactly what its arguments say).
