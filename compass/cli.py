@@ -38,6 +38,7 @@ COMMAND_MODULES = [
     "compass.train.cli",
     "compass.train.cli_merge",
     "compass.publish_cli",
+    "compass.models_cli",
     "compass.catalog.check",
 ]
 
