@@ -194,7 +194,8 @@ def parse_rule_file(path: Path) -> RuleFile:
     try:
         rf = RuleFile.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
+        # An unknown key first: a misspelt key also shows up as the missing one it was meant to be.
+        err = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]
         loc, where = err["loc"], _where(err["loc"])
         if err["type"] == "extra_forbidden":
             valid = _valid_keys(RuleFile, loc)
