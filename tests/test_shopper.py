@@ -209,20 +209,24 @@ def test_no_shopper_keeps_the_old_pairs_and_attribute_queries_do_not_change():
         assert r["anchor"] == attr_query(prod[r["product_id"]], rng)
 
 
-def test_cli_stores_lineage_that_sql_shows(tmp_path, catalog):
+def test_lineage_is_stored_in_the_catalog_and_reruns_add_nothing(tmp_path):
+    from compass.catalog.ingest import ingest_file
+    from compass.datagen.structured_run import run_structured
+
     rows = [{k: v for k, v in p.items() if k not in ("lang", "market")} for p in PRODUCTS if p["lang"] == "vi"]
-    run_cli("ingest", str(write_jsonl(tmp_path / "vi.jsonl", rows)), "--lang", "vi", "--market", "VN",
-            catalog=catalog)
-    run_cli("generate", "--route", "structured", "--seed", "5", catalog=catalog)
-    out = json.loads(run_cli("sql", "SELECT e.task, e.anchor, t.kind, t.base, t.steps FROM examples e JOIN "
-                             "example_transforms t ON t.example_id = e.id ORDER BY e.id", "--json",
-                             catalog=catalog).stdout)
+    cat = Catalog(tmp_path / "c.duckdb", create=True)
+    ingest_file(cat, write_jsonl(tmp_path / "vi.jsonl", rows), "vi", "VN", None, "fail", "r")
+    run_structured(cat, "r1", seed=5, progress=False)
+    sql = ("SELECT e.task, e.anchor, t.kind, t.base, t.steps, t.run_id FROM examples e "
+           "JOIN example_transforms t ON t.example_id = e.id ORDER BY e.id")
+    out = cat.query(sql)
     assert {r["task"] for r in out} == {"query2title", "category_query2title"} and len(out) == 4
-    assert {r["kind"] for r in out} == {"item", "category"}
-    run_cli("generate", "--route", "structured", "--seed", "5", catalog=catalog)  # rerun adds nothing
-    with Catalog(catalog, read_only=True) as cat:
-        assert cat.scalar("SELECT count(*) FROM example_transforms") == 4
-        assert cat.scalar("SELECT count(*) FROM examples WHERE task = 'category_query2title'") == 2
+    assert {r["kind"] for r in out} == {"item", "category"} and {r["run_id"] for r in out} == {"r1"}
+    assert all(isinstance(json.loads(r["steps"]), list) for r in out)
+    run_structured(cat, "r2", seed=5, progress=False)  # rerun adds nothing
+    assert cat.query(sql) == out
+    assert cat.scalar("SELECT count(*) FROM examples WHERE task = 'category_query2title'") == 2
+    cat.close()
 
 
 # ---- bad rule files ----------------------------------------------------------------------------------------
@@ -258,6 +262,7 @@ def test_a_malformed_rule_file_fails_the_check_naming_file_key_and_fix(tmp_path,
     assert str(f) in str(e.value) and needle in str(e.value), str(e.value)
 
 
+@pytest.mark.slow
 def test_generate_check_cli(tmp_path):
     ok = run_cli("generate", "--check")
     assert "rule examples reproduced" in ok.stdout + ok.stderr
