@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -194,12 +195,45 @@ def test_sweep_keeps_best_t(tmp_path, capsys):
     assert info["t"] == 0.75 and len(seen) == 5
     assert [r["t"] for r in info["sweep"]] == [0, 0.25, 0.5, 0.75, 1]
     out = capsys.readouterr().out
-    assert "0.75   1.0000  <- best" in out
+    assert re.search(r"^0\.75\s+1\.0000\s.*<- best$", out, re.M)
     card = (tmp_path / "best" / "README.md").read_text()
     assert "| chosen t | 0.75 |" in card and "(chosen)" in card
     assert json.loads((tmp_path / "best" / "compass_merge.json").read_text())["t"] == 0.75
     best = SentenceTransformer(str(tmp_path / "best"), device="cpu").encode(TEXTS, convert_to_tensor=True)
     torch.testing.assert_close(best, target)
+
+
+def test_sweep_with_evaluate_model_scores_a_cast_copy(tmp_path, capsys):
+    """The default evaluator (compass eval) scores each t in the asked precision; the saved model stays float32 and
+    equals a plain merge at the chosen t; the sweep reports retrieval and classification macros apart."""
+    from sentence_transformers import SentenceTransformer
+
+    from compass.train.merge import _local
+
+    a, b = _static(tmp_path, "a", 1), _static(tmp_path, "b", 2)
+    task = tmp_path / "tasks" / "en_toy"
+    (task / "qrels").mkdir(parents=True)
+    (task / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n"
+                                               for i, t in enumerate(TEXTS)))
+    (task / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": t.split()[0]}) + "\n"
+                                                for i, t in enumerate(TEXTS)))
+    (task / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" +
+                                             "".join(f"q{i}\td{i}\t1\n" for i in range(len(TEXTS))))
+    info = sweep_merge(a, b, [0, 0.5, 1], tmp_path / "tasks", tmp_path / "best", device="cpu", precision="bf16")
+    assert all(r["classification"] is None and 0 <= r["retrieval"] <= 1 and r["macro"] == r["retrieval"]
+               for r in info["sweep"])
+    assert "retrieval" in capsys.readouterr().out
+    merge_models(a, b, info["t"], tmp_path / "plain")
+    best, plain = (SentenceTransformer(str(tmp_path / n), device="cpu") for n in ("best", "plain"))
+    assert all(p.dtype == torch.float32 for p in best.parameters())
+    for k, v in plain.state_dict().items():
+        assert torch.equal(best.state_dict()[k], v), k
+    assert "| retrieval macro |" in (tmp_path / "best" / "README.md").read_text()
+    with pytest.raises(CompassError, match="--precision"):
+        sweep_merge(a, b, [0], tmp_path / "tasks", tmp_path / "x", precision="fp8")
+    from compass.models import minilm_path
+
+    assert _local("minilm") == minilm_path() and _local(a) == a  # model names resolve, folders stay
 
 
 def test_cli(tmp_path):
@@ -218,3 +252,6 @@ def test_cli(tmp_path):
     assert isinstance(r.exception, CompassError) and "--eval" in str(r.exception)
     r = CliRunner().invoke(app, ["merge", str(a), str(b), "--out", str(tmp_path / "n")])
     assert isinstance(r.exception, CompassError) and "--t" in str(r.exception)
+    r = CliRunner().invoke(app, ["merge", str(a), str(b), "--sweep", "0,1", "--eval", str(tmp_path), "--device", "tpu",
+                                 "--out", str(tmp_path / "n")])
+    assert isinstance(r.exception, CompassError) and "--device 'tpu'" in str(r.exception)

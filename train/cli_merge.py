@@ -9,6 +9,11 @@ import typer
 
 from compass.errors import CompassError
 
+DeviceOpt = Annotated[str, typer.Option("--device", help="Where models are scored: auto | cpu | cuda | cuda:N (auto: "
+                                                         "CUDA when present).")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 "
+                                                               "on CPU).")]
+
 
 def _parse_ts(value: str) -> list[float]:
     try:
@@ -20,12 +25,15 @@ def _parse_ts(value: str) -> list[float]:
 def register(app: typer.Typer) -> None:
     @app.command("merge")
     def merge_cmd(
-        model_a: Annotated[Path, typer.Argument(help="sentence-transformers folder A (t=0).")],
-        model_b: Annotated[Path, typer.Argument(help="sentence-transformers folder B (t=1), same base as A.")],
+        model_a: Annotated[str, typer.Argument(help="sentence-transformers folder A (t=0), or a model name "
+                                                    "(e5-small, minilm).")],
+        model_b: Annotated[str, typer.Argument(help="sentence-transformers folder B (t=1), same base as A.")],
         out: Annotated[Path, typer.Option("--out", help="Folder to write the merged model to.")],
         t: Annotated[Optional[float], typer.Option("--t", help="Interpolation point in [0, 1].")] = None,
         sweep: Annotated[Optional[str], typer.Option("--sweep", help="t values to try, e.g. 0,0.25,0.5,0.75,1.")] = None,
         eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="Eval tasks folder for --sweep.")] = None,
+        device: DeviceOpt = "auto",
+        precision: PrecisionOpt = "auto",
     ) -> None:
         """SLERP-merge two checkpoints of one model (per tensor); with --sweep, keep the t with the best macro."""
         from compass.train.merge import merge_models, sweep_merge
@@ -35,7 +43,8 @@ def register(app: typer.Typer) -> None:
                 raise CompassError("--t and --sweep exclude each other: pass one")
             if eval_dir is None:
                 raise CompassError("--sweep needs --eval TASKS_DIR to choose the best t")
-            info = sweep_merge(model_a, model_b, _parse_ts(sweep), eval_dir, out, echo=typer.echo)
+            info = sweep_merge(model_a, model_b, _parse_ts(sweep), eval_dir, out, echo=typer.echo, device=device,
+                               precision=precision)
         else:
             if t is None:
                 raise CompassError("pass --t T (e.g. --t 0.5) or --sweep 0,0.25,0.5,0.75,1 --eval TASKS_DIR")
@@ -46,7 +55,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export-fp8")
     def export_fp8_cmd(
-        model: Annotated[Path, typer.Argument(help="sentence-transformers transformer model folder.")],
+        model: Annotated[str, typer.Argument(help="sentence-transformers transformer model folder, or a model name "
+                                                  "(e5-small, minilm).")],
         out: Annotated[Path, typer.Option("--out", help="Folder to write the FP8 export to.")],
         scheme: Annotated[str, typer.Option("--scheme", help="dynamic: FP8 weights per channel, "
                                                               "activations per token at run time.")] = "dynamic",
@@ -56,12 +66,14 @@ def register(app: typer.Typer) -> None:
         eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="Eval tasks: gate also on the macro "
                                                                       "metric (<= 1% relative drop).")] = None,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+        device: DeviceOpt = "auto",
+        precision: PrecisionOpt = "auto",
     ) -> None:
         """FP8 (compressed-tensors, vLLM-loadable) export with a CPU fidelity gate; exits 1 below the gate."""
         from compass.train.fp8_export import GATE_MEAN_COS, GATE_MIN_COS, export_fp8
 
         info = export_fp8(model, out, scheme=scheme, dtype=dtype, gate_texts=gate_texts, tasks_dir=eval_dir,
-                          overwrite=overwrite)
+                          overwrite=overwrite, device=device, precision=precision)
         g, s = info["gate"], info["sizes"]
         typer.echo(f"gate PASSED: mean cosine {g['mean_cos']:.5f} (>= {GATE_MEAN_COS}), min {g['min_cos']:.5f} "
                    f"(>= {GATE_MIN_COS}) on {g['n_texts']} texts")

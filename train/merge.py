@@ -158,8 +158,17 @@ def _load(path: Path):
                            "its config.json") from e
 
 
+def _local(name: str | Path) -> Path:
+    """A model name (minilm, e5-small) or folder as a local folder: merging compares files, so hub ids are refused."""
+    from compass.models import canonical, resolve_model
+
+    if canonical(str(name)) is None:
+        return Path(name)
+    return Path(resolve_model(name))
+
+
 def _load_pair(path_a: str | Path, path_b: str | Path) -> _Pair:
-    a, b = Path(path_a), Path(path_b)
+    a, b = _local(path_a), _local(path_b)
     for p in (a, b):
         if not p.is_dir():
             raise CompassError(f"{p}: model folder not found; pass the folder written by `compass train`")
@@ -212,9 +221,10 @@ def _write_card(out: Path, info: dict) -> None:
              f"| tensors slerped / linear / copied | {info['counts']['slerp']} / {info['counts']['linear']} / "
              f"{info['counts']['copied']} |", ""]
     if info.get("sweep"):
-        lines += [f"## Sweep (evaluated on `{info.get('eval')}`; best macro kept)", "", "| t | macro |", "|---|---|"]
-        lines += [f"| {r['t']} | {r['macro']:.4f}{' (chosen)' if r['t'] == info['t'] else ''} |"
-                  for r in info["sweep"]]
+        lines += [f"## Sweep (evaluated on `{info.get('eval')}`; best macro over tasks kept)", "",
+                  "| t | macro (all tasks) | retrieval macro | classification macro |", "|---|---|---|---|"]
+        lines += [f"| {r['t']} | {r['macro']:.4f}{' (chosen)' if r['t'] == info['t'] else ''} | "
+                  f"{_fmt(r.get('retrieval'))} | {_fmt(r.get('classification'))} |" for r in info["sweep"]]
         lines.append("")
     lines += ["## Usage", "", "```python", "from sentence_transformers import SentenceTransformer",
               f"model = SentenceTransformer({str(out)!r})", "```", ""]
@@ -247,17 +257,20 @@ def merge_models(path_a: str | Path, path_b: str | Path, t: float, out: str | Pa
 
 
 def sweep_merge(path_a: str | Path, path_b: str | Path, ts: list[float], tasks_dir: str | Path, out: str | Path,
-                evaluator: Callable[[object, str | Path], dict] | None = None, echo: Callable[[str], None] = print
-                ) -> dict:
+                evaluator: Callable[[object, str | Path], dict] | None = None, echo: Callable[[str], None] = print,
+                device: str | None = None, precision: str | None = None) -> dict:
     """Merge at every t, evaluate each with `evaluator(model, tasks_dir)["macro"]`, save the best to `out`.
 
-    evaluator defaults to compass.train.evaluate.evaluate_model. Ties go to the smaller t (closer to A).
+    evaluator defaults to compass.train.evaluate.evaluate_model, scoring on `device` in `precision` (auto | cpu |
+    cuda | cuda:N; auto | fp32 | bf16 | fp16). The merge itself always runs on the CPU in float32 (t=0 and t=1
+    stay bit-exact); the evaluator scores a moved/cast copy, so the saved model keeps A's dtype. Ties go to the
+    smaller t (closer to A).
     """
     ts = [_check_t(t) for t in ts]
     if not ts:
         raise CompassError("--sweep is empty: pass t values like 0,0.25,0.5,0.75,1")
     if evaluator is None:
-        evaluator = default_evaluator()
+        evaluator = default_evaluator(device, precision)
     pair = _load_pair(path_a, path_b)
     rows = []
     for t in ts:
@@ -266,23 +279,39 @@ def sweep_merge(path_a: str | Path, path_b: str | Path, ts: list[float], tasks_d
         if "macro" not in result:
             raise CompassError(f"the evaluator returned no 'macro' key for t={t} (keys: {sorted(result)}); "
                                "it must return evaluate_model's dict")
-        rows.append({"t": t, "macro": float(result["macro"])})
-        echo(f"t={t:<5} macro={rows[-1]['macro']:.4f}")
+        rows.append({"t": t, "macro": float(result["macro"]), "retrieval": result.get("retrieval_macro"),
+                     "classification": result.get("classification_macro")})
+        echo(f"t={t:<5} macro={rows[-1]['macro']:.4f} retrieval={_fmt(rows[-1]['retrieval'])} "
+             f"classification={_fmt(rows[-1]['classification'])}")
     best = max(rows, key=lambda r: (r["macro"], -r["t"]))
     echo(format_sweep(rows, best["t"]))
     return _save(pair, best["t"], Path(out), sweep=rows, eval_dir=tasks_dir)
 
 
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
 def format_sweep(rows: list[dict], chosen: float) -> str:
-    lines = ["t      macro", "-----  ------"]
-    lines += [f"{r['t']:<5}  {r['macro']:.4f}{'  <- best' if r['t'] == chosen else ''}" for r in rows]
+    """The sweep as a table: macro over all tasks (what picks t), retrieval and classification macros apart."""
+    lines = ["t      macro   retrieval  classification", "-----  ------  ---------  --------------"]
+    lines += [f"{r['t']:<5}  {r['macro']:.4f}  {_fmt(r.get('retrieval')):<9}  {_fmt(r.get('classification')):<14}"
+              f"{'  <- best' if r['t'] == chosen else ''}".rstrip() for r in rows]
     return "\n".join(lines)
 
 
-def default_evaluator() -> Callable[[object, str | Path], dict]:
+def default_evaluator(device: str | None = None, precision: str | None = None) -> Callable[[object, str | Path], dict]:
+    """evaluate_model(model, tasks_dir) on a device and precision (None: where the model is, as it is)."""
     try:
         from compass.train.evaluate import evaluate_model
     except ImportError as e:
         raise CompassError(f"compass.train.evaluate is not available ({e}): install compass-embed[train] "
                            "or run without --eval") from e
-    return evaluate_model
+    if device is None and precision is None:
+        return evaluate_model
+    import functools
+
+    from compass.devices import resolve_device, resolve_precision
+
+    resolve_precision(resolve_device(device or "auto"), precision)  # a bad value fails before any merging
+    return functools.partial(evaluate_model, device=device or "auto", precision=precision or "auto")
