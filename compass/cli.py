@@ -149,7 +149,12 @@ def sql(
     """Run SQL on the catalog; read-only unless --write."""
     import duckdb
 
+    from compass.sql_guard import check_read_only, lock_down
+
     with Catalog(catalog, read_only=not write) as cat:
+        if not write:  # a read-only catalog alone still lets DuckDB write other files (see sql_guard)
+            check_read_only(cat.con, query)
+            lock_down(cat.con)
         try:
             rows = cat.query(query)
         except duckdb.Error as e:
@@ -159,7 +164,7 @@ def sql(
     if as_json:
         print_json(rows)
     elif as_csv:
-        w = csv.writer(sys.stdout)
+        w = csv.writer(sys.stdout, lineterminator="\n")  # csv's default \r\n would end $(...) in \r
         if rows:
             w.writerow(rows[0].keys())
         for r in rows:
@@ -182,12 +187,33 @@ def _register_modules() -> None:
 _register_modules()
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether Ctrl-C caused this exception. It surfaces in several shapes: typer turns KeyboardInterrupt into a
+    silent exit 130, and DuckDB turns it into RuntimeError('Query interrupted') mid-query. (A custom SIGINT
+    handler would be simpler, but DuckDB interrupts a running query only under Python's default handler.)"""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "InterruptException" or (
+                isinstance(exc, RuntimeError) and str(exc).startswith("Query interrupted")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main() -> None:
     try:
         app()
     except CompassError as e:
         console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        console.print("interrupted: complete batches are saved; run the same command again to resume")
-        sys.exit(130)
+    except SystemExit as e:
+        if e.code in (0, None) or not _interrupted(e):
+            raise
+    except BaseException as e:
+        if not _interrupted(e):
+            raise
+    else:
+        return
+    print("interrupted: complete batches are saved; run the same command again to resume", file=sys.stderr)
+    sys.exit(130)
