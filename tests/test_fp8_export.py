@@ -130,6 +130,22 @@ def test_eval_gate_and_corrupted_scale_fails(exported, minilm, tmp_path):
     assert "Fidelity gate: FAILED" in (bad / "README.md").read_text()
 
 
+def test_gate_in_bf16_and_device_errors(exported, minilm, tmp_path):
+    """--precision bf16 runs both models of the gate in bfloat16 (the GPU default, here on the CPU): FP8 stays within
+    the gate, the card says where the gate ran; a device that does not exist fails before any quantisation."""
+    out, info = exported
+    assert info["gate_device"] == "cpu" and info["gate_precision"] == "fp32"  # CPU default unchanged
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    r = verify_export(minilm, copy, precision="bf16")
+    assert r.passed and r.mean_cos > GATE_MEAN_COS
+    recorded = json.loads((copy / "compass_fp8.json").read_text())
+    assert recorded["gate_precision"] == "bf16" and "(cpu, bf16;" in (copy / "README.md").read_text()
+    with pytest.raises(CompassError, match="--device 'tpu'"):
+        export_fp8(minilm, tmp_path / "never", device="tpu")
+    assert not (tmp_path / "never").exists()
+
+
 def test_refusals(tmp_path, minilm):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import StaticEmbedding

@@ -23,7 +23,8 @@ def write_card(out: Path, info: dict) -> None:
              "one scale per output channel, activations quantised per token at run time "
              f"(preset `{info.get('preset', 'FP8_DYNAMIC')}`); embeddings, norms, biases and the pooler keep their "
              "dtype.", "",
-             "## Fidelity gate (CPU, FP8 weights and activations simulated by compressed-tensors)", "",
+             f"## Fidelity gate ({info.get('gate_device', 'cpu')}, {info.get('gate_precision', 'fp32')}; FP8 weights "
+             "and activations simulated by compressed-tensors)", "",
              "| figure | value | gate |", "|---|---|---|",
              f"| mean cosine to the original ({gate['n_texts']} texts) | {gate['mean_cos']:.5f} | >= {th['mean_cos']} |",
              f"| min cosine | {gate['min_cos']:.5f} | >= {th['min_cos']} |"]

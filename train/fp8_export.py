@@ -81,14 +81,24 @@ def load_gate_texts(path: str | Path | None = None) -> list[tuple[str, str]]:
     return out
 
 
-def _load_st(path: str | Path):
+def _load_st(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None):
     from sentence_transformers import SentenceTransformer
 
     p = Path(path)
     if not (p / "modules.json").is_file():
         raise CompassError(f"{p}: no modules.json, not a sentence-transformers model folder; "
                            "pass a folder written by `compass train` or SentenceTransformer.save()")
-    return SentenceTransformer(str(p), device="cpu")
+    model = SentenceTransformer(str(p), device=device)
+    return model.to(dtype) if dtype not in (None, torch.float32) else model
+
+
+def gate_device(device: str | None = None, precision: str | None = None) -> tuple[str, torch.dtype]:
+    """(device, dtype) the gate runs in: --device auto | cpu | cuda | cuda:N, --precision auto | fp32 | bf16 | fp16
+    (auto: bf16 on CUDA, fp32 on CPU, so the CPU gate is what it always was)."""
+    from compass.devices import resolve_device, resolve_precision
+
+    dev = resolve_device(device or "auto")
+    return dev, resolve_precision(dev, precision or "auto")
 
 
 def _transformer_module(model, path) -> tuple[int, object]:
@@ -104,11 +114,13 @@ def _transformer_module(model, path) -> tuple[int, object]:
     raise CompassError(f"{path} has no transformer module ({kinds}): FP8 export is for transformer models")
 
 
-def load_fp8(path: str | Path):
-    """Load an FP8 export on any device, decompressed, with FP8 fake-quantised forward (vLLM's numerics).
+def load_fp8(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None):
+    """Load an FP8 export, decompressed, with FP8 fake-quantised forward (vLLM's numerics), on `device` with the
+    unquantised tensors and activations in `dtype` (default: as saved).
 
     Plain `SentenceTransformer(path)` loads the compressed weights; compressed-tensors decompresses them in a forward
-    pre-hook, which sentence-transformers (it calls `model.forward` directly) never triggers, so decompress here.
+    pre-hook, which sentence-transformers (it calls `model.forward` directly) never triggers, so decompress here
+    (on the CPU, then move).
     """
     model = _load_st(path)
     _, module = _transformer_module(model, path)
@@ -118,7 +130,8 @@ def load_fp8(path: str | Path):
         raise CompassError(f"{path}: config.json has no compressed-tensors quantization_config; "
                            "this is not an FP8 export (run `compass export-fp8` first)")
     quantizer.compressor.decompress_model(hf)
-    return model
+    model.to(device)
+    return model.to(dtype) if dtype not in (None, torch.float32) else model
 
 
 @torch.no_grad()
@@ -221,16 +234,21 @@ def run_gate(original, exported, texts: list[tuple[str, str]], tasks_dir=None,
 
 
 def verify_export(original: str | Path, export_dir: str | Path, gate_texts: str | Path | None = None,
-                  tasks_dir=None, evaluator: Callable | None = None, extra: dict | None = None) -> GateResult:
-    """The gate on an export folder: figures into README.md; FAILED marker + CompassError when below the gate."""
+                  tasks_dir=None, evaluator: Callable | None = None, extra: dict | None = None,
+                  device: str | None = None, precision: str | None = None) -> GateResult:
+    """The gate on an export folder: figures into README.md; FAILED marker + CompassError when below the gate.
+    Both models run on `device` in `precision` (see gate_device)."""
+    from compass.devices import precision_name
+
     export_dir = Path(export_dir)
     texts = load_gate_texts(gate_texts)
-    result = run_gate(_load_st(original), load_fp8(export_dir), texts, tasks_dir, evaluator)
+    dev, dtype = gate_device(device, precision)
+    result = run_gate(_load_st(original, dev, dtype), load_fp8(export_dir, dev, dtype), texts, tasks_dir, evaluator)
     sizes = checkpoint_sizes(original, export_dir)
     info = {"original": str(original), "gate": {**asdict(result), "passed": result.passed},
             "gate_texts": str(gate_texts or DEFAULT_GATE_TEXTS), "tasks": str(tasks_dir) if tasks_dir else None,
             "thresholds": {"mean_cos": GATE_MEAN_COS, "min_cos": GATE_MIN_COS, "max_rel_drop": GATE_MAX_REL_DROP},
-            "sizes": sizes, **(extra or {})}
+            "sizes": sizes, "gate_device": dev, "gate_precision": precision_name(dtype), **(extra or {})}
     fp8_card.write_card(export_dir, info)
     marker = export_dir / FAILED_MARKER
     if result.passed:
@@ -243,11 +261,13 @@ def verify_export(original: str | Path, export_dir: str | Path, gate_texts: str 
 
 def export_fp8(model_path: str | Path, out: str | Path, scheme: str = "dynamic", dtype: str = "keep",
                gate_texts: str | Path | None = None, tasks_dir=None, evaluator: Callable | None = None,
-               overwrite: bool = False) -> dict:
-    """Quantise, save and gate. Returns the card's info dict (gate figures, sizes); raises CompassError on failure."""
+               overwrite: bool = False, device: str | None = None, precision: str | None = None) -> dict:
+    """Quantise (on the CPU), save and gate (on `device` in `precision`, see gate_device). Returns the card's info
+    dict (gate figures, sizes); raises CompassError on failure."""
     out = Path(out)
     model_path = resolve_model(model_path)  # minilm, e5-small (converted on first use), a folder, or a hub id
     load_gate_texts(gate_texts)  # fail on a bad texts file before the slow part
+    gate_device(device, precision)  # and on a bad --device / --precision
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise CompassError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
@@ -260,5 +280,5 @@ def export_fp8(model_path: str | Path, out: str | Path, scheme: str = "dynamic",
     compressor.update_config(str(_module_dir(out, idx)))
     del model
     extra = {"scheme": scheme, "dtype": dtype, "preset": SCHEMES[scheme], "quantized_layers": len(names), "ignore": IGNORE}
-    verify_export(model_path, out, gate_texts, tasks_dir, evaluator, extra=extra)
+    verify_export(model_path, out, gate_texts, tasks_dir, evaluator, extra=extra, device=device, precision=precision)
     return json.loads((out / fp8_card.INFO_FILE).read_text())
