@@ -90,8 +90,10 @@ def card_text(cfg, spec: dict, fit: dict, evaluation: dict | None) -> str:
     if evaluation:
         tasks, per_lang = result_tables(evaluation)
         body += ["## Evaluation", "", "Main score x100: nDCG@10 for retrieval, accuracy for classification. "
-                 "`catalog_test_*` = the catalog's held-out test split as retrieval.", "",
-                 _md_table(tasks), "", "Per-language macro averages:", "", _md_table(per_lang), ""]
+                 "`catalog_test_<lang>_<task>` = the catalog's held-out test queries ranked against every product "
+                 "title of their language (`_category`: titles ranked among category labels).", "",
+                 _md_table(tasks), "", "Macros per language: retrieval (nDCG@10), classification (accuracy), and "
+                 "over all tasks:", "", _md_table(per_lang), ""]
     return "\n".join(header + body)
 
 
