@@ -1,8 +1,13 @@
 """The encoder for mining: load a sentence-transformers model offline, fingerprint it, cache its embeddings.
 
 The cache lives in the catalog (`embedding_cache`, FLOAT[] per text; see migration 0030 for why not a side
-file), keyed by (model fingerprint, text hash). The fingerprint hashes the weights, tokenizer and module
-stack, not the path, so a model copied elsewhere reuses its rows and a retrained one at the same path does not.
+file), keyed by (encoder key, text hash). The fingerprint hashes the weights, tokenizer and module stack, not
+the path, so a model copied elsewhere reuses its rows and a retrained one at the same path does not.
+
+Anchors are encoded as queries (`encode_query`) and candidates as documents (`encode_document`). A model with
+query/document prompts (e5: "query: " / "passage: ") embeds the same text differently in the two roles, so
+the encoder key is the fingerprint plus a hash of the prompt the role applies (`role_key`); a model without
+prompts has one key, the bare fingerprint, for both roles (the rows it cached before prompts existed stay valid).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -62,10 +68,47 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()[:20]
 
 
-def register_model(cat: Catalog, fp: str, name: str, dim: int, run_id: str | None) -> None:
+ROLES = ("query", "document")
+
+
+def role_prompt(model, role: str) -> str:
+    """The prompt sentence-transformers' encode_query / encode_document prepend for this model ('' for none).
+
+    Mirrors their choice: the "query" prompt for queries; the first of "document", "passage", "corpus" for
+    documents; else the model's default prompt.
+    """
+    prompts = getattr(model, "prompts", None) or {}
+    names = ("query",) if role == "query" else ("document", "passage", "corpus")
+    for name in names:
+        if name in prompts:
+            return prompts[name] or ""
+    default = getattr(model, "default_prompt_name", None)
+    return (prompts.get(default) or "") if default else ""
+
+
+def role_key(fp: str, model, role: str) -> str:
+    """Cache key of one encoding role: the fingerprint, plus the prompt's hash when the role applies one."""
+    prompt = role_prompt(model, role)
+    return fp if not prompt else f"{fp}/{hashlib.sha256(prompt.encode()).hexdigest()[:8]}"
+
+
+def encode_role(model, texts: list[str], role: str, batch_size: int, progress: bool) -> np.ndarray:
+    """(len(texts), d) float32 unit vectors, encoded as queries or documents (plain encode for older models)."""
+    fn = getattr(model, "encode_query" if role == "query" else "encode_document", None)
+    kw = dict(batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=progress)
+    emb = fn(texts, **kw) if fn is not None else model.encode(texts, **kw)
+    return np.asarray(emb, dtype=np.float32)
+
+
+def register_model(cat: Catalog, fp: str, name: str, dim: int, run_id: str | None, model=None) -> dict[str, str]:
+    """Record the model and its role keys; returns {role: cache key}."""
+    keys = {r: role_key(fp, model, r) if model is not None else fp for r in ROLES}
     with cat.transaction() as con:
-        con.execute("INSERT INTO encoder_models (model_fp, model, dim, run_id) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT DO NOTHING", [fp, name, dim, run_id])
+        for role, key in keys.items():
+            label = name if key == fp else f"{name} ({role}: {role_prompt(model, role)!r})"
+            con.execute("INSERT INTO encoder_models (model_fp, model, dim, run_id) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT DO NOTHING", [key, label, dim, run_id])
+    return keys
 
 
 def _hashes_table(texts: list[str]) -> pa.Table:
@@ -83,14 +126,16 @@ def missing_texts(cat: Catalog, fp: str, texts: list[str]) -> list[str]:
 
 
 def encode_missing(cat: Catalog, model, fp: str, texts: list[str], batch_size: int, run_id: str | None,
-                   progress: bool = True) -> int:
-    """Encode the texts missing from the cache and store them, ENCODE_CHUNK per transaction; returns how many."""
-    todo = missing_texts(cat, fp, texts)
+                   progress: bool = True, role: str = "document") -> int:
+    """Encode (as `role`) the texts missing from the cache under key `fp`, ENCODE_CHUNK per transaction."""
+    return store_encoded(cat, model, fp, missing_texts(cat, fp, texts), batch_size, run_id, progress, role)
+
+
+def store_encoded(cat: Catalog, model, fp: str, todo: list[str], batch_size: int, run_id: str | None,
+                  progress: bool = True, role: str = "document") -> int:
     for start in range(0, len(todo), ENCODE_CHUNK):
         chunk = todo[start:start + ENCODE_CHUNK]
-        emb = model.encode(chunk, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                           show_progress_bar=progress)
-        emb = np.asarray(emb, dtype=np.float32)                       # (len(chunk), dim)
+        emb = encode_role(model, chunk, role, batch_size, progress)    # (len(chunk), dim)
         vec = pa.ListArray.from_arrays(pa.array(np.arange(0, emb.size + 1, emb.shape[1], dtype=np.int32)),
                                        pa.array(emb.reshape(-1)))
         tbl = pa.table({"h": [text_hash(t) for t in chunk], "vec": vec})
@@ -113,3 +158,22 @@ def load_embeddings(cat: Catalog, fp: str, texts: list[str], dim: int) -> np.nda
     flat = tbl.column("vec").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return np.array(flat, dtype=np.float32).reshape(len(texts), dim)   # a writable copy torch can share
 
+
+
+def stream_embeddings(cat: Catalog, fp: str, table: str, dim: int, chunk: int = 16384
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Embeddings of the texts in catalog table `table` (columns pos BIGINT, h VARCHAR), `chunk` rows at a time.
+
+    Yields (pos (nc,) int64, emb (nc, dim) float32) in whatever order DuckDB produces them, so the candidate
+    side of a search is never held whole: a semi-join against the pool's hashes, streamed by Arrow batches.
+    Nothing else may run on the connection until the generator is exhausted.
+    """
+    reader = cat.con.execute(
+        f"SELECT p.pos, c.vec FROM embedding_cache c JOIN {table} p ON c.text_hash = p.h WHERE c.model_fp = ?",
+        [fp]).to_arrow_reader(chunk)
+    for rb in reader:
+        if rb.num_rows == 0:
+            continue
+        flat = rb.column(1).flatten().to_numpy(zero_copy_only=False)
+        yield (rb.column(0).to_numpy().astype(np.int64),
+               np.array(flat, dtype=np.float32).reshape(rb.num_rows, dim))

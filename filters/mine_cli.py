@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -12,7 +12,9 @@ from compass.errors import CompassError
 from compass.langs import parse_langs
 
 
-def _window(value: str) -> tuple[int, int]:
+def _window(value: str) -> tuple[int, int] | str:
+    if value.strip().lower() == "auto":
+        return "auto"
     try:
         lo, hi = (int(x) for x in value.split(":"))
     except ValueError:
@@ -21,14 +23,19 @@ def _window(value: str) -> tuple[int, int]:
 
 
 def mine_cmd(
-    model: Annotated[str, typer.Option(help="sentence-transformers model folder (or a name already in the local "
-                                            "HF cache; nothing is downloaded).")],
+    model: Annotated[str, typer.Option(help="Encoder: e5-small (multilingual, the default), minilm, a "
+                                            "sentence-transformers folder, or a hub id with a network.")] = "e5-small",
     langs: LangsOpt = None,
+    pool: Annotated[str, typer.Option(help="positives: candidates are kept positives; products: also every "
+                                           "product text of the same language and market.")] = "positives",
     top_k: Annotated[int, typer.Option(help="Candidates retrieved per example (search depth).")] = 50,
     rank_window: Annotated[str, typer.Option(help="LO:HI ranks eligible as negatives (0 = nearest text other "
-                                                  "than the positive); HI is capped at --top-k.")] = "10:100",
-    margin: Annotated[float, typer.Option(help="Refuse candidates scoring above MARGIN x the positive's score "
-                                               "(NV-Retriever TopK-PercPos); 0 disables.")] = 0.95,
+                                                  "than the positive); HI is capped at --top-k. auto: per task "
+                                                  "(10:100; 0:100 for title2category, category_query2title).")
+                           ] = "auto",
+    margin: Annotated[Optional[float], typer.Option(
+        help="Refuse candidates scoring above MARGIN x the positive's score (NV-Retriever TopK-PercPos); 0 "
+             "disables. Default per task: 0.95; off for title2category.")] = None,
     per_example: Annotated[int, typer.Option(help="Negatives stored per example, best first.")] = 5,
     near_dup: Annotated[float, typer.Option(help="Refuse near-duplicates of the positive (shingle Jaccard >= this); "
                                                  "0 keeps only the exact-duplicate check.")] = 0.8,
@@ -41,26 +48,31 @@ def mine_cmd(
                                                 )] = False,
     batch_size: Annotated[int, typer.Option(help="Encoder batch size.")] = 64,
     mine_batch: Annotated[int, typer.Option(help="Examples per transaction.")] = 2048,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (auto: CUDA when present).")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     catalog: CatalogOpt = None,
 ) -> None:
     """Mine hard negatives for kept examples: exact search + guards (near-dup, class, margin, rank window)."""
+    from compass.devices import resolve_device
     from compass.filters.mine import MineConfig, mine
 
+    device = resolve_device(device)
     cfg = MineConfig(model=model, langs=parse_langs(langs), top_k=top_k, rank_window=_window(rank_window),
-                     margin=margin or None, per_example=per_example, near_dup=near_dup or None,
+                     margin="auto" if margin is None else (margin or None), pool=pool, per_example=per_example,
+                     near_dup=near_dup or None,
                      class_guard=class_guard, pool_by=pool_by, cross_lingual=cross_lingual, batch_size=batch_size,
                      mine_batch=mine_batch, device=device, progress=not quiet)
     cfg.validate()
-    config = {k: v for k, v in vars(cfg).items() if k not in ("progress", "block")}
+    config = {k: v for k, v in vars(cfg).items() if k not in ("progress", "block", "anchor_pass", "cand_chunk")}
     with Catalog(catalog) as cat:
         if not cat.scalar("SELECT count(*) FROM kept_examples"):
             raise CompassError("no kept examples to mine: run `compass generate` (and `compass filter`) first")
         with cat.run("mine", config) as run:
             res = mine(cat, cfg, run.id)
             run.summary.update(res)
-    console.print(f"negative set {res['set_id']}: {res['pending']} examples mined ({res['encoded']} texts encoded), "
+    prompts = ", ".join(f"{r} {p!r}" for r, p in res.get("prompts", {}).items()) or "none"
+    console.print(f"negative set {res['set_id']}: {res['pending']} examples mined ({res['encoded']} texts encoded; "
+                  f"prompts: {prompts}), "
                   f"{res['negatives']} negatives, {res['examples_with_negatives']} examples with at least one",
                   highlight=False)
     print_table([{"guard": g, "refused": n} for g, n in res["refused"].items()], title="refused candidates")

@@ -12,7 +12,7 @@ is not a dependency of compass; at the sizes a catalog holds per pool the chunke
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -24,37 +24,48 @@ from compass.text import jaccard, normalize, shingles
 GUARDS = ("near_dup", "class", "margin", "rank")
 
 
+def stream_topk(queries: torch.Tensor, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], k: int,
+                block: int = 1 << 26) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k by inner product over a corpus that arrives in chunks and is never held whole.
+
+    queries (q, d); chunks yield (ids (nc,) long, emb (nc, d)), ids being each row's corpus index (any order,
+    each row once). Returns scores (q, k') and indices (q, k'), best first, k' = min(k, rows seen). Alive at once:
+    one chunk, the running best (q, k) and at most `block` scores (q_chunk x nc floats, 256 MB at the default):
+    bounded whatever the corpus size, yet large enough that each matrix product runs at full BLAS speed.
+    """
+    nq = queries.shape[0]
+    best_s = torch.full((nq, k), -torch.inf, dtype=queries.dtype, device=queries.device)
+    best_i = torch.full((nq, k), -1, dtype=torch.long, device=queries.device)
+    seen = 0
+    for ids, emb in chunks:
+        nc = emb.shape[0]
+        if nc == 0 or nq == 0:
+            continue
+        seen += nc
+        ids = ids.to(queries.device)
+        emb = emb.to(device=queries.device, dtype=queries.dtype)
+        q_chunk = max(1, block // nc)
+        for qs in range(0, nq, q_chunk):
+            s = queries[qs:qs + q_chunk] @ emb.T                                   # (qc, nc)
+            ts, ti = torch.topk(s, min(k, nc), dim=1, sorted=False)
+            del s
+            # merge with the best of the chunks before; -inf padding loses to any real score
+            ms, pos = torch.topk(torch.cat([best_s[qs:qs + q_chunk], ts], 1), k, dim=1, sorted=False)
+            mi = torch.gather(torch.cat([best_i[qs:qs + q_chunk], ids[ti]], 1), 1, pos)
+            best_s[qs:qs + q_chunk], best_i[qs:qs + q_chunk] = ms, mi
+    kk = min(k, seen)
+    best_s, order = torch.sort(best_s, dim=1, descending=True)                     # sort only the k kept, once
+    return best_s[:, :kk], torch.gather(best_i, 1, order)[:, :kk]
+
+
 def chunked_topk(queries: torch.Tensor, corpus: torch.Tensor, k: int,
                  block: int = 1 << 26) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k by inner product (cosine for unit vectors), never a full queries x corpus matrix.
-
-    queries (q, d), corpus (n, d) -> scores (q, k') and indices (q, k'), best first, k' = min(k, n).
-    At most `block` scores (q_chunk x n_chunk floats, 256 MB at the default) are alive at once: bounded,
-    yet large enough that each matrix product runs at full BLAS speed (smaller blocks measured 20-50% slower).
-    """
+    """`stream_topk` over an in-memory corpus (n, d), cut into chunks that leave room for 64 queries a block."""
     n = corpus.shape[0]
-    k = min(k, n)
-    if queries.shape[0] == 0 or k == 0:
-        return (torch.empty(queries.shape[0], k, dtype=queries.dtype, device=queries.device),
-                torch.empty(queries.shape[0], k, dtype=torch.long, device=queries.device))
-    n_chunk = min(n, max(k, block // 64))       # a corpus chunk leaves room for at least 64 queries
-    q_chunk = max(1, block // n_chunk)
-    out_s, out_i = [], []
-    for qs in range(0, queries.shape[0], q_chunk):
-        qc = queries[qs:qs + q_chunk]                                   # (qc, d)
-        best_s = best_i = None
-        for cs in range(0, n, n_chunk):
-            s = qc @ corpus[cs:cs + n_chunk].T                          # (qc, nc)
-            ts, ti = torch.topk(s, min(k, s.shape[1]), dim=1, sorted=False)
-            ti = ti + cs
-            if best_s is not None:                                      # merge with the previous chunks' best
-                ts, pos = torch.topk(torch.cat([best_s, ts], 1), k, dim=1, sorted=False)
-                ti = torch.gather(torch.cat([best_i, ti], 1), 1, pos)
-            best_s, best_i = ts, ti
-        best_s, order = torch.sort(best_s, dim=1, descending=True)      # sort only the k kept, once
-        out_s.append(best_s)
-        out_i.append(torch.gather(best_i, 1, order))
-    return torch.cat(out_s), torch.cat(out_i)
+    n_chunk = max(1, min(n, max(k, block // 64)))
+    ids = torch.arange(n, device=corpus.device)
+    return stream_topk(queries, ((ids[cs:cs + n_chunk], corpus[cs:cs + n_chunk]) for cs in range(0, n, n_chunk)),
+                       k, block=block)
 
 
 class NearDup:

@@ -24,6 +24,16 @@ def stats_section(cat: Catalog, by: list[str]) -> dict | None:
         "SELECT set_id, lang, sum(n_examined) AS examined, "
         + ", ".join(f"sum(refused_{g}) AS {g}" for g in GUARDS)
         + " FROM mined_examples GROUP BY set_id, lang ORDER BY set_id, lang")
+    # where the negatives came from (--pool products adds product texts to the kept positives), per task
+    by_pool = cat.query(
+        "SELECT n.set_id, e.task, coalesce(n.source, 'positives') AS pool, count(*) AS negatives, "
+        "count(DISTINCT n.example_id) AS examples FROM negatives n JOIN examples e ON e.id = n.example_id "
+        "GROUP BY ALL ORDER BY ALL")
+    by_task = cat.query(
+        "SELECT m.set_id, e.task, count(*) AS mined, count(*) FILTER (WHERE m.n_negatives > 0) AS with_negative, "
+        "round(avg((m.n_negatives > 0)::INT), 4) AS share_with_negative FROM mined_examples m "
+        "JOIN examples e ON e.id = m.example_id GROUP BY ALL ORDER BY ALL")
     sets = cat.query("SELECT s.set_id, s.model, s.created_at, (SELECT count(*) FROM negatives n "
                      "WHERE n.set_id = s.set_id) AS negatives FROM negative_sets s ORDER BY s.created_at")
-    return {"negatives": {"sets": sets, "by_lang": by_lang, "refusals_per_guard": refusals}}
+    return {"negatives": {"sets": sets, "by_lang": by_lang, "by_task": by_task, "by_pool": by_pool,
+                          "refusals_per_guard": refusals}}

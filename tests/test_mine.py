@@ -148,7 +148,7 @@ def test_cli_errors_are_one_line(tmp_path):
     path = tmp_path / "c.duckdb"
     _catalog(path).close()
     bad = run_cli("mine", "--model", str(tmp_path / "nope"), catalog=path, check=False)
-    assert bad.returncode == 1 and "cannot load" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 1 and "not found" in bad.stderr and "Traceback" not in bad.stderr
     bad = run_cli("mine", "--model", MODEL, "--rank-window", "10", catalog=path, check=False)
     assert bad.returncode == 1 and "LO:HI" in bad.stderr
     bad = run_cli("mine", "--model", MODEL, "--top-k", "5", "--rank-window", "10:100", catalog=path, check=False)
