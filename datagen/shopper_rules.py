@@ -277,6 +277,8 @@ def load_rules(lang: str, rules_dir: Path | str | None = None) -> tuple[RuleFile
 def check_rules(rules_dir: Path | str | None = None) -> list[str]:
     """Validate every rule file of a folder (generic.yaml + one per language); returns the file names checked."""
     folder = Path(rules_dir or RULES_DIR)
+    if not folder.is_dir():
+        raise CompassError(f"--rules {folder}: no such folder: pass a folder holding generic.yaml and <lang>.yaml")
     files = sorted(folder.glob("*.yaml"))
     if not (folder / "generic.yaml").exists():
         raise CompassError(f"{folder / 'generic.yaml'}: missing: every rules folder needs generic.yaml")

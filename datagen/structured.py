@@ -111,6 +111,12 @@ class StructuredPairs(Stage):
     def params(self) -> dict:
         return {"tasks": list(self.tasks), "seed": self.seed, "shopper": self.shopper, "rules_dir": self.rules_dir}
 
+    def setup(self) -> None:
+        if self.shopper:  # a malformed rule file stops the run before the first batch, naming file and key
+            from compass.datagen.shopper_rules import check_rules
+
+            check_rules(self.rules_dir)
+
     def shopper_for(self, lang: str) -> Shopper:
         if lang not in self._shoppers:  # rules load (and validate) once per language
             self._shoppers[lang] = Shopper(lang, self.rules_dir)

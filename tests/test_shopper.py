@@ -262,6 +262,23 @@ def test_a_malformed_rule_file_fails_the_check_naming_file_key_and_fix(tmp_path,
     assert str(f) in str(e.value) and needle in str(e.value), str(e.value)
 
 
+def test_a_malformed_rule_file_stops_generation_before_anything_is_written(tmp_path):
+    from compass.catalog.ingest import ingest_file
+    from compass.datagen.structured_run import run_structured
+
+    folder = _rules_copy(tmp_path)
+    (folder / "km.yaml").write_text("lang: km\nbrands: [1, 2]\n", encoding="utf-8")
+    rows = [{k: v for k, v in p.items() if k not in ("lang", "market")} for p in PRODUCTS if p["lang"] == "vi"]
+    cat = Catalog(tmp_path / "c.duckdb", create=True)
+    ingest_file(cat, write_jsonl(tmp_path / "vi.jsonl", rows), "vi", "VN", None, "fail", "r")
+    with pytest.raises(CompassError, match=r"km\.yaml: key 'brands'"):
+        run_structured(cat, "r1", rules_dir=str(folder), progress=False)
+    with pytest.raises(CompassError, match="no such folder"):
+        run_structured(cat, "r1", rules_dir=str(tmp_path / "nope"), progress=False)
+    assert cat.scalar("SELECT count(*) FROM examples") == 0
+    cat.close()
+
+
 @pytest.mark.slow
 def test_generate_check_cli(tmp_path):
     ok = run_cli("generate", "--check")
