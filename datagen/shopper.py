@@ -106,7 +106,8 @@ _NUM = r"(\d+(?:[.,]\d+)?)"
 
 
 def _fmt(v: float) -> str | None:
-    if v <= 0 or v >= 100000:
+    """A converted value as shoppers write it, or None: "0.9 kg" yes, "0.04 liter" and "333.33 g" no."""
+    if v < 0.5 or v >= 100000:
         return None
     r = round(v, 2)
     if abs(r - v) > 1e-9:
