@@ -168,6 +168,10 @@ def build_trainer(spec: dict, callbacks: list | None = None):
     class Trainer(SentenceTransformerTrainer):
         data_collator_class = NegativeGroupCollator  # rows with fewer mined negatives leave their columns empty
 
+        def add_model_card_callback(self, *args, **kw) -> None:
+            """compass writes its own card (train/card.py); the library's callback would tokenize the whole dataset
+            at start-up for column statistics, and trips on the None of a missing negative."""
+
     cfg = TrainConfig(**spec["config"])
     device = fit_device(cfg)
     dtype = resolve_precision(device, cfg.precision)
