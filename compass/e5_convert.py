@@ -237,7 +237,9 @@ def build_tokenizer(f: E5File):
     """A tokenizers Unigram tokenizer that segments like e5.c (XLM-R's pipeline):
     table normalisation, runs of spaces -> one space (e5.c collapses U+0020 runs, keeps leading/trailing ones),
     Metaspace with a prepended '▁', Viterbi over the pieces (unknown char score = min - 10, as both use),
-    then `<s> … </s>`."""
+    then `<s> … </s>`. One known difference: tokenizers' Unigram always fuses a run of unknown characters into
+    one <unk> (as sentencepiece does) where e5.c emits one per character; XLM-R's vocabulary covers the nine
+    languages, so this only shows on rare scripts (e.g. CJK extension B)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import Unigram
 

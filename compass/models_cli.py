@@ -61,7 +61,8 @@ def build(name: NameArg, dtype: DtypeOpt = "float32",
     t0 = time.time()
     folder = build_e5(dtype, force=force)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    console.print(f"e5-small ({dtype}): {folder} ({size / 2**20:.0f} MiB, {time.time() - t0:.1f} s)")
+    console.print(f"e5-small ({dtype}): {size / 2**20:.0f} MiB, {time.time() - t0:.1f} s")
+    typer.echo(folder)
 
 
 def register(app: typer.Typer) -> None:

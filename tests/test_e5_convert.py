@@ -158,9 +158,16 @@ def test_cli_models_path_and_list(e5_folder, e5_cache):
 def test_bfloat16_build(e5_folder, e5_cache):
     from sentence_transformers import SentenceTransformer
 
-    out = run_cli("models", "build", "e5-small", "--dtype", "bfloat16", env={"COMPASS_CACHE": str(e5_cache)})
+    # two first uses at once: one converts, the other waits on the lock; both answer the same complete folder
+    cmd = [sys.executable, "-m", "compass", "models", "build", "e5-small", "--dtype", "bfloat16"]
+    env = {**os.environ, "COMPASS_CACHE": str(e5_cache)}
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
     folder = e5_cache / "models" / "e5-small-bfloat16"
-    assert str(folder) in out.stdout + out.stderr
+    assert [o[0].strip() for o in outs] == [str(folder)] * 2
+    assert not list(folder.parent.glob(".e5-small-bfloat16.tmp-*"))
     size32, size16 = ((f / "model.safetensors").stat().st_size for f in (e5_folder, folder))
     assert 0.45 < size16 / size32 < 0.55
     texts = ["giày chạy bộ nam", "รองเท้าวิ่ง", "cheap running shoes"]
