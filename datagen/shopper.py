@@ -157,12 +157,20 @@ def neighbours(rows: list[str]) -> dict[str, str]:
     return nb
 
 
+# Khmer coeng and Myanmar virama stack the next consonant under the previous one: a letter next to one is half of a
+# cluster, and dropping or doubling it leaves a sequence no keyboard produces.
+_JOINERS = {"\u17d2", "\u1039"}
+
+
 def _typo_positions(text: str) -> list[int]:
-    """Letters inside words of 3+ characters (digits are model numbers: a typo there makes another product)."""
+    """Letters inside words of 3+ characters (digits are model numbers: a typo there makes another product), not
+    next to a cluster joiner."""
     pos = []
     for m in re.finditer(r"\S+", text):
-        if len(m.group()) >= 3:
-            pos += [m.start() + i for i, ch in enumerate(m.group()) if ch.isalpha()]
+        w = m.group()
+        if len(w) >= 3:
+            pos += [m.start() + i for i, ch in enumerate(w) if ch.isalpha()
+                    and (i == 0 or w[i - 1] not in _JOINERS) and (i + 1 == len(w) or w[i + 1] not in _JOINERS)]
     return pos
 
 
@@ -171,6 +179,10 @@ def typo_variants(text: str, kind: str, nb: dict[str, str]) -> list[str]:
     for i in _typo_positions(text):
         ch = text[i]
         if kind == "drop":
+            # a letter carrying a vowel sign or tone mark: dropping it would hang the mark on the previous letter
+            # (or on nothing), which is not a typo but an invalid string
+            if i + 1 < len(text) and unicodedata.category(text[i + 1]).startswith("M"):
+                continue
             out.append(text[:i] + text[i + 1:])
         elif kind == "double":
             out.append(text[:i] + ch + text[i:])
