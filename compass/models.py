@@ -154,8 +154,8 @@ def resolve_model(name: str | Path, dtype: str = "float32") -> str:
     if "/" in s and not s.startswith((".", "/", "~")) and s.count("/") == 1:
         if not _offline():
             return s                                 # sentence-transformers fetches it from the hub
-        raise CompassError(f"model {s!r} is a hub id, which needs the network, and HF_HUB_OFFLINE is set: unset it "
-                           f"where a network exists, or use a local name ({names}) or folder")
+        raise CompassError(f"model {s!r} is no local folder; as a hub id it needs the network, and HF_HUB_OFFLINE "
+                           f"is set: unset it where a network exists, or use a local name ({names}) or folder")
     raise CompassError(f"model {s!r} not found: give a local sentence-transformers folder, a model name ({names}), "
                        "or a hub id (with a network)")
 

@@ -181,7 +181,7 @@ def test_resolve_model_names(tmp_path, monkeypatch):
     assert Path(models.resolve_model("minilm"), "modules.json").exists()
     assert models.resolve_model(str(tmp_path)) == str(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(CompassError, match="hub id, which needs the network, and HF_HUB_OFFLINE is set.*e5-small"):
+    with pytest.raises(CompassError, match="no local folder; as a hub id it needs the network, and HF_HUB_OFFLINE is set.*e5-small"):
         models.resolve_model("intfloat/multilingual-e5-base")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     assert models.resolve_model("intfloat/multilingual-e5-base") == "intfloat/multilingual-e5-base"
