@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from compass.catalog.db import Catalog, scrub
+from compass.catalog.db import Catalog
 from compass.cli_common import CatalogOpt, LangsOpt, console, print_table
 from compass.errors import CompassError
 from compass.langs import parse_langs
@@ -53,6 +53,10 @@ def generate(
     templates: Annotated[Optional[Path], typer.Option(help="A templates folder instead of the bundled one.")] = None,
     dry_run: Annotated[bool, typer.Option(help="LLM routes: print requests per cell and a prompt-token "
                                                "estimate; send nothing.")] = False,
+    max_model_len: Annotated[Optional[int], typer.Option(help="openai: the model's context in tokens; a prompt "
+                                                              "that cannot fit with --max-tokens is stored as "
+                                                              "reject too_long, unsent (default: from the "
+                                                              "server's /v1/models; 0: do not check).")] = None,
     shopper: Annotated[bool, typer.Option(help="structured: shopper-style queries (rules in datagen/rules); "
                                                "--no-shopper keeps 2-4 title words (ablations).")] = True,
     rules: Annotated[Optional[Path], typer.Option(help="structured: a shopper rules folder (generic.yaml + "
@@ -87,7 +91,7 @@ def generate(
     if route not in ("grounded", "translate"):
         raise CompassError(f"--route {route!r}: unknown route: use structured, grounded or translate")
     from compass.datagen.backends import Sampling, make_backend
-    from compass.datagen.llm_run import run_plan
+    from compass.datagen.llm_run import context_check, failure_summary, report_failures, run_plan
     from compass.datagen.plan import dry_run_table, load_tokenizer, plan_grounded, plan_translate
     from compass.prompts.library import bundled_library, load_library
 
@@ -122,19 +126,15 @@ def generate(
             return
         be = make_backend(backend, model, base_url=base_url, concurrency=concurrency, timeout=timeout,
                           max_retries=max_retries, backoff_base=backoff, batch_size=batch_size, engine_args=extra)
+        limit, counter = context_check(be, model, max_model_len)
         with cat.run("generate", config) as run:
-            res = run_plan(cat, run.id, planned, be)
+            res = run_plan(cat, run.id, planned, be, max_model_len=limit, count_tokens=counter)
             run.summary.update(res)
-        reasons = cat.query("SELECT reject_reason AS reason, count(*) AS n FROM generations WHERE run_id = ? "
-                            "AND status = 'failed' GROUP BY ALL ORDER BY n DESC", [run.id])
+        failures = failure_summary(cat, run.id)
     console.print(f"{route} route: {res['requested']} requested, {res['already_answered']} already answered, "
                   f"{res['sent']} sent: {res['ok']} valid, {res['reject']} rejected, {res['failed']} failed "
                   f"after retries; {res['new_examples']} new examples", highlight=False, soft_wrap=True)
-    if res["sent"] and res["failed"] == res["sent"]:
-        why = ", ".join(f"{r['reason']}: {r['n']}" for r in reasons)
-        where = f" at {scrub(base_url)}" if base_url else ""  # never print credentials in a URL
-        raise CompassError(f"all {res['failed']} requests failed ({why}): check that the server{where} is up and "
-                           "the model name is right, then rerun the same command (it resends only failed requests)")
+    report_failures(res, failures, base_url, limit)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,8 @@ Retries are ours, not the client's (`max_retries=0`): the client would also retr
 long it honours Retry-After, while compass retries exactly 429, 5xx, timeouts and dropped connections,
 honours Retry-After (seconds, HTTP date or retry-after-ms) whatever its length up to `backoff_max`, and
 counts attempts for the generations table. Everything else (400, 401, 404...) fails at once: retrying a bad
-request only burns quota.
+request only burns quota. A failure keeps the server's own message (scrubbed of secrets) next to its short code,
+so "the prompt exceeds the model's context" is not reduced to `http_400`.
 
 The key comes from OPENAI_API_KEY or COMPASS_API_KEY at call time and is held by the client only; nothing
 here writes it anywhere.
@@ -17,6 +18,7 @@ import email.utils
 import os
 import queue
 import random
+import re
 import threading
 import time
 from typing import Iterable, Iterator
@@ -25,6 +27,50 @@ from compass.datagen.backends import LLMRequest, LLMResult
 from compass.errors import CompassError
 
 _DONE = object()
+MAX_MESSAGE = 500
+# What servers say when prompt + max_tokens does not fit (vLLM, OpenAI, llama.cpp, TGI wordings).
+_CONTEXT = re.compile(r"maximum context length|context[_ ]length[_ ]exceeded|greater than max_model_len|"
+                      r"exceeds? (?:the )?(?:model'?s? )?"
+                      r"(?:maximum )?context|context (?:window|size) (?:is )?(?:exceeded|too small)|"
+                      r"prompt is too long|input (?:is )?too long|too many (?:input )?tokens", re.I)
+# Fallback shapes of secrets, until compass.secrets (one shared rule for the whole project) is there.
+_KEYLIKE = re.compile(r"(?i)(?:\b(?:sk|pk|rk|hf|ghp|gho|xox[abp])[-_][A-Za-z0-9_\-]{8,}|\bBearer\s+\S+|"
+                      r"(?<=[?&;])[^=&\s]*(?:key|token|secret|password|sig)[^=&\s]*=[^&\s]+|"
+                      r"(?<=://)[^/@\s]+(?=@))")
+
+
+def scrub_message(text: str | None) -> str | None:
+    """A server message fit to store and print: secrets masked, one line, at most MAX_MESSAGE characters.
+
+    The one place server text is scrubbed: it uses the project's shared rule (compass.secrets.scrub_text)
+    when that module exists, else the fallback patterns above.
+    """
+    if not text:
+        return None
+    try:
+        from compass.secrets import scrub_text  # type: ignore[import-not-found]
+    except ImportError:
+        scrub_text = None
+    text = scrub_text(text) if scrub_text else _KEYLIKE.sub("***", text)
+    text = " ".join(str(text).split())
+    return text[:MAX_MESSAGE - 3] + "..." if len(text) > MAX_MESSAGE else text
+
+
+def is_context_error(message: str | None) -> bool:
+    """Whether a server message says the prompt (plus max_tokens) exceeds the model's context."""
+    return bool(message and _CONTEXT.search(message))
+
+
+def server_message(e) -> str | None:
+    """The `message` of an OpenAI-style error body ({"error": {"message": ...}}), else the body itself."""
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        msg = body.get("message") or body.get("detail") or body.get("error")
+        return msg if isinstance(msg, str) else str(body)
+    if isinstance(body, str) and body.strip():
+        return body
+    text = getattr(getattr(e, "response", None), "text", None)
+    return text if isinstance(text, str) and text.strip() else None
 
 
 def api_key(base_url: str | None) -> str:
@@ -78,6 +124,25 @@ class OpenAIBackend:
         return openai.AsyncOpenAI(api_key=api_key(self.base_url), base_url=self.base_url, max_retries=0,
                                   timeout=self.timeout)
 
+    def max_model_len(self) -> int | None:
+        """The served model's context length from `GET /v1/models` (vLLM reports `max_model_len`), or None."""
+        import openai
+
+        try:
+            client = openai.OpenAI(api_key=api_key(self.base_url), base_url=self.base_url, max_retries=1,
+                                   timeout=min(self.timeout, 30.0))
+            try:
+                models = list(client.models.list())
+            finally:
+                client.close()
+        except (openai.OpenAIError, OSError):
+            return None  # an older server or no /models: the server's own check still applies
+        for m in models:
+            n = getattr(m, "max_model_len", None) or (m.model_extra or {}).get("max_model_len")
+            if m.id == self.model and isinstance(n, int):
+                return n
+        return None
+
     def _kwargs(self, req: LLMRequest) -> dict:
         kw = dict(model=self.model, messages=req.messages, temperature=req.sampling.temperature,
                   top_p=req.sampling.top_p, max_tokens=req.sampling.max_tokens, seed=req.seed,
@@ -103,7 +168,7 @@ class OpenAIBackend:
         while True:
             attempt += 1
             t0 = time.perf_counter()
-            retry_after = None
+            retry_after, message = None, None
             try:
                 resp = await client.chat.completions.create(**self._kwargs(req))
                 choice = resp.choices[0]
@@ -117,16 +182,18 @@ class OpenAIBackend:
                 code = e.status_code
                 error, retryable = f"http_{code}", code == 429 or code >= 500
                 retry_after = retry_after_seconds(getattr(e.response, "headers", None))
+                message = server_message(e)
             except openai.APITimeoutError:
                 error, retryable = "timeout", True
             except openai.APIConnectionError:
                 error, retryable = "connection", True
             except (ValueError, openai.APIResponseValidationError) as e:
                 # A 200 whose body is not a chat completion: the server is broken, not busy.
-                error, retryable = f"bad_response:{type(e).__name__}", False
+                error, retryable, message = f"bad_response:{type(e).__name__}", False, str(e)
             if not retryable or attempt > self.max_retries:
                 return LLMResult(req.request_id, "failed", attempts=attempt, error=error,
-                                 latency_ms=(time.perf_counter() - t0) * 1000.0)
+                                 latency_ms=(time.perf_counter() - t0) * 1000.0,
+                                 extra={"error_message": scrub_message(message)})
             await asyncio.sleep(self._delay(attempt, retry_after, rng))
 
     async def _run(self, requests: Iterable[LLMRequest], out: queue.Queue, stop: threading.Event) -> None:

@@ -136,6 +136,7 @@ def test_fault_proxy_accounting(server, tiny_model, tmp_path):
     acc = check_accounting(cat, 24)
     gens = rows(cat, "SELECT request_id, status, reject_reason, attempts FROM generations")
     seen = {bucket(r[0]) for r in gens}
+    messages = dict(rows(cat, "SELECT request_id, error_message FROM generations"))
     assert {0, 1, 2, 3, 4, 5, 6} & seen, "the plan should meet several fault kinds"
     by_req = defaultdict(list)
     for entry in log:
@@ -146,6 +147,7 @@ def test_fault_proxy_accounting(server, tiny_model, tmp_path):
             assert status == "failed"
             # 400 is never retried; 503 is retried max_retries times
             assert (reason, attempts) == (("http_400", 1) if FAULTS[b][0] == "400" else ("http_503", 3))
+            assert messages[rid] == f"injected {FAULTS[b][0]}"  # the server's own words, not only the code
         elif want == "reject":
             assert status == "reject" and reason.startswith("parse:")
         else:
@@ -205,3 +207,78 @@ def test_sigkill_mid_run_resumes_without_duplicates(server, tiny_model, tmp_path
     assert f"{first} already answered, {30 - first} sent" in out.stderr
     check_accounting(cat, 30)
     assert rows(cat, "SELECT count(*) - count(DISTINCT id) FROM examples")[0][0] == 0
+
+
+LONG_TH = {"id": "th-long", "title": "หม้อทอดไร้น้ำมัน Philips HD9252 4.1 ลิตร", "category": "เครื่องใช้ไฟฟ้า > หม้อทอด",
+           "attributes": {"brand": "Philips", "model": "HD9252"}, "price": 1990, "currency": "THB",
+           "description": " ".join(f"คุณสมบัติพิเศษข้อที่ {i} ทำความสะอาดง่าย ประหยัดไฟ รับประกันสองปี" for i in range(60))}
+
+
+def test_context_overflow_is_named_then_skipped_as_too_long(server, tiny_model, tmp_path):
+    """A prompt longer than the server's max_model_len (1024 tokens; this one is ~2000): the server's message is
+    stored and shown, not just http_400; with the limit known (asked from /v1/models) the request is not sent
+    but stored as reject too_long, and judged again on a rerun with another limit."""
+    cat = tmp_path / "c.duckdb"
+    run_cli("init", catalog=cat)
+    run_cli("ingest", str(write_jsonl(tmp_path / "long.jsonl", [LONG_TH])), "--lang", "th", "--market", "TH",
+            catalog=cat)
+    args = ["generate", "--route", "grounded", "--backend", "openai", "--base-url", server.url,
+            "--max-tokens", "96", "--model", str(tiny_model)]  # not --compact: the description goes in
+    off = run_cli(*args, "--max-model-len", "0", catalog=cat, check=False)
+    assert off.returncode == 1
+    err = off.stderr.strip().splitlines()[-1]
+    assert "the prompt exceeds the model's context" in err and "1024" in err, off.stderr
+    assert "check that the server" not in err
+    (status, reason, message), = rows(cat, "SELECT status, reject_reason, error_message FROM generations")
+    assert status == "failed" and reason == "http_400" and "1024" in message
+    skip = run_cli(*args, catalog=cat)  # max_model_len from the server's /v1/models
+    assert "1 requests not sent" in skip.stderr and "max_model_len 1024" in skip.stderr, skip.stderr
+    (status, reason, n, attempts), = rows(cat, "SELECT status, reject_reason, prompt_tokens, attempts "
+                                                "FROM generations")
+    assert (status, reason, attempts) == ("reject", "too_long", 0) and n > 1024
+    check_accounting(cat, 1)
+    again = run_cli(*args, "--max-model-len", "4096", catalog=cat, check=False)  # judged again, sent, refused
+    assert again.returncode == 1 and "the prompt exceeds the model's context" in again.stderr
+    assert rows(cat, "SELECT status FROM generations") == [("failed",)]
+
+
+class SlowProxy(FaultProxy):
+    """The fault proxy without faults, every answer held back: a generate that runs for a while."""
+
+    def __init__(self, upstream: str, delay: float):
+        super().__init__(upstream, faults=False)
+        self.delay = delay
+
+    def forward(self, h, body):
+        if h.command == "POST":
+            time.sleep(self.delay)
+        super().forward(h, body)
+
+
+def test_stats_works_during_a_running_generate(server, tiny_model, tmp_path):
+    cat = make_catalog(tmp_path)
+    with SlowProxy(server.url.rsplit("/v1", 1)[0], delay=1.0) as proxy:
+        args = [sys.executable, "-m", "compass", "generate", "--route", "grounded", "--n", "12", "--backend",
+                "openai", "--base-url", proxy.url + "/v1", "--concurrency", "1", *GEN, str(tiny_model),
+                "--catalog", str(cat)]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            seen = []
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and time.monotonic() < deadline and len(seen) < 3:
+                out = run_cli("stats", "--json", catalog=cat)
+                st = json.loads(out.stdout)
+                running = {"command": "generate", "status": "running", "count": 1} in st["runs"]
+                if running:
+                    assert st["products"]["total"] == 5
+                    assert "reading a copy of its last committed state" in out.stderr
+                    seen.append(st.get("generate", {}).get("generation", {}).get("requested", 0))
+                time.sleep(1.5)
+            assert proc.wait(timeout=180) == 0, proc.stderr.read()[-2000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert len(seen) >= 2, seen
+    assert seen == sorted(seen) and max(seen) < 12  # progress visible while it ran
+    check_accounting(cat, 12)
