@@ -12,7 +12,6 @@ abbreviations -> code_switch -> brands -> casefold -> punctuation -> strip_marks
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import unicodedata
@@ -198,11 +197,7 @@ def typo_variants(text: str, kind: str, nb: dict[str, str]) -> list[str]:
 class Query:
     text: str
     base: str
-    steps: list[Step] = field(default_factory=list)
-
-    def lineage(self, rules_hash: str, kind: str) -> str:
-        return json.dumps({"kind": kind, "base": self.base, "rules": rules_hash, "steps": self.steps},
-                          ensure_ascii=False)
+    steps: list[Step] = field(default_factory=list)  # {"family", "rule", "from", "to"} per rule applied
 
 
 class Shopper:

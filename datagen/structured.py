@@ -3,13 +3,13 @@
 Runs anywhere (no GPU), so the demo uses it. Tasks and their class ids (the equivalence class of valid
 positives, which CAM masks on and mining refuses on):
 
-| task                 | anchor                                        | positive        | class id                      |
-|----------------------|-----------------------------------------------|-----------------|-------------------------------|
-| query2title          | shopper-style item query (brand/model/noun)   | title           | item (brand+model) or product |
-| category_query2title | shopper-style leaf category + 0-2 attr values | title           | category path in its lang     |
-| title2category       | title                                         | category path   | category path in its lang     |
-| attr_query2title     | brand + attribute values                      | title           | item or product               |
-| desc2title           | description                                   | title           | item or product               |
+| task                 | anchor                                      | positive      | class id                      |
+|----------------------|---------------------------------------------|---------------|-------------------------------|
+| query2title          | shopper-style item query (brand/model/noun) | title         | item (brand+model) or product |
+| category_query2title | shopper-style leaf category + 0-2 values    | title         | category path in its lang     |
+| title2category       | title                                       | category path | category path in its lang     |
+| attr_query2title     | brand + attribute values                    | title         | item or product               |
+| desc2title           | description                                 | title         | item or product               |
 
 "Item" = the same brand and model from attributes: two sellers' listings of one item are valid positives of
 each other's queries, so they share a class and are never used as each other's negatives. A category query is
