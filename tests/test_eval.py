@@ -271,3 +271,14 @@ def test_catalog_queries_rank_against_every_kept_title_and_relevance_is_the_clas
     _, (queries, corpus, qrels) = tasks["catalog_test_th_category"]
     assert set(corpus.values()) == {"Shoes", "Bags"} and qrels[h(title["p1"])] == {h("Shoes")}
     assert len(tasks["catalog_test_vi_query2title"][1][1]) == 1
+    # evaluate_model encodes a language's shared corpus once: same scores as scoring each task alone
+    from sentence_transformers import SentenceTransformer
+
+    from compass.train.evaluate import score_retrieval
+
+    path = tiny_model(tmp_path, [p[2] for p in products] + [e[2] for e in examples])
+    res = evaluate_model(path, None, tmp_path / "c.duckdb", "test")
+    model = SentenceTransformer(str(path), device="cpu")
+    for name, (_, (q, c, r)) in tasks.items():
+        alone = score_retrieval(model, q, c, r, name)
+        assert res["tasks"][name]["ndcg@10"] == pytest.approx(alone["ndcg@10"]) and res["tasks"][name]["docs"] == len(c)

@@ -85,9 +85,10 @@ def title_search_tasks(cat, split: str = "test", langs: list[str] | None = None)
     for r in queries:
         grouped[(r["lang"], r["task"])].append(r)
     out = []
+    # one corpus object per language, shared by its tasks, so an evaluator can encode it once (evaluate_model does)
+    corpora = {lang: {text_hash(t): t for t in shop.values()} for lang, shop in titles.items()}
     for (lang, task), qs in sorted(grouped.items()):
-        shop = titles[lang]
-        corpus = {text_hash(t): t for t in shop.values()}
+        shop, corpus = titles[lang], corpora[lang]
         qtext, qrels = {}, defaultdict(set)
         for r in qs:
             qid = text_hash(r["text"])

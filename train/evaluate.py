@@ -95,10 +95,12 @@ def read_beir(folder: Path) -> tuple[dict, dict, dict]:
     return queries, corpus, dict(qrels)
 
 
-def score_retrieval(model, queries: dict, corpus: dict, qrels: dict, name: str, batch_size: int = 64) -> dict:
+def score_retrieval(model, queries: dict, corpus: dict, qrels: dict, name: str, batch_size: int = 64,
+                    corpus_embeddings=None) -> dict:
     """Exact cosine search. sentence-transformers' evaluator encodes queries with ``encode_query`` and the corpus
     with ``encode_document``, so a model's query/document prompts (e5: ``query: `` / ``passage: ``) apply; a model
-    without prompts encodes both sides as ``encode`` does."""
+    without prompts encodes both sides as ``encode`` does. ``corpus_embeddings`` (len(corpus), dim), in the corpus
+    dict's order, skips encoding a corpus several tasks share."""
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
     from sentence_transformers.util import cos_sim
 
@@ -106,7 +108,7 @@ def score_retrieval(model, queries: dict, corpus: dict, qrels: dict, name: str, 
         queries, corpus, qrels, mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1], precision_recall_at_k=[100],
         map_at_k=[100], batch_size=batch_size, name=name, write_csv=False,
         score_functions={"cosine": cos_sim}, main_score_function="cosine")
-    m = ev(model)
+    m = ev(model) if corpus_embeddings is None else ev(model, corpus_embeddings=corpus_embeddings)
     pre = f"{name}_cosine_"
     out = {"ndcg@10": m[pre + "ndcg@10"], "mrr@10": m[pre + "mrr@10"], "recall@100": m[pre + "recall@100"]}
     return {**out, "main": out["ndcg@10"], "queries": len(queries), "docs": len(corpus)}
@@ -266,9 +268,12 @@ def evaluate_model(model_or_path: Any, tasks_dir: str | Path | None = None, cata
         finally:
             if own:
                 cat.close()
+        encoded: dict[int, Any] = {}  # id(corpus) -> embeddings: a language's title tasks share one corpus
         for name, lang, (q, c, r) in tasks:
+            if id(c) not in encoded:
+                encoded[id(c)] = model.encode_document(list(c.values()), batch_size=batch_size, convert_to_tensor=True)
             results[name] = {"type": "retrieval", "lang": lang, "source": "catalog",
-                             **score_retrieval(model, q, c, r, name, batch_size)}
+                             **score_retrieval(model, q, c, r, name, batch_size, encoded[id(c)])}
     return {
         "model": str(model_or_path) if not isinstance(model_or_path, SentenceTransformer) else "(in memory)",
         "device": str(model.device), "precision": precision_name(next(model.parameters()).dtype),
