@@ -111,11 +111,15 @@ class StructuredPairs(Stage):
     def params(self) -> dict:
         return {"tasks": list(self.tasks), "seed": self.seed, "shopper": self.shopper, "rules_dir": self.rules_dir}
 
-    def setup(self) -> None:
-        if self.shopper:  # a malformed rule file stops the run before the first batch, naming file and key
+    def setup(self, langs: list[str] | None = None) -> None:
+        """Validate the rule files and load the rules of `langs`, so that a malformed file stops the run before the
+        first batch, and a missing one is warned about before the progress bar starts."""
+        if self.shopper:
             from compass.datagen.shopper_rules import check_rules
 
             check_rules(self.rules_dir)
+            for lang in langs or []:
+                self.shopper_for(lang)
 
     def shopper_for(self, lang: str) -> Shopper:
         if lang not in self._shoppers:  # rules load (and validate) once per language

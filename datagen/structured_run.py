@@ -50,5 +50,6 @@ def run_structured(cat: Catalog, run_id: str, langs: list[str] | None = None, ta
         raise CompassError("no products to build pairs from" + (f" in {', '.join(langs)}" if langs else "") +
                            ": ingest a product catalog first (`compass ingest FILE --lang .. --market ..`)")
     stage = StructuredPairs(tuple(tasks), seed=seed, run_id=run_id, shopper=shopper, rules_dir=rules_dir)
+    stage.setup(sorted(products["lang"].unique().to_list()))
     new = drive(cat, stage, products, write_structured, batch_size=500, desc="structured pairs", progress=progress)
     return {"products": products.height, "new_examples": new}
