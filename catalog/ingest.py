@@ -1,36 +1,26 @@
-"""Ingest a product catalog file (jsonl, csv, parquet) into the products table.
+"""Ingest product catalog files (jsonl, csv, parquet) into the products table.
 
-Validation is per row with the file's line number, so a user gets one line per problem; the insert is one bulk
-Arrow -> DuckDB statement inside one transaction, so a bad file (default --on-error fail) or a killed ingest
-writes nothing.
+Two phases: every file of a command is read and checked first (per row, with the file's line number, so a user
+gets one line per problem; limits in ingest_rows), then all of them are inserted in one transaction. So a bad
+file anywhere in the command (default --on-error fail) or a killed ingest writes nothing.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 
 from compass.catalog.db import Catalog, registered
+from compass.catalog.ingest_rows import (MAX_ATTR_DEPTH, MAX_ATTRIBUTES, MAX_CATEGORY, MAX_DESCRIPTION, MAX_ID,
+                                         MAX_TITLE, records, validate)
 from compass.errors import CompassError
 from compass.ids import content_id
 from compass.langs import normalize_lang
 
-FIELDS = ["id", "title", "category", "attributes", "description", "price", "currency"]
-REQUIRED = ("title", "category")
 FORMATS = ("jsonl", "csv", "parquet")
 MAX_REPORTED = 50
-# Whitespace runs collapse to one space. Python and DuckDB (RE2) spell the same class, so the bulk SQL path and
-# the row-by-row path normalise identically (a test compares them).
-_WS_CHARS = "\t\n\x0b\x0c\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-_WS = re.compile(f"[{_WS_CHARS}]+")
 _WS_RE2 = ("[\\t\\n\\x0B\\x0C\\r \\x{00A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}"
            "\\x{205F}\\x{3000}]+")
 
@@ -40,10 +30,6 @@ _WS_RE2 = ("[\\t\\n\\x0B\\x0C\\r \\x{00A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\
 _DIRTY_RE2 = ("[\\t\\n\\x0B\\x0C\\r\\x{00A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}"
               "\\x{3000}]|  |^ | $")
 _DIRTY_CAT_RE2 = _DIRTY_RE2 + "|[^ ]>|>[^ ]|^>|>$|> >"
-
-
-def _clean(text: str) -> str:
-    return _WS.sub(" ", text).strip(" ")
 
 
 class IngestError(CompassError):
@@ -78,105 +64,6 @@ def detect_format(path: Path, fmt: str | None) -> str:
     return guess
 
 
-def _decode(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise CompassError(f"{path}:{line}: not UTF-8 (byte {data[e.start]:#04x} at offset {e.start}): re-save the "
-                           "file as UTF-8 (e.g. `iconv -f WINDOWS-874 -t UTF-8`)") from None
-
-
-def _records(path: Path, fmt: str) -> Iterator[tuple[int, object]]:
-    """(line number, parsed record or an error string) for each data row of the file."""
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # pyarrow raises several types for a bad file
-            raise CompassError(f"{path}: not a readable parquet file ({e}): check the file or pass --format") from None
-        for i, rec in enumerate(table.to_pylist(), start=1):
-            yield i, rec
-        return
-    text = _decode(path)
-    if fmt == "jsonl":
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield lineno, f"invalid JSON ({e.msg} at column {e.colno}): fix the line so it is one JSON object"
-        return
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames or "title" not in reader.fieldnames:
-        raise CompassError(f"{path}:1: CSV header lacks a 'title' column (has {reader.fieldnames}): "
-                           f"the header must name {', '.join(FIELDS)}")
-    for rec in reader:
-        lineno = reader.line_num
-        if None in rec:
-            yield lineno, "more values than header columns: quote fields that contain commas"
-            continue
-        rec = {k: (v if v != "" else None) for k, v in rec.items()}
-        if rec.get("attributes"):
-            try:
-                rec["attributes"] = json.loads(rec["attributes"])
-            except json.JSONDecodeError:
-                yield lineno, "field 'attributes': not a JSON object: write it as {\"key\": \"value\"}"
-                continue
-        yield lineno, rec
-
-
-def _validate(rec: object) -> tuple[dict | None, str | None]:
-    """Normalise one record, or say what is wrong with it and how to fix it."""
-    if not isinstance(rec, dict):
-        return None, f"expected a JSON object, got {type(rec).__name__}: write one object per line"
-    out: dict = {}
-    for name in REQUIRED:
-        v = rec.get(name)
-        if v is None or (isinstance(v, str) and not v.strip()):
-            return None, f"field '{name}': missing or empty (required): add a non-empty \"{name}\""
-        if not isinstance(v, str):
-            return None, f"field '{name}': expected a string, got {type(v).__name__}: quote the value"
-    out["title"] = _clean(rec["title"])
-    out["category"] = " > ".join(p for p in (_clean(x) for x in rec["category"].split(">")) if p)
-    for name in REQUIRED:
-        if not out[name]:
-            return None, f"field '{name}': empty after removing whitespace and '>' separators: give it text"
-    sid = rec.get("id")
-    if isinstance(sid, bool) or (sid is not None and not isinstance(sid, (str, int))):
-        return None, f"field 'id': expected a string or integer, got {type(sid).__name__}"
-    out["source_id"] = None if sid is None or str(sid).strip() == "" else str(sid).strip()
-    attrs = rec.get("attributes")
-    if attrs is not None and not isinstance(attrs, dict):
-        return None, f"field 'attributes': expected an object, got {type(attrs).__name__}: write {{\"key\": \"value\"}}"
-    out["attributes"] = json.dumps(attrs, ensure_ascii=False, separators=(",", ":")) if attrs else None
-    desc = rec.get("description")
-    if desc is not None and not isinstance(desc, str):
-        return None, f"field 'description': expected a string, got {type(desc).__name__}"
-    out["description"] = desc
-    price = rec.get("price")
-    if isinstance(price, bool) or (price is not None and not isinstance(price, (int, float, str))):
-        return None, f"field 'price': expected a number, got {type(price).__name__}"
-    if isinstance(price, str):
-        try:
-            price = float(price.replace(",", "")) if price.strip() else None
-        except ValueError:
-            return None, f"field 'price': {price!r} is not a number: write digits only, e.g. 199.00"
-    if price is not None and (not math.isfinite(price) or price < 0):
-        return None, f"field 'price': {price!r} must be a finite number >= 0"
-    out["price"] = None if price is None else float(price)
-    cur = rec.get("currency")
-    if cur is not None and not isinstance(cur, str):
-        return None, f"field 'currency': expected a string such as \"THB\", got {type(cur).__name__}"
-    if cur is not None and not re.fullmatch(r"[A-Za-z ]*", cur):
-        return None, f"field 'currency': {cur!r} is not an ISO 4217 code such as THB, VND, IDR"
-    out["currency"] = (cur.strip().upper() or None) if cur else None
-    return out, None
-
-
 _FAST_SQL = """
 WITH raw AS (
     SELECT row_number() OVER () AS rn, * FROM read_json(?, format = 'newline_delimited', columns = {
@@ -203,7 +90,8 @@ WITH raw AS (
              WHEN json_type(price) = 'VARCHAR' THEN TRY_CAST(nullif(replace(trim(price ->> '$'), ',', ''), '') AS DOUBLE)
         END AS price,
         nullif(upper(trim(currency ->> '$')), '') AS currency,
-        currency ->> '$' AS raw_currency, price ->> '$' AS raw_price
+        currency ->> '$' AS raw_currency, price ->> '$' AS raw_price, title ->> '$' AS raw_title,
+        category ->> '$' AS raw_category
     FROM raw
 )
 SELECT * FROM typed
@@ -214,76 +102,90 @@ _FAST_BAD = """
     OR (t_attr IS NOT NULL AND t_attr NOT IN ('NULL', 'OBJECT'))
     OR (t_desc IS NOT NULL AND t_desc NOT IN ('NULL', 'VARCHAR'))
     OR (t_cur IS NOT NULL AND t_cur NOT IN ('NULL', 'VARCHAR'))
-    OR (t_cur = 'VARCHAR' AND NOT regexp_full_match(raw_currency, '[A-Za-z ]*'))
+    OR (t_cur = 'VARCHAR' AND NOT regexp_full_match(raw_currency, '[A-Za-z ]{0,16}'))
     OR (t_price IS NOT NULL AND t_price NOT IN ('NULL', 'BIGINT', 'UBIGINT', 'DOUBLE', 'VARCHAR'))
     OR (t_price NOT IN ('NULL') AND price IS NULL AND NOT (t_price = 'VARCHAR' AND trim(raw_price) = ''))
     OR (price IS NOT NULL AND (NOT isfinite(price) OR price < 0))
+    -- limits and NUL (ingest_rows): the row path words the message; the brace count bounds the nesting depth
+    OR length(raw_title) > $max_title OR length(raw_category) > $max_category OR length(source_id) > $max_id
+    OR length(description) > $max_description OR length(attributes) > $max_attributes
+    OR length(attributes) - length(replace(replace(attributes, '{', ''), '[', '')) > $max_depth
+    OR contains(raw_title, chr(0)) OR contains(raw_category, chr(0)) OR contains(description, chr(0))
+    OR contains(source_id, chr(0)) OR contains(attributes, '\\u0000') OR contains(attributes, chr(0))
 """
+_LIMITS = {"$max_title": MAX_TITLE, "$max_category": MAX_CATEGORY, "$max_id": MAX_ID,
+           "$max_description": MAX_DESCRIPTION, "$max_attributes": MAX_ATTRIBUTES, "$max_depth": MAX_ATTR_DEPTH}
 
 
-def _ingest_jsonl_bulk(cat: Catalog, path: Path, lang: str, market: str, run_id: str | None) -> IngestResult | None:
+COLUMNS = ["id", "lang", "market", "source_id", "title", "category", "attributes", "description", "price",
+           "currency", "source_file", "ingest_run"]
+
+
+@dataclass
+class _Checked:
+    """One file read and checked, not yet written: the rows to insert (first occurrence of each id)."""
+    result: IngestResult
+    table: pa.Table
+
+
+def _bulk_jsonl(cat: Catalog, path: Path, lang: str, market: str, run_id: str | None) -> _Checked | None:
     """All-SQL path for clean JSONL: DuckDB parses, validates and hashes in bulk.
 
-    Returns None when any row needs a message (bad JSON, a type or a required field): the row-by-row path then
-    finds each problem with its line number. Both paths store identical rows (tested).
+    Returns None when any row needs a message (bad JSON, a type, a required field, a limit): the row-by-row path
+    then finds each problem with its line number. Both paths store identical rows (tested).
     """
     # The pattern is a constant of ours, inlined as a literal: as a bound parameter DuckDB recompiles it per row.
     typed = (_FAST_SQL.replace("$ws", f"'{_WS_RE2}'").replace("$dirty_cat", f"'{_DIRTY_CAT_RE2}'")
              .replace("$dirty", f"'{_DIRTY_RE2}'"))
-    params = [str(path)]
+    bad = _FAST_BAD
+    for k, v in _LIMITS.items():
+        bad = bad.replace(k, str(int(v)))
     con = cat.con
     try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _ingest AS {typed}", params)
-    except Exception:  # duckdb raises on malformed JSON: let the precise path report it
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _ingest AS {typed}", [str(path)])
+    except Exception:  # duckdb raises on malformed JSON or bytes that are not UTF-8: the precise path reports it
         return None
     try:
-        if con.execute(f"SELECT count(*) FROM _ingest WHERE {_FAST_BAD}").fetchone()[0]:
+        if con.execute(f"SELECT count(*) FROM _ingest WHERE {bad}").fetchone()[0]:
             return None
         rows = con.execute("SELECT count(*) FROM _ingest").fetchone()[0]
-        with cat.transaction():
-            before = con.execute("SELECT count(*) FROM products").fetchone()[0]
-            con.execute(
-                """INSERT INTO products
-                   SELECT id, ?, ?, source_id, title, category, attributes, description, price, currency, ?, ?
-                   FROM (SELECT *, substr(sha256(concat_ws(chr(31), 'product', ?, ?, coalesce(source_id, title))),
-                                          1, 20) AS id FROM _ingest)
-                   QUALIFY row_number() OVER (PARTITION BY id ORDER BY rn) = 1
-                       AND id NOT IN (SELECT id FROM products)""",
-                [lang, market, path.name, run_id, lang, market])
-            new = con.execute("SELECT count(*) FROM products").fetchone()[0] - before
-        valid = con.execute(
-            "SELECT count(DISTINCT coalesce(source_id, title)) FROM _ingest").fetchone()[0]
-        return IngestResult(str(path), rows, valid, new)
+        table = con.execute(
+            """SELECT id, ? AS lang, ? AS market, source_id, title, category, attributes, description, price,
+                      currency, ? AS source_file, ? AS ingest_run
+               FROM (SELECT *, substr(sha256(concat_ws(chr(31), 'product', ?, ?, coalesce(source_id, title))),
+                                      1, 20) AS id FROM _ingest)
+               QUALIFY row_number() OVER (PARTITION BY id ORDER BY rn) = 1
+               ORDER BY rn""",
+            [lang, market, path.name, run_id, lang, market]).to_arrow_table()
+        return _Checked(IngestResult(str(path), rows, table.num_rows, 0), _typed(table))
     finally:
         con.execute("DROP TABLE IF EXISTS _ingest")
 
 
-def ingest_file(cat: Catalog, path: str | Path, lang: str, market: str, fmt: str | None = None,
-                on_error: str = "fail", run_id: str | None = None, bulk: bool = True) -> IngestResult:
-    """Validate every row of `path`, then insert the new products in one transaction."""
-    path = Path(path)
-    if on_error not in ("fail", "skip"):
-        raise CompassError(f"unknown --on-error {on_error!r}: use fail or skip")
+def _typed(table: pa.Table) -> pa.Table:
+    return pa.table({k: table.column(k).cast(pa.float64() if k == "price" else pa.string()) for k in COLUMNS})
+
+
+def _check_file(cat: Catalog, path: Path, lang: str, market: str, fmt: str | None, on_error: str,
+                run_id: str | None, bulk: bool) -> _Checked:
+    """Read and check one file; raise IngestError (fail mode) with every problem, write nothing."""
+    if path.is_dir():
+        raise CompassError(f"{path}: is a directory: pass the catalog files inside it (e.g. {path}/*.jsonl)")
     if not path.is_file():
         raise CompassError(f"{path}: no such file: check the path")
-    lang = normalize_lang(lang)
-    market = (market or "").strip().upper()
-    if not (len(market) == 2 and market.isalpha()):
-        raise CompassError(f"--market {market!r}: use an ISO 3166 alpha-2 code such as TH, VN, ID, MY, PH")
     fmt = detect_format(path, fmt)
     if fmt == "jsonl" and bulk:
-        res = _ingest_jsonl_bulk(cat, path, lang, market, run_id)
-        if res is not None:
-            return res
+        checked = _bulk_jsonl(cat, path, lang, market, run_id)
+        if checked is not None:
+            return checked
 
-    cols: dict[str, list] = {k: [] for k in ("id", "lang", "market", "source_id", "title", "category", "attributes",
-                                            "description", "price", "currency", "source_file", "ingest_run")}
+    cols: dict[str, list] = {k: [] for k in COLUMNS}
     seen: set[str] = set()
     problems: list[str] = []
     n_problems = rows = 0
-    for lineno, rec in _records(path, fmt):
+    for lineno, rec in records(path, fmt):
         rows += 1
-        norm, err = (None, rec) if isinstance(rec, str) else _validate(rec)
+        norm, err = (None, rec) if isinstance(rec, str) else validate(rec)
         if err:
             n_problems += 1
             if len(problems) < MAX_REPORTED:
@@ -303,10 +205,36 @@ def ingest_file(cat: Catalog, path: str | Path, lang: str, market: str, fmt: str
     if n_problems and on_error == "fail":
         raise IngestError(problems, n_problems)
     table = pa.table({k: pa.array(v, type=pa.float64() if k == "price" else pa.string()) for k, v in cols.items()})
+    return _Checked(IngestResult(str(path), rows, len(seen), 0, problems, n_problems), table)
+
+
+def ingest_files(cat: Catalog, jobs: list[tuple[str | Path, str, str]], fmt: str | None = None,
+                 on_error: str = "fail", run_id: str | None = None, bulk: bool = True) -> list[IngestResult]:
+    """Check every (path, lang, market) first, then insert the new products of all of them in one transaction.
+
+    With on_error='fail' a problem in any file raises before anything is written; with 'skip' the good rows of
+    every file are written and the bad ones reported. A product in two files counts as new for the first.
+    """
+    if on_error not in ("fail", "skip"):
+        raise CompassError(f"unknown --on-error {on_error!r}: use fail or skip")
+    checked = []
+    for path, lang, market in jobs:
+        lang = normalize_lang(lang)
+        market = (market or "").strip().upper()
+        if not (len(market) == 2 and market.isalpha()):
+            raise CompassError(f"--market {market!r}: use an ISO 3166 alpha-2 code such as TH, VN, ID, MY, PH")
+        checked.append(_check_file(cat, Path(path), lang, market, fmt, on_error, run_id, bulk))
     with cat.transaction() as con:
-        before = con.execute("SELECT count(*) FROM products").fetchone()[0]
-        with registered(con, "incoming_products", table):
-            con.execute("INSERT INTO products SELECT * FROM incoming_products "
-                        "WHERE id NOT IN (SELECT id FROM products)")
-        new = con.execute("SELECT count(*) FROM products").fetchone()[0] - before
-    return IngestResult(str(path), rows, len(seen), new, problems, n_problems)
+        for c in checked:
+            before = con.execute("SELECT count(*) FROM products").fetchone()[0]
+            with registered(con, "incoming_products", c.table):
+                con.execute(f"INSERT INTO products ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM "
+                            "incoming_products WHERE id NOT IN (SELECT id FROM products)")
+            c.result.rows_new = con.execute("SELECT count(*) FROM products").fetchone()[0] - before
+    return [c.result for c in checked]
+
+
+def ingest_file(cat: Catalog, path: str | Path, lang: str, market: str, fmt: str | None = None,
+                on_error: str = "fail", run_id: str | None = None, bulk: bool = True) -> IngestResult:
+    """Validate every row of `path`, then insert the new products in one transaction."""
+    return ingest_files(cat, [(path, lang, market)], fmt, on_error, run_id, bulk)[0]

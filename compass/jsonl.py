@@ -12,19 +12,27 @@ from compass.errors import CompassError
 def iter_jsonl(path: Path, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line; a bad line raises a one-line CompassError."""
     try:
-        fh = path.open(encoding="utf-8")
+        fh = path.open("rb")
     except OSError as e:
-        raise CompassError(f"{path}: cannot read ({e.strerror}): check the path") from None
+        what = "is a directory: pass a .jsonl file" if path.is_dir() else f"cannot read ({e.strerror}): check the path"
+        raise CompassError(f"{path}: {what}") from None
     with fh:
-        for n, line in enumerate(fh, 1):
+        for n, raw in enumerate(fh, 1):
+            try:  # per line, so the message names the line (decoding the whole file would not)
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise CompassError(f"{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}): "
+                                   "re-save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise CompassError(f"{path}:{n}: not JSON ({e.msg}): fix or remove the line") from None
-            except UnicodeDecodeError:
-                raise CompassError(f"{path}:{n}: not UTF-8: re-save the file as UTF-8") from None
+                msg = e.msg.removesuffix(" at")  # "Unterminated string starting at": never "at at column"
+                raise CompassError(f"{path}:{n}: not JSON ({msg} at column {e.colno}): fix or remove the line") \
+                    from None
+            except RecursionError:
+                raise CompassError(f"{path}:{n}: nested too deeply to read: flatten the line") from None
             if not isinstance(row, dict):
                 raise CompassError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
             missing = [k for k in required if k not in row]

@@ -159,6 +159,8 @@ def neighbours(rows: list[str]) -> dict[str, str]:
 # Khmer coeng and Myanmar virama stack the next consonant under the previous one: a letter next to one is half of a
 # cluster, and dropping or doubling it leaves a sequence no keyboard produces.
 _JOINERS = {"\u17d2", "\u1039"}
+# Thai and Lao vowels written after a consonant but encoded as letters: no word starts with them.
+_NO_START = set("ะาำๅະາຳ")
 
 
 def _typo_positions(text: str) -> list[int]:
@@ -180,7 +182,8 @@ def typo_variants(text: str, kind: str, nb: dict[str, str]) -> list[str]:
         if kind == "drop":
             # a letter carrying a vowel sign or tone mark: dropping it would hang the mark on the previous letter
             # (or on nothing), which is not a typo but an invalid string
-            if i + 1 < len(text) and unicodedata.category(text[i + 1]).startswith("M"):
+            nxt = text[i + 1] if i + 1 < len(text) else " "
+            if unicodedata.category(nxt).startswith("M") or (nxt in _NO_START and (i == 0 or text[i - 1] == " ")):
                 continue
             out.append(text[:i] + text[i + 1:])
         elif kind == "double":

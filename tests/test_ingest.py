@@ -158,3 +158,117 @@ def test_bulk_sql_path_and_row_path_store_identical_rows(tmp_path):
     assert rows["x-1"]["title"] == "ครีม กันแดด" and rows["x-1"]["attributes"] is None
     assert rows[None]["title"] == "no id here" and rows["-3"]["price"] is None
     assert out[True][2] == 4
+
+
+def test_multi_file_ingest_with_a_bad_file_writes_nothing(catalog, tmp_path):
+    """Issue 14.8: `ingest good.jsonl bad.jsonl` committed good.jsonl's rows, then exited 1."""
+    good = write_jsonl(tmp_path / "good.jsonl", PRODUCTS_TH[:2])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [PRODUCTS_TH[2], {"title": "no category"}])
+    proc = run_cli("ingest", str(good), str(bad), "--lang", "th", "--market", "TH", catalog=catalog, check=False)
+    assert proc.returncode == 1 and f"{bad}:2: field 'category'" in proc.stderr
+    assert count(catalog) == 0
+    proc = run_cli("ingest", str(good), str(tmp_path / "missing.jsonl"), "--lang", "th", "--market", "TH",
+                   catalog=catalog, check=False)
+    assert proc.returncode == 1 and "no such file" in proc.stderr and count(catalog) == 0
+    # with skip, the good rows of every file go in together; a product in two files is new once
+    proc = run_cli("ingest", str(good), str(bad), str(good), "--lang", "th", "--market", "TH", "--on-error", "skip",
+                   catalog=catalog)
+    assert count(catalog) == 3
+    assert "good.jsonl: 2 new products" in proc.stderr and "bad.jsonl: 1 new products" in proc.stderr
+    assert "good.jsonl: 0 new products (2 already" in proc.stderr
+
+
+def deep(n: int) -> dict:
+    d: dict = {"v": 1}
+    for _ in range(n - 1):
+        d = {"k": d}
+    return d
+
+
+LIMIT_CASES = [  # (row, message), each refused by both paths with the line and the limit
+    ({"title": "x" * (17 * 2**20), "category": "c"}, "field 'title': 17,825,792 characters, over the limit of 1,000"),
+    ("DEEP1500", "nested"),
+    ({"title": "t", "category": "c", "attributes": deep(9)}, "nested deeper than the limit of 8 levels"),
+    ({"title": "t", "category": "c", "description": "d" * 20_001}, "field 'description': 20,001 characters"),
+    ({"title": "t", "category": "c", "attributes": {"a": "v" * 20_000}}, "field 'attributes': 20,008 characters"),
+    ({"title": "t", "category": "c" * 1001}, "field 'category': 1,001 characters"),
+    ({"id": "i" * 257, "title": "t", "category": "c"}, "field 'id': 257 characters"),
+    ({"title": "a\u0000b", "category": "c"}, "field 'title': contains a NUL character"),
+    ({"title": "t", "category": "c", "description": "\u0000"}, "field 'description': contains a NUL"),
+    ({"title": "t", "category": "c", "attributes": {"k": "v\u0000"}}, "field 'attributes': contains a NUL"),
+]
+
+
+@pytest.mark.parametrize("row, expect", LIMIT_CASES, ids=[str(i) for i in range(len(LIMIT_CASES))])
+def test_limits_are_enforced_with_line_and_limit(tmp_path, row, expect):
+    """Issue 14.5: a 17 MB title and 1,500-deep attributes were accepted and broke every later run."""
+    from compass.catalog import init_catalog
+
+    if row == "DEEP1500":  # json.dumps itself would recurse too deeply: write it by hand
+        line = '{"title": "t", "category": "c", "attributes": ' + '{"k": ' * 1499 + '{"v": 1}' + "}" * 1500 + "}"
+    else:
+        line = json.dumps(row, ensure_ascii=False)
+    f = write_jsonl(tmp_path / "p.jsonl", [PRODUCTS_TH[0], line])
+    for bulk in (True, False):
+        path, _ = init_catalog(tmp_path / f"{bulk}.duckdb")
+        with Catalog(path) as cat:
+            with pytest.raises(IngestError) as e:
+                ingest_file(cat, f, "th", "TH", bulk=bulk)
+            assert str(e.value).startswith(f"{f}:2: ") and expect in str(e.value), str(e.value)[:300]
+            assert "\n" not in str(e.value)
+            assert cat.scalar("SELECT count(*) FROM products") == 0
+            res = ingest_file(cat, f, "th", "TH", on_error="skip", bulk=bulk)
+            assert res.rows_new == 1 and res.problem_count == 1
+
+
+def test_structured_route_survives_everything_at_the_limits(catalog, tmp_path):
+    """Whatever ingest accepts, `generate --route structured` must process without crashing."""
+    at_limit = deep(8)
+    rows = [
+        {"id": "a", "title": "T" * 1000, "category": " > ".join(["c" * 10] * 70), "attributes": at_limit,
+         "description": "d" * 20_000},
+        {"id": "b", "title": "Brand Model x", "category": "A > B",
+         "attributes": {"brand": ["x", {"y": [1, None, True]}], "model": {"n": 1}, "size": 3.5, "color": None,
+                        "": "empty key", "v" * 100: "w" * 19_000}},
+        {"id": "c", "title": "ๆ", "category": ">", "attributes": {}},  # refused: empty category after cleaning
+        {"id": "d", "title": "\u200b \u00a0", "category": "x"},
+        {"id": "e", "title": "emoji 🛒🛒🛒 \u202e rtl", "category": "🛒 > \u0301", "attributes": {"brand": 5},
+         "price": 1e308},
+    ]
+    f = write_jsonl(tmp_path / "edge.jsonl", rows)
+    run_cli("ingest", str(f), "--lang", "th", "--market", "TH", "--on-error", "skip", catalog=catalog)
+    with Catalog(catalog, read_only=True) as cat:
+        assert {"a", "b", "e"} <= {r["source_id"] for r in cat.query("SELECT source_id FROM products")}
+    proc = run_cli("generate", "--route", "structured", catalog=catalog, check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_small_ingest_failures_are_clear(catalog, tmp_path):
+    """A directory, a non-UTF-8 line under --on-error skip, and JSON errors that read 'at at'."""
+    proc = run_cli("ingest", str(tmp_path), "--lang", "th", "--market", "TH", catalog=catalog, check=False)
+    assert proc.returncode == 1 and "is a directory: pass the catalog files inside it" in proc.stderr
+    f = tmp_path / "mixed.jsonl"
+    f.write_bytes(json.dumps(PRODUCTS_TH[0]).encode() + b'\n{"title": "caf\xe9", "category": "c"}\n'
+                  + json.dumps(PRODUCTS_TH[1]).encode() + b"\n")
+    proc = run_cli("ingest", str(f), "--lang", "th", "--market", "TH", "--on-error", "skip", catalog=catalog)
+    assert "2 new products" in proc.stderr and f"{f}:2: not UTF-8 (byte 0xe9" in proc.stderr
+    assert count(catalog) == 2
+    g = write_jsonl(tmp_path / "s.jsonl", ['{"title": "unterminated, "category": "c"}', '{"title": "x'])
+    with Catalog(catalog) as cat, pytest.raises(IngestError) as e:
+        ingest_file(cat, g, "th", "TH")
+    assert "at at" not in str(e.value) and "Unterminated string starting at column" in str(e.value)
+
+
+def test_iter_jsonl_names_the_line_for_bad_bytes_and_bad_json(tmp_path):
+    from compass.jsonl import iter_jsonl
+
+    f = tmp_path / "e.jsonl"
+    f.write_bytes(b'{"a": 1}\n{"a": "caf\xe9"}\n')
+    with pytest.raises(CompassError, match=r"e.jsonl:2: not UTF-8 \(byte 0xe9"):
+        list(iter_jsonl(f))
+    f.write_text('{"a": 1}\n{"a": "x\n', encoding="utf-8")
+    with pytest.raises(CompassError) as e:
+        list(iter_jsonl(f))
+    assert "e.jsonl:2: not JSON (Unterminated string starting at column 7)" in str(e.value)
+    with pytest.raises(CompassError, match="is a directory"):
+        list(iter_jsonl(tmp_path))
