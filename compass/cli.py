@@ -80,7 +80,7 @@ def ingest(
     catalog: CatalogOpt = None,
 ) -> None:
     """Ingest product catalog files. Fields: id, title*, category*, attributes, description, price, currency."""
-    from compass.catalog.ingest import ingest_file
+    from compass.catalog.ingest import ingest_files
     from compass.catalog.bundled import sample_files
 
     if samples:
@@ -97,8 +97,8 @@ def ingest(
                                                      "market": market, "format": fmt, "samples": samples,
                                                      "on_error": on_error}) as run:
         total_new = 0
-        for f, f_lang, f_market in jobs:
-            res = ingest_file(cat, f, f_lang, f_market, fmt, on_error, run.id)
+        # All files are checked before any is written: one command, one transaction.
+        for f, res in zip([f for f, _, _ in jobs], ingest_files(cat, jobs, fmt, on_error, run.id)):
             total_new += res.rows_new
             for p in res.problems:
                 console.print(f"[yellow]skipped[/] {p}", markup=True, highlight=False)
