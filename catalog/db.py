@@ -191,13 +191,14 @@ class Catalog:
                                        "it to finish, or point --catalog at another file") from None
                 time.sleep(0.2)
 
-    def _open_snapshot(self, attempts: int = 6) -> duckdb.DuckDBPyConnection:
-        """Copy the catalog and its WAL while neither changes, and open the copy read-only.
+    def _open_snapshot(self, attempts: int = 8) -> duckdb.DuckDBPyConnection:
+        """Copy the catalog, then its WAL, and open the copy read-only.
 
-        A copy is consistent when no byte of either file changed while it was taken: (size, mtime) are equal
-        before and after, and the file was not written in the last few ms (mtime has a coarse clock, so a
-        write in the same tick as the one before it would not move it). Opening it then checks every header
-        and replays the WAL up to its last complete commit, as after a crash.
+        Commits only append to the WAL; the file itself changes at checkpoints (and for large appends). So the
+        copy is consistent when the file's (size, mtime) are the same before and after both copies, and it
+        was not written in the last 20 ms (mtime has a coarse clock: a write in the same tick as the one
+        before it would not move it). The WAL may grow while it is copied: opening the copy replays it up
+        to its last complete commit, as after a crash, and that open is the final check.
         """
         folder = Path(tempfile.mkdtemp(prefix="compass-snapshot-"))
         snap, wal, snap_wal = folder / self.path.name, _wal(self.path), _wal(folder / self.path.name)
@@ -205,12 +206,12 @@ class Catalog:
         for attempt in range(attempts):
             try:
                 before = _stamp(self.path)
-                if time.time_ns() - max(before[1], before[2][1] if before[2] else 0) < 20_000_000:
+                if time.time_ns() - before[1] < 20_000_000:
                     time.sleep(0.02)  # written in the last 20 ms: let the clock tick past it
                     before = _stamp(self.path)
                 shutil.copyfile(self.path, snap)
                 snap_wal.unlink(missing_ok=True)
-                if wal.exists():
+                with contextlib.suppress(FileNotFoundError):  # a checkpoint removed it: the file changed too
                     shutil.copyfile(wal, snap_wal)
                 if _stamp(self.path) == before:
                     con = duckdb.connect(str(snap), read_only=True)
@@ -220,9 +221,9 @@ class Catalog:
                                      f"{f' (PID {self.writer_pid})' if self.writer_pid else ''}: reading a copy "
                                      "of its last committed state\n")
                     return con
-            except (OSError, duckdb.Error) as e:  # a WAL removed mid-copy, a torn copy: take it again
+            except (OSError, duckdb.Error) as e:  # a torn copy: take it again
                 last = e
-            time.sleep(0.05 * 2 ** attempt)
+            time.sleep(min(1.0, 0.05 * 2 ** attempt))
         shutil.rmtree(folder, ignore_errors=True)
         raise CompassError(f"catalog {self.path} is being written by another compass process"
                            f"{f' (PID {self.writer_pid})' if self.writer_pid else ''} and no consistent copy could "
@@ -373,15 +374,10 @@ def _wal(path: Path) -> Path:
     return path.with_name(path.name + ".wal")
 
 
-def _stamp(path: Path) -> tuple:
-    """(size, mtime_ns) of the catalog and of its WAL (None when absent): equal stamps, unchanged files."""
+def _stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns) of the catalog file: equal stamps, unchanged file."""
     st = path.stat()
-    try:
-        w = _wal(path).stat()
-        wal = (w.st_size, w.st_mtime_ns)
-    except FileNotFoundError:
-        wal = None
-    return st.st_size, st.st_mtime_ns, wal
+    return st.st_size, st.st_mtime_ns
 
 
 def init_catalog(path: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
