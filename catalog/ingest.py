@@ -123,12 +123,18 @@ COLUMNS = ["id", "lang", "market", "source_id", "title", "category", "attributes
 
 @dataclass
 class _Checked:
-    """One file read and checked, not yet written: the rows to insert (first occurrence of each id)."""
+    """One file read and checked, not yet written: a temp table of the rows to insert (first of each id).
+
+    A temp table rather than Arrow: the bulk path's rows then never leave DuckDB, and it inserts them exactly as
+    before the two phases (an Arrow round trip, or a second materialised copy, costs a third more CPU)."""
     result: IngestResult
-    table: pa.Table
+    temp: str
+    select: str = "SELECT {cols} FROM {temp}"   # the rows to insert, from the temp table
+    params: list = field(default_factory=list)
 
 
-def _bulk_jsonl(cat: Catalog, path: Path, lang: str, market: str, run_id: str | None) -> _Checked | None:
+def _bulk_jsonl(cat: Catalog, path: Path, lang: str, market: str, run_id: str | None,
+                temp: str) -> _Checked | None:
     """All-SQL path for clean JSONL: DuckDB parses, validates and hashes in bulk.
 
     Returns None when any row needs a message (bad JSON, a type, a required field, a limit): the row-by-row path
@@ -142,32 +148,24 @@ def _bulk_jsonl(cat: Catalog, path: Path, lang: str, market: str, run_id: str | 
         bad = bad.replace(k, str(int(v)))
     con = cat.con
     try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _ingest AS {typed}", [str(path)])
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {temp} AS {typed}", [str(path)])
     except Exception:  # duckdb raises on malformed JSON or bytes that are not UTF-8: the precise path reports it
         return None
-    try:
-        if con.execute(f"SELECT count(*) FROM _ingest WHERE {bad}").fetchone()[0]:
-            return None
-        rows = con.execute("SELECT count(*) FROM _ingest").fetchone()[0]
-        table = con.execute(
-            """SELECT id, ? AS lang, ? AS market, source_id, title, category, attributes, description, price,
-                      currency, ? AS source_file, ? AS ingest_run
-               FROM (SELECT *, substr(sha256(concat_ws(chr(31), 'product', ?, ?, coalesce(source_id, title))),
-                                      1, 20) AS id FROM _ingest)
-               QUALIFY row_number() OVER (PARTITION BY id ORDER BY rn) = 1
-               ORDER BY rn""",
-            [lang, market, path.name, run_id, lang, market]).to_arrow_table()
-        return _Checked(IngestResult(str(path), rows, table.num_rows, 0), _typed(table))
-    finally:
-        con.execute("DROP TABLE IF EXISTS _ingest")
-
-
-def _typed(table: pa.Table) -> pa.Table:
-    return pa.table({k: table.column(k).cast(pa.float64() if k == "price" else pa.string()) for k in COLUMNS})
+    if con.execute(f"SELECT count(*) FROM {temp} WHERE {bad}").fetchone()[0]:
+        con.execute(f"DROP TABLE {temp}")
+        return None
+    rows, valid = con.execute(f"SELECT count(*), count(DISTINCT coalesce(source_id, title)) FROM {temp}").fetchone()
+    select = """SELECT {cols} FROM (
+                    SELECT *, ? AS lang, ? AS market, ? AS source_file, ?::VARCHAR AS ingest_run,
+                           substr(sha256(concat_ws(chr(31), 'product', ?, ?, coalesce(source_id, title))), 1, 20) AS id
+                    FROM {temp})
+                QUALIFY row_number() OVER (PARTITION BY id ORDER BY rn) = 1"""
+    return _Checked(IngestResult(str(path), rows, valid, 0), temp, select,
+                    [lang, market, path.name, run_id, lang, market])
 
 
 def _check_file(cat: Catalog, path: Path, lang: str, market: str, fmt: str | None, on_error: str,
-                run_id: str | None, bulk: bool) -> _Checked:
+                run_id: str | None, bulk: bool, temp: str) -> _Checked:
     """Read and check one file; raise IngestError (fail mode) with every problem, write nothing."""
     if path.is_dir():
         raise CompassError(f"{path}: is a directory: pass the catalog files inside it (e.g. {path}/*.jsonl)")
@@ -175,7 +173,7 @@ def _check_file(cat: Catalog, path: Path, lang: str, market: str, fmt: str | Non
         raise CompassError(f"{path}: no such file: check the path")
     fmt = detect_format(path, fmt)
     if fmt == "jsonl" and bulk:
-        checked = _bulk_jsonl(cat, path, lang, market, run_id)
+        checked = _bulk_jsonl(cat, path, lang, market, run_id, temp)
         if checked is not None:
             return checked
 
@@ -205,7 +203,9 @@ def _check_file(cat: Catalog, path: Path, lang: str, market: str, fmt: str | Non
     if n_problems and on_error == "fail":
         raise IngestError(problems, n_problems)
     table = pa.table({k: pa.array(v, type=pa.float64() if k == "price" else pa.string()) for k, v in cols.items()})
-    return _Checked(IngestResult(str(path), rows, len(seen), 0, problems, n_problems), table)
+    with registered(cat.con, "checked_products", table):
+        cat.con.execute(f"CREATE OR REPLACE TEMP TABLE {temp} AS SELECT * FROM checked_products")
+    return _Checked(IngestResult(str(path), rows, len(seen), 0, problems, n_problems), temp)
 
 
 def ingest_files(cat: Catalog, jobs: list[tuple[str | Path, str, str]], fmt: str | None = None,
@@ -217,20 +217,26 @@ def ingest_files(cat: Catalog, jobs: list[tuple[str | Path, str, str]], fmt: str
     """
     if on_error not in ("fail", "skip"):
         raise CompassError(f"unknown --on-error {on_error!r}: use fail or skip")
-    checked = []
-    for path, lang, market in jobs:
-        lang = normalize_lang(lang)
-        market = (market or "").strip().upper()
-        if not (len(market) == 2 and market.isalpha()):
-            raise CompassError(f"--market {market!r}: use an ISO 3166 alpha-2 code such as TH, VN, ID, MY, PH")
-        checked.append(_check_file(cat, Path(path), lang, market, fmt, on_error, run_id, bulk))
-    with cat.transaction() as con:
-        for c in checked:
-            before = con.execute("SELECT count(*) FROM products").fetchone()[0]
-            with registered(con, "incoming_products", c.table):
-                con.execute(f"INSERT INTO products ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM "
-                            "incoming_products WHERE id NOT IN (SELECT id FROM products)")
-            c.result.rows_new = con.execute("SELECT count(*) FROM products").fetchone()[0] - before
+    checked: list[_Checked] = []
+    cols = ", ".join(COLUMNS)
+    try:
+        for i, (path, lang, market) in enumerate(jobs):
+            lang = normalize_lang(lang)
+            market = (market or "").strip().upper()
+            if not (len(market) == 2 and market.isalpha()):
+                raise CompassError(f"--market {market!r}: use an ISO 3166 alpha-2 code such as TH, VN, ID, MY, PH")
+            checked.append(_check_file(cat, Path(path), lang, market, fmt, on_error, run_id, bulk,
+                                       f"_ingest_checked_{i}"))
+        with cat.transaction() as con:
+            for c in checked:
+                before = con.execute("SELECT count(*) FROM products").fetchone()[0]
+                select = c.select.format(cols=cols, temp=c.temp)
+                con.execute(f"INSERT INTO products ({cols}) SELECT * FROM ({select}) "
+                            "WHERE id NOT IN (SELECT id FROM products)", c.params)
+                c.result.rows_new = con.execute("SELECT count(*) FROM products").fetchone()[0] - before
+    finally:
+        for i in range(len(jobs)):
+            cat.con.execute(f"DROP TABLE IF EXISTS _ingest_checked_{i}")
     return [c.result for c in checked]
 
 
