@@ -13,6 +13,7 @@ prompts has one key, the bare fingerprint, for both roles (the rows it cached be
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Iterator
@@ -61,7 +62,12 @@ def model_fingerprint(model) -> str:
     tok = getattr(model, "tokenizer", None)
     backend = getattr(tok, "backend_tokenizer", tok)                 # HF fast tokenizer or tokenizers.Tokenizer
     if hasattr(backend, "to_str"):
-        h.update(backend.to_str().encode())
+        # without the truncation / padding state, which the fast tokenizer sets on its first encode call: the
+        # same model must keep its fingerprint before and after encoding
+        cfg = json.loads(backend.to_str())
+        cfg.pop("truncation", None)
+        cfg.pop("padding", None)
+        h.update(json.dumps(cfg, sort_keys=True).encode())
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())

@@ -229,3 +229,122 @@ def test_anchor_copy_is_refused_when_pools_mix_tasks(tmp_path, model):
     assert texts and HARD_NEG not in texts
     row = cat.query("SELECT * FROM mined_examples WHERE example_id = ?", [t2c["id"]])[0]
     assert row["refused_near_dup"] >= 1
+
+
+# --- the products pool, per-task defaults, query/document prompts (issues 11, 12) -------------------------------
+
+def _product(title: str, lang: str = "en", market: str = "SG", brand: str = "", model_: str = "",
+             category: str = "Sports > Shoes > Running Shoes") -> dict:
+    attrs = json.dumps({"brand": brand, "model": model_} if brand else {})
+    return {"id": content_id("product", lang, market, title), "lang": lang, "market": market, "title": title,
+            "category": category, "attributes": attrs, "description": f"{title}. A description."}
+
+
+CATALOG_ONLY = "Asics Gel-Kayano 30 Men's Running Shoes Black"                    # a product, no example
+SAME_ITEM = "Nike Pegasus 40 running shoe men black, official store"              # the query's item, other seller
+
+
+@pytest.mark.slow
+def test_products_pool_adds_catalog_titles_with_the_same_guards(tmp_path, model):
+    from compass.filters.mine import mine
+
+    cat = _catalog(tmp_path / "c.duckdb")
+    prods = [_product(CATALOG_ONLY, brand="asics", model_="gel-kayano 30"),
+             _product(SAME_ITEM, brand="nike", model_="pegasus 40"),            # refused: same item class
+             _product("Asics Gel-Kayano 30 Running Shoes", market="MY"),        # other market: not a candidate
+             _product("Asics Gel-Kayano 30 Kasut Lari", lang="ms")]             # other language: not a candidate
+    with cat.transaction() as con:
+        insert_frame(con, "products", pl.DataFrame(prods), ["id"])
+    cfg = _cfg(cross_lingual=False, langs=["en"], per_example=9, margin=None)
+    before = mine(cat, cfg, "run-1", model=model)
+    after = mine(cat, _cfg(cross_lingual=False, langs=["en"], per_example=9, margin=None, pool="products"), "run-2",
+                 model=model)
+    assert after["set_id"] != before["set_id"]
+
+    def negs(set_id):
+        return {r[0]: r[1] for r in cat.con.execute("SELECT negative_text, source FROM negatives WHERE set_id = ? "
+                                                    "AND example_id = ?", [set_id, QUERY["id"]]).fetchall()}
+    old, new = negs(before["set_id"]), negs(after["set_id"])
+    assert CATALOG_ONLY not in old and new[CATALOG_ONLY] == "products"
+    assert SAME_ITEM not in new and HARD_NEG in new and new[HARD_NEG] == "positives"
+    assert not {"Asics Gel-Kayano 30 Running Shoes", "Asics Gel-Kayano 30 Kasut Lari"} & set(new)
+    row = cat.query("SELECT * FROM mined_examples WHERE set_id = ? AND example_id = ?",
+                    [after["set_id"], QUERY["id"]])[0]
+    assert row["pool"] == "products:en/SG/query2title" and row["refused_class"] >= 2   # SAME_PRODUCT, SAME_ITEM
+    # product texts are cached like the others: re-mining with other guards encodes nothing
+    assert mine(cat, _cfg(cross_lingual=False, langs=["en"], per_example=2, margin=None, pool="products"),
+                "run-3", model=model)["encoded"] == 0
+    cat.close()
+    by_pool = {(r["set_id"], r["pool"]): r["negatives"]
+               for r in json.loads(run_cli("stats", "--json", catalog=tmp_path / "c.duckdb").stdout)
+               ["negatives"]["by_pool"]}
+    assert by_pool[(after["set_id"], "products")] >= 1 and (before["set_id"], "products") not in by_pool
+
+
+@pytest.mark.slow
+def test_title2category_defaults_keep_negatives_on_a_small_taxonomy(tmp_path, model):
+    """A market with 8 categories: the old global defaults (rank window from 10, margin 0.95) refused every
+    candidate, so no title -> category row got a negative; the per-task defaults give every row some."""
+    from compass.filters.mine import mine
+
+    cats = ["Sports > Shoes > Running Shoes", "Sports > Bicycles", "Phones > Smartphones", "Phones > Cases",
+            "Beauty > Sunscreen", "Home > Kitchen > Air Fryers", "Toys > Building Sets", "Home > Bottles"]
+    titles = [HARD_NEG, "Polygon Heist 2 hybrid bike 700c", FILLERS[0], "iPhone 15 silicone case clear",
+              FILLERS[1], FILLERS[2], FILLERS[3], FILLERS[4]]
+    rows = [_ex(t, c, f"category:en:{c}", task="title2category") for t, c in zip(titles, cats)]
+    cat = _catalog(tmp_path / "c.duckdb", rows)
+    old = mine(cat, _cfg(cross_lingual=False, top_k=50, rank_window=(10, 100), margin=0.95), "run-1", model=model)
+    assert old["examples_with_negatives"] == 0 and old["refused"]["rank"] > 0
+    new = mine(cat, _cfg(cross_lingual=False, top_k=50, rank_window="auto", margin="auto"), "run-2", model=model)
+    assert new["examples_with_negatives"] == len(rows)
+    for n in cat.query("SELECT n.negative_text, e.positive FROM negatives n JOIN examples e ON e.id = n.example_id "
+                       "WHERE n.set_id = ?", [new["set_id"]]):
+        assert n["negative_text"] != n["positive"] and n["negative_text"] in cats
+
+
+def test_task_rules_are_the_one_place_for_classes_and_defaults():
+    from compass.filters.mine import MineConfig
+    from compass.filters.mine_pool import DEFAULT_RULE, TASK_RULES, task_rule
+
+    prod = {"id": "p1", "lang": "vi", "category": "Thời trang > Giày", "attributes": '{"brand": "Nike", "model": "X"}'}
+    assert task_rule("query2title") is DEFAULT_RULE and task_rule("review2title").cls(prod) == "item:vi:nike|x"
+    assert TASK_RULES["title2category"].cls(prod) == "category:vi:Thời trang > Giày"
+    assert TASK_RULES["category_query2title"].cls(prod) == TASK_RULES["title2category"].cls(prod)
+    cfg = MineConfig(model="m")
+    assert cfg.guard_config("title2category").margin is None and cfg.guard_config("title2category").lo == 0
+    assert cfg.guard_config("query2title").margin == 0.95 and cfg.guard_config("query2title").lo == 10
+    explicit = MineConfig(model="m", margin=0.9, rank_window=(2, 30))
+    assert explicit.guard_config("title2category").margin == 0.9 and explicit.guard_config("title2category").lo == 2
+    # the table is part of the negative set's identity
+    assert "task_rules" in cfg.set_params("fp") and "task_rules" not in explicit.set_params("fp")
+
+
+@pytest.mark.slow
+def test_prompts_encode_anchors_as_queries_and_candidates_as_documents(tmp_path):
+    from compass.filters.mine import mine
+    from compass.filters.mine_cache import load_embeddings, load_encoder, model_fingerprint
+
+    model = load_encoder(MODEL)
+    cat = _catalog(tmp_path / "c.duckdb", EXAMPLES[:5])
+    plain = mine(cat, _cfg(), "run-1", model=model)
+    assert plain["prompts"] == {}
+    fp = model_fingerprint(model)
+    assert {r[0] for r in cat.con.execute("SELECT DISTINCT model_fp FROM embedding_cache").fetchall()} == {fp}
+    model.prompts = {"query": "query: ", "document": "passage: "}
+    prompted = mine(cat, _cfg(), "run-2", model=model)
+    assert prompted["set_id"] != plain["set_id"] and prompted["prompts"] == {"query": "query: ",
+                                                                            "document": "passage: "}
+    keys = {r[0] for r in cat.con.execute("SELECT DISTINCT model_fp FROM embedding_cache").fetchall()} - {fp}
+    assert len(keys) == 2                                   # one key per prompt, none reusing the plain rows
+    q_key = cat.scalar("SELECT model_fp FROM encoder_models WHERE model LIKE '%query%'")
+    d_key = cat.scalar("SELECT model_fp FROM encoder_models WHERE model LIKE '%document%'")
+    anchor, positive = QUERY["anchor"], QUERY["positive"]
+    got_q = load_embeddings(cat, q_key, [anchor], 384)[0]
+    got_d = load_embeddings(cat, d_key, [positive], 384)[0]
+    assert np.allclose(got_q, model.encode_query([anchor], normalize_embeddings=True)[0], atol=1e-5)
+    assert np.allclose(got_d, model.encode_document([positive], normalize_embeddings=True)[0], atol=1e-5)
+    assert not np.allclose(got_q, model.encode([anchor], normalize_embeddings=True)[0], atol=1e-3)
+    # the stored positive score is anchor-as-query . positive-as-document
+    ps = cat.scalar("SELECT DISTINCT positive_score FROM negatives WHERE set_id = ? AND example_id = ?",
+                    [prompted["set_id"], QUERY["id"]])
+    assert ps == pytest.approx(float(got_q @ got_d), abs=1e-5)
