@@ -74,16 +74,12 @@ def migrations() -> list[tuple[str, str]]:
 
 
 def scrub(obj: Any) -> Any:
-    """Drop secret-looking keys and credentials in URLs, so configs can be stored and printed."""
-    if isinstance(obj, dict):
-        return {k: ("***" if _SECRET_KEY.search(str(k)) and v else scrub(v)) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [scrub(v) for v in obj]
-    if isinstance(obj, str):
-        return _URL_CREDS.sub(r"\g<scheme>***@", obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+    """Mask secret-named keys and secrets inside strings (URL userinfo and query keys, key shapes, environment
+    secret values), so configs can be stored and printed. The rule lives in compass.secrets, shared by every
+    place that stores or prints; token counts (max_tokens) and tokenizer settings are not secrets."""
+    from compass.secrets import scrub as shared_scrub
+
+    return shared_scrub(obj)
 
 
 @contextlib.contextmanager

