@@ -10,19 +10,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # imported lazily at run time: `compass --help` must not load datasets
+if TYPE_CHECKING:  # imported lazily at run time: `compass --help` must not load datasets, and a GPU machine that
+    # only fits a prepared dataset (benchmarks/gpu_train.py) needs neither the catalog (duckdb) nor polars
     import datasets
+    import polars as pl
+
+    from compass.catalog.db import Catalog
 
 import functools
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-import polars as pl
 from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
-from compass.catalog.db import Catalog
 from compass.errors import CompassError
 
 LABEL = "label"

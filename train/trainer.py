@@ -19,11 +19,13 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from compass.catalog.db import Catalog
 from compass.errors import CompassError
 from compass.models import resolve_model
+
+if TYPE_CHECKING:  # the catalog (duckdb, polars) is needed to prepare, not to fit (a GPU box may lack them)
+    from compass.catalog.db import Catalog
 
 log = logging.getLogger("compass.train")
 WORK = ".compass-train"
@@ -355,6 +357,7 @@ def train(catalog: str | Path | None, cfg: TrainConfig, echo=None) -> dict:
     Devices: one CPU process fits here; N CPU processes (gloo) or any GPU run that is not the only GPU's fit
     here (N processes with NCCL, process r on cuda:r; --device cuda:N alone) go through ``launch``, since the
     transformers trainer in this process would take cuda:0 and spread over every visible GPU (DataParallel)."""
+    from compass.catalog.db import Catalog
     from compass.train.card import write_card
     from compass.train.evaluate import evaluate_model
 
