@@ -155,11 +155,13 @@ def _bulk_jsonl(cat: Catalog, path: Path, lang: str, market: str, run_id: str | 
         con.execute(f"DROP TABLE {temp}")
         return None
     rows, valid = con.execute(f"SELECT count(*), count(DISTINCT coalesce(source_id, title)) FROM {temp}").fetchone()
+    if valid < rows:  # duplicate ids: the row path names both lines
+        con.execute(f"DROP TABLE {temp}")
+        return None
     select = """SELECT {cols} FROM (
                     SELECT *, ? AS lang, ? AS market, ? AS source_file, ?::VARCHAR AS ingest_run,
                            substr(sha256(concat_ws(chr(31), 'product', ?, ?, coalesce(source_id, title))), 1, 20) AS id
-                    FROM {temp})
-                QUALIFY row_number() OVER (PARTITION BY id ORDER BY rn) = 1"""
+                    FROM {temp})"""
     return _Checked(IngestResult(str(path), rows, valid, 0), temp, select,
                     [lang, market, path.name, run_id, lang, market])
 
@@ -178,7 +180,7 @@ def _check_file(cat: Catalog, path: Path, lang: str, market: str, fmt: str | Non
             return checked
 
     cols: dict[str, list] = {k: [] for k in COLUMNS}
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # product id -> line of its first row
     problems: list[str] = []
     n_problems = rows = 0
     for lineno, rec in records(path, fmt):
@@ -191,8 +193,15 @@ def _check_file(cat: Catalog, path: Path, lang: str, market: str, fmt: str | Non
             continue
         pid = content_id("product", lang, market, norm["source_id"] or norm["title"])
         if pid in seen:
+            # Two rows for one product in one input: which is right is the user's call, never ours.
+            n_problems += 1
+            if len(problems) < MAX_REPORTED:
+                same = (f"same id {norm['source_id']!r}" if norm["source_id"] is not None else
+                        "no id and the same title")
+                problems.append(f"{path}:{lineno}: duplicate of line {seen[pid]} ({same}): give each product its "
+                                "own id or remove one row (--on-error skip keeps the first)")
             continue
-        seen.add(pid)
+        seen[pid] = lineno
         cols["id"].append(pid)
         cols["lang"].append(lang)
         cols["market"].append(market)

@@ -134,7 +134,6 @@ TRICKY = [
     {"id": "x-1", "title": "ครีม\u3000กันแดด", "category": "ความงาม > กันแดด", "attributes": {}, "price": 0,
      "description": None, "currency": ""},
     {"title": "no id here", "category": "A > B", "price": 12.5},
-    {"id": "x-1", "title": "duplicate id, first one wins", "category": "A"},
     {"id": -3, "title": "negative int id", "category": "A", "price": "  "},
 ]
 
@@ -272,3 +271,28 @@ def test_iter_jsonl_names_the_line_for_bad_bytes_and_bad_json(tmp_path):
     assert "e.jsonl:2: not JSON (Unterminated string starting at column 7)" in str(e.value)
     with pytest.raises(CompassError, match="is a directory"):
         list(iter_jsonl(tmp_path))
+
+
+def test_duplicate_ids_in_one_input_name_both_lines(tmp_path):
+    """Issue 14.2 (part): a second row with the same id, or an id-less row with the same title, vanished."""
+    from compass.catalog import init_catalog
+
+    rows = [{"id": "a", "title": "first", "category": "c"}, {"id": "b", "title": "other", "category": "c"},
+            {"id": "a", "title": "second, edited", "category": "c"}, {"title": "no id", "category": "c"},
+            {"title": "no id", "category": "c", "price": 5}]
+    f = write_jsonl(tmp_path / "d.jsonl", rows)
+    for bulk in (True, False):
+        path, _ = init_catalog(tmp_path / f"{bulk}.duckdb")
+        with Catalog(path) as cat:
+            with pytest.raises(IngestError) as e:
+                ingest_file(cat, f, "th", "TH", bulk=bulk)
+            assert str(e.value).splitlines() == [
+                f"{f}:3: duplicate of line 1 (same id 'a'): give each product its own id or remove one row "
+                "(--on-error skip keeps the first)",
+                f"{f}:5: duplicate of line 4 (no id and the same title): give each product its own id or remove "
+                "one row (--on-error skip keeps the first)"]
+            assert cat.scalar("SELECT count(*) FROM products") == 0
+            res = ingest_file(cat, f, "th", "TH", on_error="skip", bulk=bulk)
+            assert res.rows_new == 3 and res.problem_count == 2
+            assert cat.scalar("SELECT title FROM products WHERE source_id = 'a'") == "first"
+            assert cat.scalar("SELECT price FROM products WHERE title = 'no id'") is None
