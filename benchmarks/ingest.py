@@ -60,7 +60,9 @@ def bench_rowwise(rows: list[dict], tmp: Path) -> float:
                            json.dumps(r["attributes"], ensure_ascii=False), r["description"], r["price"],
                            r["currency"], f.name, None])
         with cat.transaction() as con:
-            con.executemany("INSERT INTO products VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", params)
+            con.executemany("INSERT INTO products (id, lang, market, source_id, title, category, attributes, "
+                            "description, price, currency, source_file, ingest_run) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", params)
         dt = time.perf_counter() - t0
         assert cat.scalar("SELECT count(*) FROM products") == len(rows)
     return dt

@@ -15,6 +15,7 @@ import pyarrow as pa
 from compass.catalog.db import Catalog, registered
 from compass.catalog.ingest_rows import (MAX_ATTR_DEPTH, MAX_ATTRIBUTES, MAX_CATEGORY, MAX_DESCRIPTION, MAX_ID,
                                          MAX_TITLE, records, validate)
+from compass.catalog.ingest_versions import write_versions
 from compass.errors import CompassError
 from compass.ids import content_id
 from compass.langs import normalize_lang
@@ -49,6 +50,7 @@ class IngestResult:
     rows_new: int
     problems: list[str] = field(default_factory=list)
     problem_count: int = 0
+    rows_changed: int = 0      # known products whose content changed: a new version, the old one superseded
 
 
 def detect_format(path: Path, fmt: str | None) -> str:
@@ -223,6 +225,7 @@ def ingest_files(cat: Catalog, jobs: list[tuple[str | Path, str, str]], fmt: str
 
     With on_error='fail' a problem in any file raises before anything is written; with 'skip' the good rows of
     every file are written and the bad ones reported. A product in two files counts as new for the first.
+    A known product whose content changed becomes a new version (ingest_versions).
     """
     if on_error not in ("fail", "skip"):
         raise CompassError(f"unknown --on-error {on_error!r}: use fail or skip")
@@ -238,11 +241,8 @@ def ingest_files(cat: Catalog, jobs: list[tuple[str | Path, str, str]], fmt: str
                                        f"_ingest_checked_{i}"))
         with cat.transaction() as con:
             for c in checked:
-                before = con.execute("SELECT count(*) FROM products").fetchone()[0]
-                select = c.select.format(cols=cols, temp=c.temp)
-                con.execute(f"INSERT INTO products ({cols}) SELECT * FROM ({select}) "
-                            "WHERE id NOT IN (SELECT id FROM products)", c.params)
-                c.result.rows_new = con.execute("SELECT count(*) FROM products").fetchone()[0] - before
+                c.result.rows_new, c.result.rows_changed = write_versions(
+                    con, c.select.format(cols=cols, temp=c.temp), c.params, run_id)
     finally:
         for i in range(len(jobs)):
             cat.con.execute(f"DROP TABLE IF EXISTS _ingest_checked_{i}")

@@ -96,17 +96,20 @@ def ingest(
     with Catalog(catalog) as cat, cat.run("ingest", {"files": [str(f) for f, _, _ in jobs], "lang": lang,
                                                      "market": market, "format": fmt, "samples": samples,
                                                      "on_error": on_error}) as run:
-        total_new = 0
+        total_new = total_changed = 0
         # All files are checked before any is written: one command, one transaction.
         for f, res in zip([f for f, _, _ in jobs], ingest_files(cat, jobs, fmt, on_error, run.id)):
             total_new += res.rows_new
+            total_changed += res.rows_changed
             for p in res.problems:
                 console.print(f"[yellow]skipped[/] {p}", markup=True, highlight=False)
             skipped = f", {res.problem_count} bad rows skipped" if res.problem_count else ""
-            dup = res.rows_valid - res.rows_new
-            console.print(f"{f}: {res.rows_new} new products ({dup} already in the catalog{skipped})",
+            dup = res.rows_valid - res.rows_new - res.rows_changed
+            changed = f", {res.rows_changed} changed (new versions; the old ones superseded)" if res.rows_changed \
+                else ""
+            console.print(f"{f}: {res.rows_new} new products{changed} ({dup} already in the catalog{skipped})",
                           highlight=False)
-        run.summary.update(new_products=total_new)
+        run.summary.update(new_products=total_new, changed_products=total_changed)
 
 
 @app.command()

@@ -296,3 +296,55 @@ def test_duplicate_ids_in_one_input_name_both_lines(tmp_path):
             assert res.rows_new == 3 and res.problem_count == 2
             assert cat.scalar("SELECT title FROM products WHERE source_id = 'a'") == "first"
             assert cat.scalar("SELECT price FROM products WHERE title = 'no id'") is None
+
+
+def test_changed_product_is_a_new_version_and_old_examples_are_stale(catalog, tmp_path):
+    """Issue 14.2: an edited file reported '0 new products (1 already in the catalog)' and the stale row stayed."""
+    v1 = [dict(p) for p in PRODUCTS_TH]
+    f = write_jsonl(tmp_path / "p.jsonl", v1)
+    run_cli("ingest", str(f), "--lang", "th", "--market", "TH", catalog=catalog)
+    run_cli("generate", "--route", "structured", catalog=catalog)
+    with Catalog(catalog, read_only=True) as cat:
+        pid, old_hash = cat.query("SELECT id, content_hash FROM products WHERE source_id = 'th-2'")[0].values()
+        old_examples = {r["id"] for r in cat.query("SELECT id FROM examples WHERE product_id = ?", [pid])}
+        kept_before = cat.scalar("SELECT count(*) FROM kept_examples")
+    assert old_hash and old_examples
+
+    v2 = [dict(p) for p in PRODUCTS_TH]
+    v2[1]["title"] = "รองเท้าผ้าใบ Adidas Samba สีขาว ไซส์ 42"
+    write_jsonl(f, v2)
+    proc = run_cli("ingest", str(f), "--lang", "th", "--market", "TH", catalog=catalog)
+    assert "0 new products, 1 changed" in proc.stderr and "(2 already in the catalog)" in proc.stderr
+    rerun = run_cli("ingest", str(f), "--lang", "th", "--market", "TH", catalog=catalog)
+    assert "0 new products (3 already in the catalog)" in rerun.stderr  # a rerun changes nothing
+    with Catalog(catalog, read_only=True) as cat:
+        row = cat.query("SELECT id, title, content_hash FROM products WHERE source_id = 'th-2'")[0]
+        assert row["id"] == pid and row["title"] == v2[1]["title"] and row["content_hash"] != old_hash
+        assert cat.scalar("SELECT count(*) FROM products") == 3
+        old = cat.query("SELECT * FROM product_versions")
+        assert len(old) == 1 and old[0]["title"] == v1[1]["title"] and old[0]["content_hash"] == old_hash
+        assert old[0]["superseded_by"] == row["content_hash"]
+        stale = cat.query("SELECT example_id, keep, reason FROM decisions WHERE stage = 'product'")
+        assert {r["example_id"] for r in stale} == old_examples
+        assert all(not r["keep"] and r["reason"] == "product:superseded" for r in stale)
+        assert not cat.scalar("SELECT count(*) FROM kept_examples WHERE product_id = ?", [pid])
+    run_cli("generate", "--route", "structured", catalog=catalog)
+    with Catalog(catalog, read_only=True) as cat:
+        fresh = cat.query("SELECT positive FROM kept_examples WHERE product_id = ?", [pid])
+        assert fresh and any(v2[1]["title"] in r["positive"] for r in fresh)
+        assert cat.scalar("SELECT count(*) FROM kept_examples") >= kept_before - len(old_examples)
+
+
+def test_migration_backfill_hash_matches_ingest(catalog, products_file):
+    from importlib import resources
+
+    run_cli("ingest", str(products_file), "--lang", "th", "--market", "TH", catalog=catalog)
+    sql = (resources.files("compass.catalog") / "migrations" / "0050_product_versions.sql").read_text()
+    update = next(s for s in sql.split(";") if "UPDATE products" in s)
+    with Catalog(catalog) as cat:
+        before = cat.query("SELECT id, content_hash FROM products ORDER BY id")
+        with cat.transaction() as con:
+            con.execute("UPDATE products SET content_hash = NULL")
+            con.execute(update[update.index("UPDATE"):])
+        assert cat.query("SELECT id, content_hash FROM products ORDER BY id") == before
+        assert all(r["content_hash"] for r in before)

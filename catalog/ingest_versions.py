@@ -1,0 +1,61 @@
+"""Writing checked product rows: new products in, changed products as new versions, unchanged ones untouched.
+
+A product's id is stable (lang, market, source id or title); its content hash covers what it says (title,
+category, attributes, description, price, currency). Within the ingest transaction, per file:
+- new id: inserted;
+- known id, same hash: nothing (a rerun adds nothing);
+- known id, other hash: the old row is copied to `product_versions` (superseded by the new hash, in this run), the
+  `products` row takes the new content, and every example built from the product gets a `product` decision
+  (keep = false, `product:superseded`, params_hash = the old content hash), so kept_examples drops it and the
+  next `generate` builds examples for the new version. Decisions, not deletions.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+# Also in migration 0050 (the backfill): a test keeps both in step.
+CONTENT_HASH_SQL = ("substr(sha256(concat_ws(chr(31), 'product-content', title, category, "
+                    "coalesce(attributes::VARCHAR, chr(30)), coalesce(description, chr(30)), "
+                    "coalesce(price::VARCHAR, chr(30)), coalesce(currency, chr(30)))), 1, 20)")
+VERSION_COLUMNS = ["id", "lang", "market", "source_id", "title", "category", "attributes", "description", "price",
+                   "currency", "source_file", "ingest_run"]
+_CONTENT = ["title", "category", "attributes", "description", "price", "currency", "source_file", "ingest_run"]
+
+
+def write_versions(con: duckdb.DuckDBPyConnection, select: str, params: list, run_id: str | None) -> tuple[int, int]:
+    """Apply one file's checked rows (the SQL `select` yields VERSION_COLUMNS); returns (new, changed).
+
+    Runs inside the caller's transaction."""
+    cols = ", ".join(VERSION_COLUMNS)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _ingest_stage AS SELECT *, {CONTENT_HASH_SQL} AS content_hash "
+                f"FROM ({select})", params)
+    try:
+        # Changed: same id, other content. Compared with the current row only (products holds one row per id).
+        con.execute("""CREATE OR REPLACE TEMP TABLE _ingest_changed AS
+                       SELECT s.id, s.content_hash AS new_hash, p.content_hash AS old_hash
+                       FROM _ingest_stage s JOIN products p ON p.id = s.id
+                       WHERE p.content_hash IS DISTINCT FROM s.content_hash""")
+        changed = con.execute("SELECT count(*) FROM _ingest_changed").fetchone()[0]
+        if changed:
+            con.execute(f"""INSERT INTO product_versions ({', '.join(c if c != 'id' else 'product_id'
+                                                                    for c in VERSION_COLUMNS)},
+                                                          content_hash, superseded_by, superseded_run)
+                            SELECT {', '.join('p.' + c for c in VERSION_COLUMNS)},
+                                   coalesce(p.content_hash, ''), c.new_hash, ?
+                            FROM products p JOIN _ingest_changed c ON c.id = p.id""", [run_id])
+            con.execute("""INSERT OR IGNORE INTO decisions (example_id, stage, keep, reason, params_hash, run_id)
+                           SELECT e.id, 'product', false, 'product:superseded', c.old_hash, ?
+                           FROM examples e JOIN _ingest_changed c ON c.id = e.product_id""", [run_id])
+            sets = ", ".join(f"{c} = s.{c}" for c in _CONTENT)
+            con.execute(f"""UPDATE products SET {sets}, content_hash = s.content_hash
+                            FROM _ingest_stage s WHERE s.id = products.id
+                              AND products.id IN (SELECT id FROM _ingest_changed)""")
+        before = con.execute("SELECT count(*) FROM products").fetchone()[0]
+        con.execute(f"INSERT INTO products ({cols}, content_hash) SELECT {cols}, content_hash FROM _ingest_stage "
+                    "WHERE id NOT IN (SELECT id FROM products)")
+        new = con.execute("SELECT count(*) FROM products").fetchone()[0] - before
+        return new, changed
+    finally:
+        con.execute("DROP TABLE IF EXISTS _ingest_stage")
+        con.execute("DROP TABLE IF EXISTS _ingest_changed")
