@@ -238,6 +238,10 @@ class Catalog:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and self.con is not None:
+            # Ctrl-C can land while DuckDB's threads still run a query: close() would wait for it to finish.
+            with contextlib.suppress(Exception):
+                self.con.interrupt()
         self.close()
         if exc is not None and is_damage(exc):
             raise damaged_error(self.path, exc) from None
