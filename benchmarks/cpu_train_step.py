@@ -23,12 +23,13 @@ import time
 from pathlib import Path
 
 VARIANTS = {
-    # what `compass train --base <transformer>` did before: every parameter trained, texts up to the model's 512
-    "before": {"freeze_embeddings": False, "max_seq_length": None},
-    "frozen table": {"freeze_embeddings": True, "max_seq_length": None},
-    "128 tokens": {"freeze_embeddings": False, "max_seq_length": 128},
-    "after (default)": {"freeze_embeddings": True, "max_seq_length": 128},
-    "after + bf16": {"freeze_embeddings": True, "max_seq_length": 128, "precision": "bf16"},
+    # what `compass train --base <transformer>` did before: every parameter trained, texts up to the model's 512,
+    # every text padded to the longest of the batch
+    "before": {"freeze_embeddings": False, "max_seq_length": None, "length_chunks": 0},
+    "frozen table": {"freeze_embeddings": True, "max_seq_length": None, "length_chunks": 0},
+    "frozen + 128 tokens": {"freeze_embeddings": True, "max_seq_length": 128, "length_chunks": 0},
+    "after (default)": {"freeze_embeddings": True, "max_seq_length": 128, "length_chunks": 16},
+    "after + bf16": {"freeze_embeddings": True, "max_seq_length": 128, "length_chunks": 16, "precision": "bf16"},
 }
 
 

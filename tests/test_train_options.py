@@ -228,3 +228,34 @@ def test_card_usage_example_is_in_a_trained_language():
     assert usage_texts({"id": 50, "vi": 20, "th": 5}) == ["sepatu olahraga putih", "giày thể thao trắng"]
     assert usage_texts({"km": 3}) == ["ស្បែកជើងកីឡាពណ៌ស"]
     assert usage_texts({}) == ["white sports shoes"]
+
+
+def test_length_sorted_chunks_give_the_padded_forward_loss_and_gradients(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from compass.train.bucketing import enable
+    from compass.train.cam_loss import CAMLoss, encode_cam_label
+
+    words = ["giày", "thể", "thao", "nam", "túi", "da", "đen", "trắng", "sepatu", "putih", "kemeja", "batik"]
+    texts = [" ".join(words[(i * 7 + j) % len(words)] for j in range(1 + (i * 5) % 23)) for i in range(40)]
+    path = tiny_bert(tmp_path / "m", texts, None)
+    anchors, positives = texts[:20], texts[20:]
+    labels = torch.tensor([encode_cam_label(f"c{i}", "query2title", p, []) for i, p in enumerate(positives)])
+
+    def loss_and_grads(chunk: int):
+        model = SentenceTransformer(str(path), device="cpu").eval()  # eval: no dropout, so runs are comparable
+        enable(model, chunk)
+        widths = []  # the token width of each transformer call
+        model[0].register_forward_pre_hook(lambda mod, args: widths.append(args[0]["input_ids"].shape[1]))
+        feats = [model.preprocess(anchors), model.preprocess(positives)]
+        loss = CAMLoss(model)(feats, labels)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, widths
+
+    ref_loss, ref_grads, ref_widths = loss_and_grads(0)
+    loss, grads, widths = loss_and_grads(4)
+    assert len(widths) >= 10 and min(widths) < max(ref_widths) and len(ref_widths) <= 2  # chunks, trimmed
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for k in grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], atol=1e-5, rtol=1e-4)

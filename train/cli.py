@@ -87,6 +87,9 @@ def train(
     max_seq_length: Annotated[Optional[int], typer.Option(help="Transformer bases: truncate training texts to this "
                                                                "many tokens (the saved model keeps its own limit).")]
     = 128,
+    length_chunks: Annotated[Optional[int], typer.Option(
+        help="Transformer bases: embed each batch in length-sorted chunks of N rows, so short texts are not padded "
+             "to the longest (same loss; [default: 16 on CPU, 0 = off on CUDA]).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Discard checkpoints in --out made with another config.")] = False,
     embedding_dim: Annotated[int, typer.Option(help="--base static: embedding size.")] = 256,
     vocab_size: Annotated[int, typer.Option(help="--base static: tokenizer vocabulary size.")] = 24000,
@@ -113,6 +116,7 @@ def train(
         eval_tasks=str(eval_tasks) if eval_tasks else None, save_steps=save_steps, keep_checkpoints=keep_checkpoints,
         device=device, precision=precision, gradient_checkpointing=gradient_checkpointing, prompts=prompts,
         freeze_embeddings=freeze_embeddings, max_seq_length=max_seq_length, missing_negatives=missing_negatives,
+        length_chunks=length_chunks,
         overwrite=overwrite)
     res = run_train(catalog, cfg, echo=lambda line: console.print(f"train: {line}", markup=False, highlight=False))
     console.print(f"model written to {out} ({res['global_step']} steps on {res.get('device')} "
