@@ -54,8 +54,8 @@ def generate(
     dry_run: Annotated[bool, typer.Option(help="LLM routes: print requests per cell and a prompt-token "
                                                "estimate; send nothing.")] = False,
     max_model_len: Annotated[Optional[int], typer.Option(help="openai: the model's context in tokens; a prompt "
-                                                              "that cannot fit with --max-tokens is stored as "
-                                                              "reject too_long, unsent (default: from the "
+                                                              "that fills it (no room for an answer) is stored "
+                                                              "as reject too_long, unsent (default: from the "
                                                               "server's /v1/models; 0: do not check).")] = None,
     shopper: Annotated[bool, typer.Option(help="structured: shopper-style queries (rules in datagen/rules); "
                                                "--no-shopper keeps 2-4 title words (ablations).")] = True,
