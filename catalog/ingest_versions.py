@@ -44,7 +44,7 @@ def write_versions(con: duckdb.DuckDBPyConnection, select: str, params: list, ru
                             SELECT {', '.join('p.' + c for c in VERSION_COLUMNS)},
                                    coalesce(p.content_hash, ''), c.new_hash, ?
                             FROM products p JOIN _ingest_changed c ON c.id = p.id""", [run_id])
-            con.execute("""INSERT OR IGNORE INTO decisions (example_id, stage, keep, reason, params_hash, run_id)
+            con.execute("""INSERT OR REPLACE INTO decisions (example_id, stage, keep, reason, params_hash, run_id)
                            SELECT e.id, 'product', false, 'product:superseded', c.old_hash, ?
                            FROM examples e JOIN _ingest_changed c ON c.id = e.product_id""", [run_id])
             sets = ", ".join(f"{c} = s.{c}" for c in _CONTENT)
@@ -59,3 +59,20 @@ def write_versions(con: duckdb.DuckDBPyConnection, select: str, params: list, ru
     finally:
         con.execute("DROP TABLE IF EXISTS _ingest_stage")
         con.execute("DROP TABLE IF EXISTS _ingest_changed")
+
+
+def revive_reproduced(con: duckdb.DuckDBPyConnection, example_ids: list[str]) -> None:
+    """Examples that the current version of their product produces again are valid again.
+
+    A writer calls this for every example it builds from the current products, new or already stored: an example
+    with the same id under both versions (only the price changed, say) would otherwise stay superseded, since
+    inserting an existing example is a no-op. The decision row is updated, not deleted."""
+    if not example_ids:
+        return
+    import pyarrow as pa
+
+    from compass.catalog.db import registered
+
+    with registered(con, "reproduced_examples", pa.table({"id": pa.array(example_ids, pa.string())})) as name:
+        con.execute(f"UPDATE decisions SET keep = true, reason = 'product:current' WHERE stage = 'product' "
+                    f"AND NOT keep AND example_id IN (SELECT id FROM {name})")

@@ -8,6 +8,7 @@ import duckdb
 import polars as pl
 
 from compass.catalog.db import Catalog
+from compass.catalog.ingest_versions import revive_reproduced
 from compass.datagen.structured import EXAMPLE_SCHEMA, LEGACY_TASKS, TASKS, StructuredPairs
 from compass.errors import CompassError
 from compass.stage import drive, insert_frame
@@ -16,6 +17,7 @@ from compass.stage import drive, insert_frame
 def write_structured(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> int:
     """Examples into `examples`, shopper-query lineage into `example_transforms` (same transaction)."""
     new = insert_frame(con, "examples", frame.select(list(EXAMPLE_SCHEMA)), ["id"])
+    revive_reproduced(con, frame["id"].to_list())  # built from the current product version: not superseded
     lin = frame.filter(pl.col("transforms").is_not_null())
     if not lin.is_empty():
         parsed = [json.loads(t) for t in lin["transforms"].to_list()]

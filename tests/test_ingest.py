@@ -348,3 +348,21 @@ def test_migration_backfill_hash_matches_ingest(catalog, products_file):
             con.execute(update[update.index("UPDATE"):])
         assert cat.query("SELECT id, content_hash FROM products ORDER BY id") == before
         assert all(r["content_hash"] for r in before)
+
+
+def test_price_only_change_keeps_examples_the_new_version_reproduces(catalog, tmp_path):
+    rows = [dict(p) for p in PRODUCTS_TH]
+    f = write_jsonl(tmp_path / "p.jsonl", rows)
+    run_cli("ingest", str(f), "--lang", "th", "--market", "TH", catalog=catalog)
+    run_cli("generate", "--route", "structured", catalog=catalog)
+    with Catalog(catalog, read_only=True) as cat:
+        kept = {r["id"] for r in cat.query("SELECT id FROM kept_examples")}
+    rows[0]["price"] = rows[0]["price"] + 1  # structured pairs do not use the price
+    write_jsonl(f, rows)
+    assert "1 changed" in run_cli("ingest", str(f), "--lang", "th", "--market", "TH", catalog=catalog).stderr
+    with Catalog(catalog, read_only=True) as cat:
+        assert {r["id"] for r in cat.query("SELECT id FROM kept_examples")} < kept  # stale until regenerated
+    run_cli("generate", "--route", "structured", catalog=catalog)
+    with Catalog(catalog, read_only=True) as cat:
+        assert {r["id"] for r in cat.query("SELECT id FROM kept_examples")} == kept
+        assert cat.scalar("SELECT count(*) FROM decisions WHERE reason = 'product:current'") > 0
