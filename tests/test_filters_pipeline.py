@@ -184,3 +184,13 @@ def test_leakage_against_several_folders_names_every_matching_task(tmp_path, cat
                    ids[1]: "leakage:eval_near_dup:vi-products/reviews"}
     # one folder keeps today's task names (no folder prefix)
     assert {t for t, _ in load_eval_texts(b)} == {"query2product", "reviews"}
+
+
+def test_leakage_folders_with_one_name_are_refused(tmp_path):
+    from compass.filters.leakage import load_eval_folders
+
+    for d in (tmp_path / "a" / "evals", tmp_path / "b" / "evals"):
+        d.mkdir(parents=True)
+        write_jsonl(d / "q.jsonl", [{"text": "x y z"}])
+    with pytest.raises(CompassError, match="two folders are named 'evals'"):
+        load_eval_folders([tmp_path / "a" / "evals", tmp_path / "b" / "evals"])
