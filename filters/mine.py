@@ -35,9 +35,9 @@ from tqdm.auto import tqdm
 
 from compass.catalog.db import Catalog
 from compass.errors import CompassError
-from compass.filters.mine_cache import (ENCODE_CHUNK, encode_missing, load_embeddings, load_encoder,
-                                        model_fingerprint, register_model, role_prompt, store_encoded,
-                                        stream_embeddings)
+from compass.filters.mine_cache import (ENCODE_CHUNK, duckdb_memory, encode_missing, load_embeddings,
+                                        load_encoder, model_fingerprint, register_model, role_prompt,
+                                        store_encoded, stream_embeddings)
 from compass.filters.mine_pool import (TASK_RULES, PoolKey, build_pool, candidates, missing_pool_texts, positions,
                                        rules_params, task_rule)
 from compass.filters.mine_search import GUARDS, GuardConfig, NearDup, select_negatives, stream_topk
@@ -66,6 +66,7 @@ class MineConfig:
     mine_batch: int = 2048                # examples per transaction
     anchor_pass: int = 131072             # anchors searched per streamed pass over a pool
     cand_chunk: int = 16384               # candidate embeddings per streamed chunk
+    duckdb_memory: str | None = "512MB"   # DuckDB memory_limit while searching (its buffer pool stays bounded)
     device: str = "cpu"
     progress: bool = True
     block: int = field(default=1 << 25)   # max scores alive at once in the search (128 MB)
@@ -227,7 +228,8 @@ def mine(cat: Catalog, cfg: MineConfig, run_id: str | None, model=None) -> dict:
     where, params = _lang_filter(cfg.langs, "k.lang")
     pending = cat.frame(f"SELECT k.id, k.lang, k.market, k.task, k.anchor, k.positive, k.class_id, "
                         f"k.translation_group FROM kept_examples k WHERE {where} AND NOT EXISTS (SELECT 1 FROM "
-                        f"mined_examples m WHERE m.set_id = ? AND m.example_id = k.id) ORDER BY k.id", params + [set_id])
+                        f"mined_examples m WHERE m.set_id = ? AND m.example_id = k.id) ORDER BY k.id",
+                        params + [set_id])
     summary = {"set_id": set_id, "model_fp": fp, "prompts": prompts, "pending": pending.height, "encoded": 0,
                "negatives": 0, "examples_with_negatives": 0, "refused": {g: 0 for g in GUARDS}}
     if pending.is_empty():
@@ -264,12 +266,13 @@ def _mine_pass(cat: Catalog, cfg: MineConfig, stage: HardNegativeMiner, key: Poo
     q = load_embeddings(cat, keys["query"], todo["anchor"].to_list(), dim)              # (b, d)
     p = load_embeddings(cat, keys["document"], todo["positive"].to_list(), dim)         # (b, d)
     pos_score = np.einsum("bd,bd->b", q, p).astype(np.float64)                         # (b,)
+    del p
     pos_idx = positions(cat, [text_hash(t) for t in todo["positive"]])
     qt = torch.from_numpy(q).to(cfg.device)
-    with torch.inference_mode():
+    with torch.inference_mode(), duckdb_memory(cat, cfg.duckdb_memory):
         s, i = stream_topk(qt, _chunks(cat, keys["document"], dim, cfg), cfg.top_k + 1, block=cfg.block)
     scores, idx = s.cpu().numpy(), i.cpu().numpy()                                     # (b, k) each
-    del q, p, qt, s, i
+    del q, qt, s, i
     written = 0
     bar = tqdm(total=todo.height, desc=f"mine {key.label()}", unit="rows", disable=not cfg.progress, leave=False)
     try:

@@ -63,7 +63,8 @@ def mine_cmd(
                      class_guard=class_guard, pool_by=pool_by, cross_lingual=cross_lingual, batch_size=batch_size,
                      mine_batch=mine_batch, device=device, progress=not quiet)
     cfg.validate()
-    config = {k: v for k, v in vars(cfg).items() if k not in ("progress", "block", "anchor_pass", "cand_chunk")}
+    config = {k: v for k, v in vars(cfg).items() if k not in ("progress", "block", "anchor_pass", "cand_chunk",
+                                                              "duckdb_memory")}
     with Catalog(catalog) as cat:
         if not cat.scalar("SELECT count(*) FROM kept_examples"):
             raise CompassError("no kept examples to mine: run `compass generate` (and `compass filter`) first")

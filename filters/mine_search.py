@@ -135,9 +135,9 @@ def select_negatives(scores: np.ndarray, idx: np.ndarray, pos_idx: np.ndarray, p
                      near_dup: Callable[[int, int], bool] | None = None) -> Mined:
     """Walk each query's candidates best first, keep the first `per_example` that pass every guard.
 
-    scores, idx: (b, k) from `chunked_topk` with k >= depth + 1 (room for the positive); pos_idx (b,) corpus index
-    of each query's positive (-1: not in the corpus); pos_score (b,). same_class(row, cand) and near_dup(row, cand)
-    are the per-pair guards (None: off). Candidates are examined in rank order until the quota is filled, so the
+    scores, idx: (b, k) from `stream_topk` with k >= depth + 1 (room for the positive); pos_idx (b,) corpus index
+    of each query's positive (-1: not in the corpus); pos_score (b,), NaN where unknown (no margin then).
+    same_class(row, cand) and near_dup(row, cand) are the per-pair guards (None: off). Candidates are examined in rank order until the quota is filled, so the
     refusal counts cover the candidates a query actually looked at.
     """
     b = scores.shape[0]
@@ -148,7 +148,7 @@ def select_negatives(scores: np.ndarray, idx: np.ndarray, pos_idx: np.ndarray, p
         over = np.zeros_like(live)
     else:
         thr = pos_score - np.abs(pos_score) * (1.0 - cfg.margin)        # (b,)
-        thr = np.where(pos_idx >= 0, thr, np.inf)                       # no positive in the corpus: no margin
+        thr = np.where(np.isnan(pos_score), np.inf, thr)                # positive's score unknown: no margin
         over = scores > thr[:, None]
     outside = (rank < cfg.lo) | (rank >= min(cfg.hi, cfg.depth))
     refused = {g: np.zeros(b, dtype=np.int64) for g in GUARDS}
@@ -189,7 +189,7 @@ def mine_arrays(q_emb: np.ndarray, c_emb: np.ndarray, pos_idx: np.ndarray, cfg: 
     c = torch.from_numpy(np.ascontiguousarray(c_emb, dtype=np.float32)).to(device)
     has = torch.from_numpy(pos_idx >= 0).to(device)
     safe = torch.from_numpy(np.where(pos_idx >= 0, pos_idx, 0)).to(device)
-    pos_score = torch.where(has, (q * c[safe]).sum(1), torch.zeros((), device=device))   # (b,)
+    pos_score = torch.where(has, (q * c[safe]).sum(1), torch.full((), torch.nan, device=device))   # (b,)
     with torch.inference_mode():
         s, i = chunked_topk(q, c, cfg.depth + 1, block=block)
     pos = pos_score.cpu().numpy().astype(np.float64)
