@@ -171,9 +171,6 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-KINDS = ("retrieval", "classification")
-
-
 def load_model(model_or_path: Any, device: str | None = None, precision: str | None = None):
     """A SentenceTransformer on the resolved device (auto | cpu | cuda | cuda:N) in the resolved precision (auto |
     fp32 | bf16 | fp16; auto = bf16 on CUDA, fp32 on CPU).
