@@ -185,6 +185,7 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true", help="skip the in-memory baseline")
     ap.add_argument("--duckdb-memory", default="512MB", help="DuckDB memory_limit while streaming (MineConfig)")
     ap.add_argument("--catalog", type=int, default=0, help="also stream this many candidates from a DuckDB catalog")
+    ap.add_argument("--catalog-path", default="", help="build (or reuse, if it exists) the catalog here")
     args = ap.parse_args()
     import torch
 
@@ -217,10 +218,11 @@ def main() -> None:
     print(f"  streamed peak RSS {peak:.0f} MB (target < 2048 MB)")
     if args.catalog:
         with tempfile.TemporaryDirectory() as tmp:
-            args.catalog_path = f"{tmp}/bench.duckdb"
-            t0 = time.perf_counter()
-            build_catalog(args.catalog_path, args.catalog)
-            print(f"  catalog with {args.catalog:,} cached vectors built in {time.perf_counter() - t0:.0f} s")
+            args.catalog_path = args.catalog_path or f"{tmp}/bench.duckdb"
+            if not os.path.exists(args.catalog_path):
+                t0 = time.perf_counter()
+                build_catalog(args.catalog_path, args.catalog)
+                print(f"  catalog with {args.catalog:,} cached vectors built in {time.perf_counter() - t0:.0f} s")
             cr = [child(run_catalog, args) for _ in range(args.repeat)]
         print(f"  streamed from the catalog ({args.catalog:,} x {args.anchors:,}): wall s {med(cr, 'wall_s')}   "
               f"peak RSS MB {med(cr, 'peak_rss_mb')}   positives retrieved {cr[0]['positive_found']:.1%}")

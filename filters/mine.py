@@ -53,7 +53,7 @@ AUTO = "auto"      # --margin / --rank-window left to the per-task defaults
 class MineConfig:
     model: str = "e5-small"
     langs: list[str] | None = None
-    top_k: int = 50                       # candidates retrieved per example (search depth)
+    top_k: int = 100                      # candidates retrieved per example (search depth)
     rank_window: tuple[int, int] | str = AUTO
     margin: float | None | str = AUTO     # None: no positive-aware margin
     per_example: int = 5

@@ -28,7 +28,7 @@ def mine_cmd(
     langs: LangsOpt = None,
     pool: Annotated[str, typer.Option(help="positives: candidates are kept positives; products: also every "
                                            "product text of the same language and market.")] = "positives",
-    top_k: Annotated[int, typer.Option(help="Candidates retrieved per example (search depth).")] = 50,
+    top_k: Annotated[int, typer.Option(help="Candidates retrieved per example (search depth).")] = 100,
     rank_window: Annotated[str, typer.Option(help="LO:HI ranks eligible as negatives (0 = nearest text other "
                                                   "than the positive); HI is capped at --top-k. auto: per task "
                                                   "(10:100; 0:100 for title2category, category_query2title).")
