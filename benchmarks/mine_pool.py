@@ -183,7 +183,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--max-chunks", type=int, default=0, help="search only the first chunks (0: all)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the in-memory baseline")
-    ap.add_argument("--duckdb-memory", default="512MB", help="DuckDB memory_limit while streaming (MineConfig)")
+    ap.add_argument("--duckdb-memory", default="256MB", help="DuckDB memory_limit while streaming (MineConfig)")
     ap.add_argument("--catalog", type=int, default=0, help="also stream this many candidates from a DuckDB catalog")
     ap.add_argument("--catalog-path", default="", help="build (or reuse, if it exists) the catalog here")
     args = ap.parse_args()

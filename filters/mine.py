@@ -66,7 +66,7 @@ class MineConfig:
     mine_batch: int = 2048                # examples per transaction
     anchor_pass: int = 131072             # anchors searched per streamed pass over a pool
     cand_chunk: int = 16384               # candidate embeddings per streamed chunk
-    duckdb_memory: str | None = "512MB"   # DuckDB memory_limit while searching (its buffer pool stays bounded)
+    duckdb_memory: str | None = "256MB"   # DuckDB memory_limit while searching (its buffer pool stays bounded)
     device: str = "cpu"
     progress: bool = True
     block: int = field(default=1 << 25)   # max scores alive at once in the search (128 MB)
