@@ -348,3 +348,38 @@ def test_prompts_encode_anchors_as_queries_and_candidates_as_documents(tmp_path)
     ps = cat.scalar("SELECT DISTINCT positive_score FROM negatives WHERE set_id = ? AND example_id = ?",
                     [prompted["set_id"], QUERY["id"]])
     assert ps == pytest.approx(float(got_q @ got_d), abs=1e-5)
+
+
+def test_stream_topk_over_shuffled_chunks_equals_full_search():
+    from compass.filters.mine_search import stream_topk
+
+    g = torch.Generator().manual_seed(1)
+    q = torch.nn.functional.normalize(torch.randn(23, 16, generator=g), dim=1)
+    c = torch.nn.functional.normalize(torch.randn(300, 16, generator=g), dim=1)
+    full_s, full_i = torch.topk(q @ c.T, 9, dim=1)
+    perm = torch.randperm(300, generator=g)                      # the catalog streams rows in any order
+    chunks = [(perm[s:s + 37], c[perm[s:s + 37]]) for s in range(0, 300, 37)]
+    for block in (1 << 20, 50):
+        s, i = stream_topk(q, iter(chunks), 9, block=block)
+        assert torch.allclose(s, full_s) and torch.equal(i, full_i)
+    s, i = stream_topk(q, iter(chunks[:1]), 50)                  # fewer rows than k: k' = rows seen
+    assert s.shape == (23, 37) and set(i[0].tolist()) == set(perm[:37].tolist())
+
+
+@pytest.mark.slow
+def test_stream_embeddings_from_the_catalog_positions_every_vector(tmp_path, model):
+    from compass.filters.mine_cache import encode_missing, load_embeddings, stream_embeddings
+
+    cat = _catalog(tmp_path / "c.duckdb")
+    texts = sorted({e["positive"] for e in EXAMPLES})
+    encode_missing(cat, model, "k", texts, 8, None, progress=False)
+    cat.con.execute("CREATE TEMP TABLE _p AS SELECT (row_number() OVER (ORDER BY h)) - 1 AS pos, h, text FROM "
+                    "(SELECT DISTINCT positive AS text, substr(sha256(positive), 1, 20) AS h FROM examples)")
+    by_pos = dict(cat.con.execute("SELECT pos, text FROM _p").fetchall())
+    got = {}
+    for pos, emb in stream_embeddings(cat, "k", "_p", 384, chunk=3):
+        assert len(pos) <= 3
+        got.update({int(p): e for p, e in zip(pos, emb)})
+    assert sorted(got) == list(range(len(texts)))
+    want = load_embeddings(cat, "k", [by_pos[p] for p in range(len(texts))], 384)
+    assert np.allclose(np.stack([got[p] for p in range(len(texts))]), want)
