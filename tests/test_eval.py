@@ -245,6 +245,7 @@ def test_catalog_queries_rank_against_every_kept_title_and_relevance_is_the_clas
         ("e10", "query2title", "giày", title["p5"], "product:p5", "p5", "test"),
         ("e11", "query2title", "ขยะ", title["p6"], "product:p6", "p6", "train"),
         ("e12", "translation", "shoe A", "giày A", "tg:1", "p1", "test"),  # positive is not p1's title: no title task
+        ("e13", "attr_query2title", "a 1", title["p3"], item_a, "p3", "train"),  # p3's old, superseded version
     ]
     with Catalog(tmp_path / "c.duckdb", create=True) as cat, cat.transaction() as con:
         for pid, lang, t, c in products:
@@ -256,6 +257,8 @@ def test_catalog_queries_rank_against_every_kept_title_and_relevance_is_the_clas
                         "VALUES (?, 'structured', ?, ?, ?, ?, ?, ?)", [i, lang, task, a, pos, c, pid])
             con.execute("INSERT INTO splits (example_id, split, group_id) VALUES (?, ?, ?)", [i, split, pid])
         con.execute("INSERT INTO decisions (example_id, stage, keep, reason) VALUES ('e11', 'quality', FALSE, 'x')")
+        con.execute("INSERT INTO decisions (example_id, stage, keep, reason) "
+                    "VALUES ('e13', 'product', FALSE, 'product:superseded')")
     with Catalog(tmp_path / "c.duckdb", read_only=True) as cat:
         tasks = {name: (lang, data) for name, lang, data in catalog_retrieval_tasks(cat, "test")}
         assert list(catalog_retrieval_tasks(cat, "test", ["vi"])[0][:2]) == ["catalog_test_vi_query2title", "vi"]

@@ -30,7 +30,8 @@ CATEGORY_TASK = "title2category"
 # Everything the title-search tasks read, in one statement: the split's title queries (a kept example whose
 # positive is its product's title), the corpus (titles of kept products of the queries' languages) and class
 # membership (product ids carrying each query class, from every example: membership is a fact about the product,
-# not a filter decision). Parameters: split, then the optional language list.
+# not a filter decision; only an example of a superseded product version, stage 'product', no longer speaks for
+# it). Parameters: split, then the optional language list.
 _TITLE_SQL = """
 WITH q AS (
     SELECT k.lang, k.task, k.anchor, k.class_id, k.product_id
@@ -49,6 +50,8 @@ members AS (
     SELECT DISTINCT e.class_id, e.product_id
     FROM examples e
     WHERE e.product_id IS NOT NULL AND e.class_id IN (SELECT DISTINCT class_id FROM q)
+      AND NOT EXISTS (SELECT 1 FROM decisions d
+                      WHERE d.example_id = e.id AND d.stage = 'product' AND NOT d.keep AND d.enforced)
 )
 SELECT 'q' AS part, lang, task, anchor AS text, class_id, product_id FROM q
 UNION ALL SELECT 'c', lang, NULL, title, NULL, product_id FROM corpus
