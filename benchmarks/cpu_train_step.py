@@ -28,8 +28,8 @@ VARIANTS = {
     "before": {"freeze_embeddings": False, "max_seq_length": None, "length_chunks": 0},
     "frozen table": {"freeze_embeddings": True, "max_seq_length": None, "length_chunks": 0},
     "frozen + 128 tokens": {"freeze_embeddings": True, "max_seq_length": 128, "length_chunks": 0},
-    "after (default)": {"freeze_embeddings": True, "max_seq_length": 128, "length_chunks": 16},
-    "after + bf16": {"freeze_embeddings": True, "max_seq_length": 128, "length_chunks": 16, "precision": "bf16"},
+    "after (default)": {"freeze_embeddings": True, "max_seq_length": 128, "length_chunks": 8},
+    "after + bf16": {"freeze_embeddings": True, "max_seq_length": 128, "length_chunks": 8, "precision": "bf16"},
 }
 
 
@@ -66,6 +66,34 @@ def timed_trainer(spec: dict, overrides: dict, out: str):
     return trainer, info, times
 
 
+def interleaved(spec: dict, names: list[str], rounds: int, tmp: str) -> dict[str, list[float]]:
+    """One optimizer step of each variant in turn, `rounds` times, on the same rows: a load spike on a shared
+    machine then hits every variant alike, and the per-round ratio against the first variant is robust."""
+    import torch
+
+    trainers = {}
+    for n in names:
+        trainer, info, times = timed_trainer(spec, VARIANTS[n], f"{tmp}/i-{n.replace(' ', '_')}")
+        trainer.create_optimizer_and_scheduler(num_training_steps=rounds + 1)
+        batches = iter(trainer.get_train_dataloader())
+        trainers[n] = (trainer, batches, times)
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds + 1):  # round 0 warms up (allocator, thread pools) and is left out
+        for n, (trainer, batches, times) in trainers.items():
+            inputs = next(batches)
+            times.append({})
+            t = time.perf_counter()
+            trainer.model.train()
+            trainer.compute_loss(trainer.model, inputs).backward()  # forward + backward
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+            if r:
+                wall[n].append(time.perf_counter() - t)
+            print(f"round {r} {n}: {time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
+    torch.set_grad_enabled(True)
+    return wall
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--catalog", required=True)
@@ -75,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--json", help="write the raw figures here")
+    ap.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                    help="instead: one step of each variant in turn, ROUNDS times (robust on a shared machine)")
     a = ap.parse_args(argv)
 
     import torch
@@ -88,6 +118,19 @@ def main(argv: list[str] | None = None) -> None:
                           save_steps=10**6, logging_steps=10**6, device="cpu", negatives="none")
         with Catalog(a.catalog) as cat:
             spec = prepare(cat, cfg, run_id="bench", echo=lambda line: None)
+        if a.interleave:
+            wall = interleaved(spec, names, a.interleave, tmp)
+            print(f"\n{a.base}, batch {a.batch_size}, {a.interleave} interleaved rounds (after 1 warm-up), torch "
+                  f"{torch.__version__}, {torch.get_num_threads()} threads")
+            print(f"| variant | step s (median, min-max) | x {names[0]} (same round, median, min-max) |")
+            print("|---|---|---|")
+            for n in names:
+                ratio = [x / b for x, b in zip(wall[n], wall[names[0]])]
+                print(f"| {n} | {statistics.median(wall[n]):.1f} ({min(wall[n]):.1f}-{max(wall[n]):.1f}) | "
+                      f"{statistics.median(ratio):.2f} ({min(ratio):.2f}-{max(ratio):.2f}) |")
+            if a.json:
+                Path(a.json).write_text(json.dumps(wall, indent=2), encoding="utf-8")
+            return
         rows: dict[str, list[dict]] = {n: [] for n in names}
         for r in range(a.repeats):
             for n in names:
