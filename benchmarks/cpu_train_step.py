@@ -28,8 +28,9 @@ VARIANTS = {
     "before": {"freeze_embeddings": False, "max_seq_length": None, "length_chunks": 0},
     "frozen table": {"freeze_embeddings": True, "max_seq_length": None, "length_chunks": 0},
     "frozen + 128 tokens": {"freeze_embeddings": True, "max_seq_length": 128, "length_chunks": 0},
-    "after (default)": {"freeze_embeddings": True, "max_seq_length": 128, "length_chunks": 8},
-    "after + bf16": {"freeze_embeddings": True, "max_seq_length": 128, "length_chunks": 8, "precision": "bf16"},
+    "after (default)": {"freeze_embeddings": True, "max_seq_length": 128, "length_chunks": 0},
+    "after + chunks of 8": {"freeze_embeddings": True, "max_seq_length": 128, "length_chunks": 8},
+    "after + bf16": {"freeze_embeddings": True, "max_seq_length": 128, "length_chunks": 0, "precision": "bf16"},
 }
 
 

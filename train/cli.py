@@ -89,7 +89,7 @@ def train(
     = 128,
     length_chunks: Annotated[Optional[int], typer.Option(
         help="Transformer bases: embed each batch in length-sorted chunks of N rows, so short texts are not padded "
-             "to the longest (same loss; [default: 8 on CPU, 0 = off on CUDA]).")] = None,
+             "to the longest (same loss; [default: off; measured slower on 2 CPU cores, see README]).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Discard checkpoints in --out made with another config.")] = False,
     embedding_dim: Annotated[int, typer.Option(help="--base static: embedding size.")] = 256,
     vocab_size: Annotated[int, typer.Option(help="--base static: tokenizer vocabulary size.")] = 24000,

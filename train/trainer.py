@@ -67,7 +67,7 @@ class TrainConfig:
     prompts: bool = True  # anchors get the base's query prompt, positives/negatives its document prompt
     freeze_embeddings: bool = True  # transformer bases: the word-embedding table is not trained (see fit)
     max_seq_length: int | None = 128  # transformer bases: token limit while training (the saved model keeps its own)
-    length_chunks: int | None = None  # transformer forward in length-sorted chunks of N rows; None: 8 on CPU, off on CUDA
+    length_chunks: int | None = None  # transformer forward in length-sorted chunks of N rows (None or 0: off; measured slower on CPU, see README)
     missing_negatives: str = "pairs"  # pairs | drop: rows with fewer than num_negatives mined negatives
     overwrite: bool = False  # discard checkpoints of another config in OUT
 
@@ -196,7 +196,7 @@ def build_trainer(spec: dict, callbacks: list | None = None):
             info["saved_max_seq_length"] = model.max_seq_length
             model.max_seq_length = cfg.max_seq_length  # restored before the final save
         info["train_max_seq_length"] = model.max_seq_length
-        chunks = cfg.length_chunks if cfg.length_chunks is not None else (0 if device.startswith("cuda") else 8)
+        chunks = cfg.length_chunks if cfg.length_chunks is not None else 0
         if chunks:
             from compass.train.bucketing import enable
 
