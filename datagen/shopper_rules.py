@@ -18,10 +18,10 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from compass.errors import CompassError
+from compass.yamlfile import load_mapping
 
 RULES_DIR = Path(__file__).parent / "rules"
 log = logging.getLogger("compass.datagen.shopper")
@@ -183,14 +183,7 @@ def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 
 def parse_rule_file(path: Path) -> RuleFile:
     """Read and validate one rule file; CompassError naming file, key and fix on any problem."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise CompassError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)}): fix the syntax") from None
-    if not isinstance(data, dict):
-        raise CompassError(f"{path}: expected a mapping of rule families (lang:, rates:, abbreviations: ...)")
+    data = load_mapping(path, "a mapping of rule families (lang:, rates:, abbreviations: ...)")
     try:
         rf = RuleFile.model_validate(data)
     except ValidationError as e:

@@ -27,12 +27,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from compass.errors import CompassError
 from compass.langs import LANGS
+from compass.yamlfile import load_mapping
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
 DESCRIPTION_CHARS = 600  # long descriptions cost tokens and add little to a query or a question
@@ -57,18 +57,6 @@ def _render(source: str, where: str, variables: dict) -> str:
         return _compile(source).render(**variables).strip()
     except TemplateError as e:
         raise CompassError(f"{where}: template error: {e} (check the {{{{ ... }}}} names used there)") from None
-
-
-def _load_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise CompassError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(data, dict):
-        raise CompassError(f"{path}: expected a mapping of keys at the top level")
-    return data
 
 
 def _need(data: dict, key: str, path: Path, kind: type = str) -> Any:
@@ -196,7 +184,7 @@ def load_library(root: str | Path | None = None) -> Library:
     root = Path(root) if root else templates_dir()
     if not (root / "base.yaml").exists():
         raise CompassError(f"{root}: no base.yaml: not a templates folder")
-    base = _load_yaml(root / "base.yaml")
+    base = load_mapping(root / "base.yaml")
     for k in ("system", "user"):
         _need(base, k, root / "base.yaml")
     _need(base, "version", root / "base.yaml", int)
@@ -205,7 +193,7 @@ def load_library(root: str | Path | None = None) -> Library:
     hashes = {"base.yaml": _file_hash(root / "base.yaml")}
     for folder in parts:
         for path in sorted((root / folder).glob("*.yaml")):
-            data = _load_yaml(path)
+            data = load_mapping(path)
             name = _need(data, key[folder], path)
             if name != path.stem:
                 raise CompassError(f"{path}: {key[folder]}: {name!r} must match the file name {path.stem!r}")

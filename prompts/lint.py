@@ -14,7 +14,8 @@ from jsonschema.exceptions import SchemaError
 
 from compass.errors import CompassError
 from compass.langs import LANGS, SCRIPT_RANGES
-from compass.prompts.library import Library, _load_yaml, data_json
+from compass.prompts.library import Library, data_json
+from compass.yamlfile import load_mapping
 
 LOCK_FILE = "versions.lock.yaml"
 # A hostile listing: if this can close the block, product text could act as an instruction.
@@ -31,7 +32,7 @@ def _in_script(text: str, lang: str) -> bool:
 
 def read_lock(root: Path) -> dict:
     path = root / LOCK_FILE
-    return _load_yaml(path) if path.exists() else {}
+    return load_mapping(path) if path.exists() else {}
 
 
 def write_lock(lib: Library) -> Path:
