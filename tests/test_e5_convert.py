@@ -142,6 +142,23 @@ def test_folder_loads_with_plain_sentence_transformers(e5_folder):
     assert tok.convert_ids_to_tokens(ids) == ["<s>", "▁que", "ry", ":", "▁hell", "o", "</s>"]
 
 
+def test_fine_tuned_copy_merges_with_the_folder(e5_folder, tmp_path):
+    """A model trained from the folder is saved by sentence-transformers with the tokenizer's training-time
+    truncation and padding set; `compass merge` must still see one interface (it refused the pair before)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from compass.train.merge import merge_models
+
+    st = SentenceTransformer(str(e5_folder), device="cpu")
+    st.tokenizer(["a", "bb"], padding=True, truncation=True, max_length=128)  # leaves state in tokenizer.json
+    with torch.no_grad():
+        st[0].auto_model.encoder.layer[0].output.dense.weight.mul_(1.01)  # "fine-tuned"
+    st.save(str(tmp_path / "ft"))
+    merge_models(e5_folder, tmp_path / "ft", 0.5, tmp_path / "merged")
+    assert (tmp_path / "merged" / "model.safetensors").exists()
+
+
 @pytest.mark.slow
 def test_cli_models_path_and_list(e5_folder, e5_cache):
     env = {"COMPASS_CACHE": str(e5_cache)}

@@ -32,11 +32,13 @@ DOT_THRESHOLD = 0.9995
 # Files that hold weights or describe training, not the model's interface: never compared between A and B.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npy", ".onnx")
 # Provenance and training-state files: they describe how a checkpoint was made, not how it computes.
-SKIP_FILES = {"README.md", "compass_merge.json", "compass_train.json", "compass_fp8.json", ".gitattributes",
-              "training_args.bin", "trainer_state.json"}
+SKIP_FILES = {"README.md", "compass_merge.json", "compass_train.json", "compass_fp8.json", "compass_model.json",
+              ".gitattributes", "training_args.bin", "trainer_state.json"}
 # Keys of JSON configs that record who saved a file, not what it does.
 VOLATILE_KEYS = {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "__version__", "name_or_path",
-                 "model_card_data", "_commit_hash"}
+                 "model_card_data", "_commit_hash",
+                 # run-time state, not the model: training sets these (tokenizer.json, config.json)
+                 "use_cache", "truncation", "padding"}
 
 
 @torch.no_grad()
@@ -114,13 +116,16 @@ def check_same_interface(path_a: str | Path, path_b: str | Path) -> None:
     """
     a, b = Path(path_a), Path(path_b)
     ma, mb = _modules(a), _modules(b)
-    if [(m["path"], m["type"]) for m in ma] != [(m["path"], m["type"]) for m in mb]:
+    # Class names, not import paths: sentence-transformers 6 saves `...base.modules.transformer.Transformer` where
+    # older folders (and the e5-small conversion) say `sentence_transformers.models.Transformer`; both load alike.
+    if [(m["path"], m["type"].rsplit(".", 1)[-1]) for m in ma] != [(m["path"], m["type"].rsplit(".", 1)[-1])
+                                                                  for m in mb]:
         raise CompassError(f"{b / 'modules.json'} differs from {a / 'modules.json'} (different architecture): "
                            "merge only checkpoints trained from the same base model")
     fa, fb = _interface_files(a), _interface_files(b)
     for name in sorted(fa | fb):
         if name not in fb or name not in fa:
-            where, missing = (b, a) if name not in fb else (a, b)
+            where, missing = (a, b) if name not in fb else (b, a)
             raise CompassError(f"{missing / name} is missing but {where / name} exists: both models must come from "
                                "the same base with the same tokenizer and modules")
         pa, pb = a / name, b / name
