@@ -22,22 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import resource
 import statistics
 import sys
 import tempfile
 import time
 
 import numpy as np
+from mine import _peak_rss_mb, child  # benchmarks/mine.py: peak RSS and the spawn-one-run helper
 
 DIM = 384
 CHUNK = 16384
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def chunk(c: int, n: int, seed: int = 0) -> np.ndarray:
@@ -95,7 +90,7 @@ def run_stream(args, out) -> None:
         sl = slice(b, b + 2048)
         m = select_negatives(scores[sl], idx[sl], pos[sl], ps[sl], cfg, same_class=_guards(pos[sl]))
         found += len(m.q)
-    out.put({"wall_s": time.perf_counter() - t0, "search_s": search_s, "peak_rss_mb": _rss_mb(),
+    out.put({"wall_s": time.perf_counter() - t0, "search_s": search_s, "peak_rss_mb": _peak_rss_mb(),
              "chunks": used, "of_chunks": n_chunks, "negatives": found})
 
 
@@ -116,7 +111,7 @@ def run_memory(args, out) -> None:
         p = np.where(keep[sl], pos[sl], -1)
         m, _ = mine_arrays(q[sl], corpus, p, cfg, same_class=_guards(pos[sl]), block=args.block)
         found += len(m.q)
-    out.put({"wall_s": time.perf_counter() - t0, "peak_rss_mb": _rss_mb(), "chunks": used, "of_chunks": n_chunks,
+    out.put({"wall_s": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(), "chunks": used, "of_chunks": n_chunks,
              "negatives": found})
 
 
@@ -155,18 +150,8 @@ def run_catalog(args, out) -> None:
     with torch.inference_mode(), duckdb_memory(cat, args.duckdb_memory):
         s, i = stream_topk(torch.from_numpy(q), chunks, args.depth + 1, block=args.block)
     hit = float((i.numpy() == pos[:, None]).any(1).mean())   # pos = ordinal = hash order: positives found
-    out.put({"wall_s": time.perf_counter() - t0, "peak_rss_mb": _rss_mb(), "positive_found": hit})
+    out.put({"wall_s": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(), "positive_found": hit})
     cat.close()
-
-
-def child(fn, args) -> dict:
-    ctx = mp.get_context("spawn")                       # a fresh interpreter: peak RSS is this run's alone
-    qu = ctx.Queue()
-    p = ctx.Process(target=fn, args=(args, qu))
-    p.start()
-    res = qu.get()
-    p.join()
-    return res
 
 
 def med(runs: list[dict], key: str) -> str:

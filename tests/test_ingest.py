@@ -298,12 +298,22 @@ def test_duplicate_ids_in_one_input_name_both_lines(tmp_path):
             assert cat.scalar("SELECT price FROM products WHERE title = 'no id'") is None
 
 
+def _ingest_th(catalog, f):
+    return run_cli("ingest", str(f), "--lang", "th", "--market", "TH", catalog=catalog)
+
+
+def _ingest_and_generate(catalog, tmp_path, rows):
+    """Products into a fresh file, ingested, structured pairs generated; returns the file (for edits)."""
+    f = write_jsonl(tmp_path / "p.jsonl", rows)
+    _ingest_th(catalog, f)
+    run_cli("generate", "--route", "structured", catalog=catalog)
+    return f
+
+
 def test_changed_product_is_a_new_version_and_old_examples_are_stale(catalog, tmp_path):
     """Issue 14.2: an edited file reported '0 new products (1 already in the catalog)' and the stale row stayed."""
     v1 = [dict(p) for p in PRODUCTS_TH]
-    f = write_jsonl(tmp_path / "p.jsonl", v1)
-    run_cli("ingest", str(f), "--lang", "th", "--market", "TH", catalog=catalog)
-    run_cli("generate", "--route", "structured", catalog=catalog)
+    f = _ingest_and_generate(catalog, tmp_path, v1)
     with Catalog(catalog, read_only=True) as cat:
         pid, old_hash = cat.query("SELECT id, content_hash FROM products WHERE source_id = 'th-2'")[0].values()
         old_examples = {r["id"] for r in cat.query("SELECT id FROM examples WHERE product_id = ?", [pid])}
@@ -313,9 +323,9 @@ def test_changed_product_is_a_new_version_and_old_examples_are_stale(catalog, tm
     v2 = [dict(p) for p in PRODUCTS_TH]
     v2[1]["title"] = "รองเท้าผ้าใบ Adidas Samba สีขาว ไซส์ 42"
     write_jsonl(f, v2)
-    proc = run_cli("ingest", str(f), "--lang", "th", "--market", "TH", catalog=catalog)
+    proc = _ingest_th(catalog, f)
     assert "0 new products, 1 changed" in proc.stderr and "(2 already in the catalog)" in proc.stderr
-    rerun = run_cli("ingest", str(f), "--lang", "th", "--market", "TH", catalog=catalog)
+    rerun = _ingest_th(catalog, f)
     assert "0 new products (3 already in the catalog)" in rerun.stderr  # a rerun changes nothing
     with Catalog(catalog, read_only=True) as cat:
         row = cat.query("SELECT id, title, content_hash FROM products WHERE source_id = 'th-2'")[0]
@@ -352,14 +362,12 @@ def test_migration_backfill_hash_matches_ingest(catalog, products_file):
 
 def test_price_only_change_keeps_examples_the_new_version_reproduces(catalog, tmp_path):
     rows = [dict(p) for p in PRODUCTS_TH]
-    f = write_jsonl(tmp_path / "p.jsonl", rows)
-    run_cli("ingest", str(f), "--lang", "th", "--market", "TH", catalog=catalog)
-    run_cli("generate", "--route", "structured", catalog=catalog)
+    f = _ingest_and_generate(catalog, tmp_path, rows)
     with Catalog(catalog, read_only=True) as cat:
         kept = {r["id"] for r in cat.query("SELECT id FROM kept_examples")}
     rows[0]["price"] = rows[0]["price"] + 1  # structured pairs do not use the price
     write_jsonl(f, rows)
-    assert "1 changed" in run_cli("ingest", str(f), "--lang", "th", "--market", "TH", catalog=catalog).stderr
+    assert "1 changed" in _ingest_th(catalog, f).stderr
     with Catalog(catalog, read_only=True) as cat:
         assert {r["id"] for r in cat.query("SELECT id FROM kept_examples")} < kept  # stale until regenerated
     run_cli("generate", "--route", "structured", catalog=catalog)
