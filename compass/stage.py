@@ -1,44 +1,127 @@
-"""The stage contract: records in, rows out; a driver owns the loop.
+"""The stage contract: records in, `{table: rows}` out; the runner (`compass.run`) owns everything else.
 
-A stage is a small object with `process(batch) -> rows`, a polars DataFrame of catalog rows in and a
-DataFrame of rows to write out. It holds no connection and no global state, so the same stage can later be
-mapped over Parquet shards by Ray Data. `drive` is the single-machine loop every command uses: select
-pending rows, process them batch by batch under a progress bar, write each batch's output in one
-transaction. A killed command keeps its complete batches; the next run selects only what is still pending.
+A stage is a small object that a notebook, the CLI, the recipe runner and a distributed executor all drive the
+same way. It declares:
+
+- `Config`: a pydantic model of its parameters. `params()` (the config minus `volatile` fields such as batch
+  sizes, which change how fast, not what) is hashed into `params_hash`; the hash keys the stage's pending
+  selection, so a changed parameter (or a new `--against` set) is judged again instead of "nothing to do".
+- `select(langs)`: the SQL of its pending input, *streamed* by the runner in `batch_size` batches (nothing
+  materializes a whole table in Python). The selection reads only; it already excludes what this stage with
+  these params has written, so a killed run resumes where its last committed batch ended.
+- `writes`: `{table: key columns}`. `process(batch) -> {table: frame}` returns every output as data; the runner
+  writes each batch's outputs in one transaction, idempotently on the keys (`write` may be overridden for a
+  stage that must also touch rows it did not create, inside that same transaction).
+- `shardable`: True when `process` depends only on its batch (and on what `prepare` loaded before the first
+  batch), so concatenating the outputs of any split of the input equals the output of the whole input (a test
+  pins this for every shardable stage). A global stage (dedup clustering, split assignment) is False: the
+  runner feeds it every batch, in order, in one process, and calls `finish()` once at the end.
+
+A stage holds no connection: `prepare(cat)` may read the catalog before the first batch but must not keep `cat`;
+heavy state (models, rules) loads in `setup()`, after the stage was built (cheap to build and to ship to a
+worker). Drop reasons are data (decision rows), never log lines.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
 
 import duckdb
 import polars as pl
+from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
 from compass.catalog.db import Catalog, registered
 from compass.ids import params_hash
 
+class NoConfig(BaseModel):
+    """For stages without parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class Selection:
+    """A stage's pending input: SQL (bound parameters) that the runner streams batch by batch.
+
+    `total` (optional SQL with the same parameters, returning one count) sizes the progress bar; without it the
+    bar counts up with no total. The SQL must have a deterministic ORDER BY: the order is part of the result for
+    order-dependent stages (first-seen dedup) and keeps resumed runs identical to uninterrupted ones.
+    """
+
+    sql: str
+    params: list = field(default_factory=list)
+    total: str | None = None
+
 
 class Stage(ABC):
-    """Base class: subclasses set `name` and implement `process`; `params()` feeds the params hash."""
+    """Subclasses set `name`, `Config`, `writes`, and implement `select` and `process`."""
 
     name: ClassVar[str] = "stage"
+    Config: ClassVar[type[BaseModel]] = NoConfig
+    writes: ClassVar[dict[str, tuple[str, ...]]] = {}
+    shardable: ClassVar[bool] = True
+    batch_size: ClassVar[int] = 2000
+    unit: ClassVar[str] = "rows"
+    volatile: ClassVar[frozenset[str]] = frozenset()  # config fields that do not change the output
 
+    def __init__(self, config: BaseModel | dict | None = None, **overrides: Any):
+        if config is None:
+            config = self.Config(**overrides)
+        elif isinstance(config, dict):
+            config = self.Config(**{**config, **overrides})
+        else:
+            if not isinstance(config, self.Config):
+                raise TypeError(f"stage {self.name}: config must be {self.Config.__name__}, got "
+                                f"{type(config).__name__}")
+            if overrides:
+                config = self.Config(**{**config.model_dump(), **overrides})
+        self.config = config
+        self.run_id: str | None = None  # set by the runner before prepare(); every written row carries it
+
+    # -- identity ---------------------------------------------------------------------------------------
     def params(self) -> dict:
-        return {}
+        """What determines the output: hashed into `params_hash`, stored on the run record and on rows."""
+        return self.config.model_dump(mode="json", exclude=set(self.volatile))
 
     @property
     def params_hash(self) -> str:
         return params_hash({"stage": self.name, **self.params()})
 
+    # -- the contract -----------------------------------------------------------------------------------
+    def select(self, langs: list[str] | None = None) -> Selection:
+        """This stage's pending input (not yet processed with these params)."""
+        raise NotImplementedError(f"stage {self.name} does not declare its pending selection (`select`)")
+
+    def prepare(self, cat: Catalog) -> None:
+        """Read catalog state needed before the first batch (an index of earlier items); do not keep `cat`."""
+
     def setup(self) -> None:
-        """Load models and other heavy state once, before the first batch (not in __init__, so a stage can be
-        built cheaply and shipped to workers)."""
+        """Load models and rules once, before the first batch (not in __init__: building a stage stays cheap)."""
 
     @abstractmethod
-    def process(self, batch: pl.DataFrame) -> pl.DataFrame:
-        """Rows to write for this batch of input records."""
+    def process(self, batch: pl.DataFrame) -> dict[str, pl.DataFrame]:
+        """Outputs for one batch of input records: `{table: frame}` for tables in `writes`."""
+
+    def finish(self) -> dict[str, pl.DataFrame]:
+        """A global stage's last outputs, after every batch (written in one more transaction)."""
+        return {}
+
+    def write(self, con: duckdb.DuckDBPyConnection, outputs: dict[str, pl.DataFrame]) -> dict[str, int]:
+        """Write one batch's outputs (inside the runner's transaction); returns rows added per table."""
+        added = {}
+        for table, frame in outputs.items():
+            if table not in self.writes:
+                raise RuntimeError(f"stage {self.name} returned rows for {table!r}, which it does not declare in "
+                                   f"`writes` ({', '.join(self.writes) or 'nothing'})")
+            added[table] = insert_frame(con, table, frame, list(self.writes[table]))
+        return added
+
+    def summarize(self, outputs: dict[str, pl.DataFrame]) -> dict[str, Any]:
+        """Counts to add to the run summary for one batch (summed by the runner), e.g. reject reasons."""
+        return {}
 
 
 Writer = Callable[[duckdb.DuckDBPyConnection, pl.DataFrame], int]
@@ -58,9 +141,9 @@ def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame
         return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] - before
 
 
-def drive(cat: Catalog, stage: Stage, pending: pl.DataFrame, write: Writer, batch_size: int = 2000,
+def drive(cat: Catalog, stage: Any, pending: pl.DataFrame, write: Writer, batch_size: int = 2000,
           desc: str | None = None, progress: bool = True) -> int:
-    """Run `stage` over `pending` in batches; each batch's output is written in its own transaction."""
+    """Legacy loop (a frame in memory, one writer); stages move to `compass.run.run` one by one."""
     stage.setup()
     written = 0
     bar = tqdm(total=pending.height, desc=desc or stage.name, unit="rows", disable=not progress, leave=False)
