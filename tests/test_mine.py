@@ -383,3 +383,47 @@ def test_stream_embeddings_from_the_catalog_positions_every_vector(tmp_path, mod
     assert sorted(got) == list(range(len(texts)))
     want = load_embeddings(cat, "k", [by_pos[p] for p in range(len(texts))], 384)
     assert np.allclose(np.stack([got[p] for p in range(len(texts))]), want)
+
+
+# --- a fixed expected run (issue 13 port): the stage must mine exactly what the pre-port miner mined -------------
+
+EXPECTED = "support/mine_expected.json"   # written by the pre-port miner (commit 7861632) on `_fixed_catalog`
+FIXED_CONFIGS = {
+    "default": {},
+    "lang_pool_no_margin": dict(pool_by="lang", margin=None, cross_lingual=False, langs=["en"]),
+    "products": dict(cross_lingual=False, langs=["en"], per_example=9, margin=None, pool="products"),
+    "auto": dict(cross_lingual=False, top_k=50, rank_window="auto", margin="auto"),
+    "loose_near_dup": dict(near_dup=0.5, per_example=3, rank_window=(1, 8)),
+}
+
+
+def _fixed_catalog(path) -> Catalog:
+    """EXAMPLES plus a title2category row, a second language, products and one dedup cluster."""
+    t2c = _ex(HARD_NEG, "Sports > Shoes > Running Shoes", "category:en:Sports > Shoes > Running Shoes",
+              task="title2category")
+    t2c2 = _ex(FILLERS[0], "Phones > Smartphones", "category:en:Phones > Smartphones", task="title2category")
+    ms = _ex("kasut adidas ultraboost", "Kasut Lari Adidas Ultraboost Light Hitam", "item:ms:adidas|ultraboost",
+             lang="ms")
+    cat = _catalog(path, EXAMPLES + [t2c, t2c2, ms])
+    prods = [_product(CATALOG_ONLY, brand="asics", model_="gel-kayano 30"),
+             _product(SAME_ITEM, brand="nike", model_="pegasus 40"),
+             _product("Asics Gel-Kayano 30 Running Shoes", market="MY"),
+             _product("Asics Gel-Kayano 30 Kasut Lari", lang="ms"),
+             _product("Xiaomi Redmi Note 13 smartphone 128GB", category="Phones > Smartphones")]
+    with cat.transaction() as con:
+        insert_frame(con, "products", pl.DataFrame(prods), ["id"])
+        for ex, seq in ((QUERY, 0), (EXAMPLES[5], 1)):
+            con.execute("INSERT INTO dedup_members (example_id, field, scope, text_hash, shingling, sig_params, seq, "
+                        "cluster_id, dup_of, exact) VALUES (?, 'positive', 'en', ?, 'word2', 'p', ?, ?, ?, FALSE)",
+                        [ex["id"], ex["id"], seq, f"positive:{QUERY['id']}", None if seq == 0 else QUERY["id"]])
+    return cat
+
+
+def _dump_set(cat: Catalog, set_id: str) -> dict:
+    negs = cat.query("SELECT example_id, rank, negative_text, negative_example_id, source, round(score, 4) AS score, "
+                     "round(positive_score, 4) AS positive_score FROM negatives WHERE set_id = ? "
+                     "ORDER BY example_id, rank", [set_id])
+    mined = cat.query("SELECT example_id, lang, pool, n_examined, n_negatives, refused_near_dup, refused_class, "
+                      "refused_margin, refused_rank, positive_retrieved FROM mined_examples WHERE set_id = ? "
+                      "ORDER BY example_id", [set_id])
+    return {"negatives": negs, "mined": mined}
