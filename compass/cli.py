@@ -40,6 +40,7 @@ COMMAND_MODULES = [
     "compass.publish_cli",
     "compass.models_cli",
     "compass.catalog.check",
+    "compass.report_cli",
 ]
 
 

@@ -230,6 +230,16 @@ class CAMLoss(nn.Module):
         # A plain attribute, not a buffer: it must not land in the state_dict of the model being trained.
         self._policy = _policy_matrix(self.task_policy, self.task_ids) if self.task_policy else None
         self.gather_across_devices = gather_across_devices
+        self._masked, self._pairs = 0, 0
+
+    def pop_masked_share(self) -> float | None:
+        """Share of (anchor, candidate) pairs masked since the last call (None when no batch was seen); the
+        trainer logs it next to the loss."""
+        if not self._pairs:
+            return None
+        share = float(self._masked) / self._pairs
+        self._masked, self._pairs = 0, 0
+        return share
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
         embeddings = embed_columns(self.model, sentence_features)
@@ -302,7 +312,11 @@ class CAMLoss(nn.Module):
         if self.symmetric:
             # positive i -> every anchor j; anchor j is dropped when positive i is masked for anchor j
             back = cos_sim(b["anchors"], local_positives).T  # (n, Bw)
-        scores = (scores * self.scale).masked_fill(self._mask(b, rows), -torch.inf)
+        mask = self._mask(b, rows)  # (n, Bw*(1+K))
+        # Counted for the run report (share of in-batch pairs masked per logged step); a detached sum, no sync here.
+        self._masked = self._masked + mask.sum().detach()
+        self._pairs += mask.numel()
+        scores = (scores * self.scale).masked_fill(mask, -torch.inf)
         positive_scores = scores[arange, rows]
         log_z = torch.logsumexp(scores, dim=1)
         if self.symmetric:

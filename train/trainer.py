@@ -175,6 +175,14 @@ def build_trainer(spec: dict, callbacks: list | None = None):
             """compass writes its own card (train/card.py); the library's callback would tokenize the whole dataset
             at start-up for column statistics, and trips on the None of a missing negative."""
 
+        def log(self, logs: dict, *args, **kw) -> None:
+            # CAM's share of masked in-batch pairs since the last log, next to the loss (the run report plots it)
+            pop = getattr(self.loss, "pop_masked_share", None)
+            share = pop() if pop is not None and "loss" in logs else None
+            if share is not None:
+                logs["masked_share"] = round(share, 5)
+            super().log(logs, *args, **kw)
+
     cfg = TrainConfig(**spec["config"])
     device = fit_device(cfg)
     dtype = resolve_precision(device, cfg.precision)
@@ -264,7 +272,10 @@ def fit(spec: dict, callbacks: list | None = None) -> dict:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"resumed_from": last, "global_step": trainer.state.global_step, "final_loss": losses[-1] if losses else None,
             "train_runtime_s": output.metrics.get("train_runtime"), "loss_config": loss.get_config_dict()
-            if hasattr(loss, "get_config_dict") else {}, "loss_class": type(loss).__name__, **info}
+            if hasattr(loss, "get_config_dict") else {}, "loss_class": type(loss).__name__,
+            # the loss curve (and CAM's masked share) per logged step, for the run report
+            "log_history": [{k: h[k] for k in ("step", "loss", "masked_share", "learning_rate") if k in h}
+                            for h in trainer.state.log_history if "loss" in h], **info}
 
 
 # Fields that do not change what is trained: where it goes, how often it is logged or saved, what is evaluated
