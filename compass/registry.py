@@ -62,7 +62,13 @@ class Registry(Generic[T]):
 stages: Registry[type] = Registry("stage")
 
 # Modules that register stages (and other vocabularies) at import time. A missing module is a bug: it raises.
-MODULES: list[str] = []
+MODULES: list[str] = [
+    "compass.filters.langid",
+    "compass.filters.quality",
+    "compass.filters.dedup_signatures",
+    "compass.filters.dedup",
+    "compass.filters.leakage",
+]
 _loaded = False
 
 

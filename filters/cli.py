@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from compass.catalog.db import Catalog
 from compass.cli_common import CatalogOpt, LangsOpt, console, print_table
 from compass.errors import CompassError
 from compass.langs import parse_langs
@@ -25,57 +24,9 @@ def _load_config(path: Path | None) -> dict:
         raise CompassError(f"--config {path}: no such file") from None
     except json.JSONDecodeError as e:
         raise CompassError(f"--config {path}:{e.lineno}: not JSON ({e.msg})") from None
-    if not isinstance(data, dict):
-        raise CompassError(f"--config {path}: expected an object with keys langid, quality, dedup, leakage")
-    bad = [k for k in data if k not in ("langid", "quality", "dedup", "leakage")]
-    if bad:
-        raise CompassError(f"--config {path}: unknown section {bad[0]!r}: use langid, quality, dedup, leakage")
-    return data
+    from compass.filters.build import check_config
 
-
-def build_filters(stages: list[str], config: dict, against: Path | list[Path] | None = None,
-                  lid_model: Path | None = None, threshold: float | None = None, num_perm: int | None = None):
-    """Filter objects for `stages`, in pipeline order, from a config dict (sections per stage)."""
-    from pydantic import ValidationError
-
-    from compass.filters.base import STAGE_ORDER
-    from compass.filters.dedup import Dedup, DedupConfig
-    from compass.filters.langid import LangId, LangIdConfig
-    from compass.filters.leakage import Leakage, LeakageConfig
-    from compass.filters.quality import Quality, QualityConfig
-
-    unknown = [s for s in stages if s not in STAGE_ORDER]
-    if unknown:
-        raise CompassError(f"--stages {unknown[0]!r}: unknown stage: use any of {', '.join(STAGE_ORDER)}")
-    if isinstance(against, (str, Path)):
-        against = [Path(against)]
-    if "leakage" in stages and not against:
-        raise CompassError("stage leakage needs --against DIR (a folder of eval JSONL files)")
-    out = []
-    try:
-        for s in STAGE_ORDER:
-            if s not in stages:
-                continue
-            sec = dict(config.get(s, {}))
-            if s == "langid":
-                if lid_model:
-                    sec["model_path"] = str(lid_model)
-                out.append(LangId(LangIdConfig(**sec)))
-            elif s == "quality":
-                out.append(Quality(QualityConfig(**sec)))
-            else:
-                if threshold is not None:
-                    sec["threshold"] = threshold
-                if num_perm is not None:
-                    sec["num_perm"] = num_perm
-                if s == "dedup":
-                    out.append(Dedup(DedupConfig(**sec)))
-                else:
-                    out.append(Leakage(LeakageConfig(against=[str(a) for a in against], **sec)))
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise CompassError(f"filter config {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
-    return out
+    return check_config(data, f"--config {path}")
 
 
 def filter_cmd(
@@ -94,25 +45,19 @@ def filter_cmd(
     catalog: CatalogOpt = None,
 ) -> None:
     """Judge every example not yet judged by each stage; decisions (keep, reason, score) go to the catalog."""
-    from compass.filters.base import run_filter
+    from compass.filters.build import run_filters
 
     stage_list = [s.strip() for s in stages.split(",") if s.strip()]
     if against and "leakage" not in stage_list:
         stage_list.append("leakage")
-    lang_list = parse_langs(langs)
-    cfg = _load_config(config)
-    filters = build_filters(stage_list, cfg, against, lid_model, threshold, num_perm)
+    results = run_filters(catalog, stage_list, _load_config(config), against=against, langs=parse_langs(langs),
+                          label_only=label_only, lid_model=lid_model, threshold=threshold, num_perm=num_perm)
     rows = []
-    with Catalog(catalog) as cat, cat.run("filter", {"stages": stage_list, "langs": lang_list,
-                                                     "label_only": label_only, "against": against,
-                                                     "config": cfg, "params": {f.name: f.params()
-                                                                               for f in filters}}) as run:
-        for f in filters:
-            res = run_filter(cat, f, run.id, lang_list, label_only=label_only)
-            run.summary[f.name] = res
-            top = ", ".join(f"{k} {v}" for k, v in list(res.get("reasons", {}).items())[:4])
-            rows.append({"stage": f.name, "judged": res["judged"], "rejected": res["rejected"],
-                         "top reasons": top})
+    for name, res in results.items():
+        if "judged" not in res:  # dedup_signatures: a step of dedup, not a judge
+            continue
+        top = ", ".join(f"{k} {v}" for k, v in list(res.get("reasons", {}).items())[:4])
+        rows.append({"stage": name, "judged": res["judged"], "rejected": res["rejected"], "top reasons": top})
     print_table(rows, title="filter" + (" (label only)" if label_only else ""))
     if all(r["judged"] == 0 for r in rows):
         console.print("nothing to judge: every example already has a decision for these stages")

