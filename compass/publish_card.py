@@ -97,12 +97,12 @@ def collect_provenance(cat: Catalog, langs: list[str], opts, res) -> dict:
         "SELECT route, task, template_id, template_version, count(*) AS rows FROM examples "
         f"WHERE id IN ({pub}) GROUP BY ALL ORDER BY route, task, template_id, template_version", pp)
     prov["filters"] = [dict(r, run_ids=sorted(r["run_ids"] or [])) for r in cat.query(
-        "SELECT d.stage, d.params_hash, d.enforced, count(*) AS checked, count(*) FILTER (WHERE NOT d.keep) "
-        "AS rejected, list(DISTINCT d.run_id) AS run_ids FROM decisions d JOIN examples e ON e.id = d.example_id "
+        "SELECT d.stage, d.params_hash, d.enforced, count(DISTINCT d.example_id) AS checked, count(DISTINCT "
+        "d.example_id) FILTER (WHERE NOT d.keep) AS rejected, list(DISTINCT d.run_id) AS run_ids FROM decisions d JOIN examples e ON e.id = d.example_id "
         f"WHERE e.lang IN ({lp}) GROUP BY ALL ORDER BY d.stage, d.params_hash, d.enforced", langs)]
     prov["reject_reasons"] = cat.query(
         "SELECT d.stage, concat_ws(':', split_part(d.reason, ':', 1), nullif(split_part(d.reason, ':', 2), '')) "
-        "AS reason, count(*) AS rows FROM decisions d JOIN examples e ON e.id = d.example_id "
+        "AS reason, count(DISTINCT d.example_id) AS rows FROM decisions d JOIN examples e ON e.id = d.example_id "
         f"WHERE NOT d.keep AND e.lang IN ({lp}) GROUP BY ALL ORDER BY d.stage, rows DESC, reason", langs)
     stages = sorted({f["stage"] for f in prov["filters"]})
     prov["models"] = [{"stage": s, "model": KNOWN_MODELS[s][0], "license": KNOWN_MODELS[s][1]}
@@ -125,6 +125,7 @@ def collect_provenance(cat: Catalog, langs: list[str], opts, res) -> dict:
         "UNION SELECT DISTINCT run_id FROM negatives WHERE set_id = ?) ORDER BY id",
         pp + langs + langs + pp + [res.negative_set, res.negative_set])]
     prov["filter_params"] = _filter_params(prov["filters"], {r["id"]: r["config"] for r in prov["runs"]})
+    prov["eval_sets"] = _eval_sets(prov["filters"], prov["filter_params"])
     # JSON round trip turns Decimals / dates into plain values; keys keep their (deterministic) SQL order.
     return redact(json.loads(json.dumps(prov, ensure_ascii=False, default=str)))
 
@@ -135,9 +136,29 @@ def _filter_params(filters: list[dict], configs: dict[str, Any]) -> list[dict]:
     for f in filters:
         for rid in f["run_ids"]:
             cfg = configs.get(rid)
-            params = cfg.get(f["stage"], cfg) if isinstance(cfg, dict) else cfg
+            if isinstance(cfg, dict) and cfg.get("stage") == f["stage"] and "params" in cfg:
+                params = cfg["params"]          # a single-stage run (compass.run): {stage, params, params_hash}
+            else:                               # `compass filter`: one section per stage
+                params = cfg.get(f["stage"], cfg) if isinstance(cfg, dict) else cfg
             out.append({"stage": f["stage"], "params_hash": f["params_hash"], "run_id": rid, "params": params})
     return out
+
+
+def _eval_sets(filters: list[dict], params: list[dict]) -> list[dict]:
+    """Every eval set the leakage stage checked the examples against (each run with other sets judged again)."""
+    counts = {(f["params_hash"], f["enforced"]): f for f in filters if f["stage"] == "leakage"}
+    out, seen = [], set()
+    for p in params:
+        sets = p["params"].get("eval_sets") if p["stage"] == "leakage" and isinstance(p["params"], dict) else None
+        for e in sets or []:
+            key = (e.get("name"), e.get("fingerprint"), p["params_hash"])
+            if key in seen:
+                continue
+            seen.add(key)
+            f = next((v for (h, _), v in counts.items() if h == p["params_hash"]), {})
+            out.append({"eval_set": e.get("name"), "files": e.get("files"), "fingerprint": e.get("fingerprint"),
+                        "params_hash": p["params_hash"], "checked": f.get("checked"), "rejected": f.get("rejected")})
+    return sorted(out, key=lambda r: (str(r["eval_set"]), str(r["params_hash"])))
 
 
 def _split_policy(cat: Catalog) -> list[dict]:
@@ -164,7 +185,7 @@ def _funnel(cat: Catalog, langs: list[str], stages: list[str], res) -> list[dict
         row = {"lang": lang, "generated": cat.scalar("SELECT count(*) FROM examples WHERE lang = ?", [lang])}
         for s in stages:
             row[f"rejected:{s}"] = cat.scalar(
-                "SELECT count(*) FROM decisions d JOIN examples e ON e.id = d.example_id WHERE e.lang = ? AND "
+                "SELECT count(DISTINCT e.id) FROM decisions d JOIN examples e ON e.id = d.example_id WHERE e.lang = ? AND "
                 "d.stage = ? AND NOT d.keep AND d.enforced", [lang, s])
         row["kept"] = cat.scalar("SELECT count(*) FROM kept_examples WHERE lang = ?", [lang])
         row["no_split"] = res.unassigned.get(lang, 0)
@@ -267,6 +288,8 @@ def render_card(prov: dict, data_files: dict[str, dict[str, list[str]]], opts) -
                     "### Filter stages", "",
                     md_table(prov["filters"], ["stage", "params_hash", "enforced", "checked", "rejected"]),
                     "Parameters:", "", md_table(prov["filter_params"]),
+                    "Checked against eval sets (leakage stage; a text of any of them, or a near copy, is "
+                    "rejected):", "", md_table(prov["eval_sets"]),
                     "Rejections by reason:", "", md_table(prov["reject_reasons"]),
                     "Models used by filters:", "", md_table(prov["models"]),
                     "Near-duplicate clusters (dedup stage):", "", md_table(prov["dedup"]),

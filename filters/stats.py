@@ -1,4 +1,8 @@
-"""`compass stats` section: the filter funnel (examples -> kept after each stage) and top reject reasons."""
+"""`compass stats` section: the filter funnel (examples -> kept after each stage) and top reject reasons.
+
+Counts are of distinct examples: an example can hold several decisions of one stage (one per params hash, e.g.
+leakage checked against two eval sets), and is counted once.
+"""
 
 from __future__ import annotations
 
@@ -28,18 +32,19 @@ def stats_section(cat: Catalog, by: list[str]) -> dict | None:
         "round(100.0 * count(*) FILTER (WHERE f.first_reject IS NULL) / count(*), 1) AS kept_pct "
         f"FROM examples e JOIN f ON f.id = e.id GROUP BY {g} ORDER BY {g}")
     reasons = cat.query(
-        f"SELECT d.stage, {_FAMILY} AS reason, count(*) AS count FROM decisions d "
+        f"SELECT d.stage, {_FAMILY} AS reason, count(DISTINCT d.example_id) AS count FROM decisions d "
         "WHERE NOT d.keep AND d.enforced GROUP BY ALL ORDER BY count DESC, reason LIMIT 15")
     sel = ", ".join(cols)
     by_group = cat.query(
-        f"WITH r AS (SELECT {g}, {_FAMILY} AS reason FROM decisions d JOIN examples e ON e.id = d.example_id "
+        f"WITH r AS (SELECT DISTINCT e.id, {g}, {_FAMILY} AS reason FROM decisions d JOIN examples e ON e.id = d.example_id "
         f"WHERE NOT d.keep AND d.enforced), c AS (SELECT {sel}, reason, count(*) AS count FROM r "
         f"GROUP BY {sel}, reason) SELECT * FROM c QUALIFY row_number() OVER (PARTITION BY {sel} "
         f"ORDER BY count DESC, reason) <= 3 ORDER BY {sel}, count DESC")
     kept_reasons = cat.query(
-        "SELECT d.stage, d.reason, count(*) AS count FROM decisions d WHERE d.keep AND d.reason <> 'ok' "
+        "SELECT d.stage, d.reason, count(DISTINCT d.example_id) AS count FROM decisions d WHERE d.keep "
+        "AND d.reason <> 'ok' "
         "GROUP BY ALL ORDER BY count DESC LIMIT 10")
-    label_only = cat.scalar("SELECT count(*) FROM decisions WHERE NOT keep AND NOT enforced")
+    label_only = cat.scalar("SELECT count(DISTINCT example_id) FROM decisions WHERE NOT keep AND NOT enforced")
     sec = {"funnel": funnel, "reject_reasons": reasons, "reject_reasons_by_group": by_group,
            "kept_with_reason": kept_reasons}
     if label_only:

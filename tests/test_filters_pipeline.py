@@ -194,3 +194,50 @@ def test_leakage_folders_with_one_name_are_refused(tmp_path):
         write_jsonl(d / "q.jsonl", [{"text": "x y z"}])
     with pytest.raises(CompassError, match="two folders are named 'evals'"):
         load_eval_folders([tmp_path / "a" / "evals", tmp_path / "b" / "evals"])
+
+
+def test_filter_against_a_then_b_judges_b_and_the_card_lists_both(tmp_path, catalog):
+    """Decisions are keyed by their parameters: checking against a second eval set judges the kept examples
+    again (an exact copy of a B text is rejected), a rerun with B is "nothing to judge", stats count each
+    example once, and the dataset card lists both eval sets as checked."""
+    a, b = tmp_path / "evalA", tmp_path / "evalB"
+    a.mkdir()
+    b.mkdir()
+    write_jsonl(a / "queries.jsonl", [{"text": "quạt điện panasonic loại lớn"}])
+    write_jsonl(b / "queries.jsonl", [{"text": "áo thun nam cotton cổ tròn màu trắng"}])
+    with Catalog(catalog) as cat:
+        ids = add(cat, [("vi", "query2title", "quạt điện panasonic loại lớn", "Quạt điện Panasonic F-409K"),
+                        ("vi", "query2title", "Áo thun nam cotton cổ tròn màu trắng", "Áo thun nam Coolmate"),
+                        ("vi", "query2title", "nồi cơm điện", "Nồi cơm điện Philips HD3115")])
+    run_cli("filter", "--stages", "quality", "--against", str(a), catalog=catalog)
+    with Catalog(catalog, read_only=True) as cat:
+        assert {r["id"] for r in cat.query("SELECT id FROM kept_examples")} == {ids[1], ids[2]}
+    out = run_cli("filter", "--stages", "quality", "--against", str(b), catalog=catalog)
+    assert "nothing to judge" not in out.stderr + out.stdout
+    with Catalog(catalog, read_only=True) as cat:
+        got = {(r["example_id"], r["params_hash"]): r["reason"] for r in cat.query(
+            "SELECT example_id, params_hash, reason FROM decisions WHERE stage = 'leakage'")}
+        kept = {r["id"] for r in cat.query("SELECT id FROM kept_examples")}
+        # A rejected ids[0]; B judged only what A kept (ids[1], ids[2]) and rejected the copy of its text.
+        assert sorted(got.values()) == ["leakage:eval_exact:queries"] * 2 + ["ok"] * 3
+        assert len({h for _, h in got}) == 2 and sum(e == ids[0] for e, _ in got) == 1
+        assert kept == {ids[2]}
+        n = cat.scalar("SELECT count(*) FROM decisions")
+    again = run_cli("filter", "--stages", "quality", "--against", str(b), catalog=catalog)
+    assert "nothing to judge" in again.stderr
+    with Catalog(catalog, read_only=True) as cat:
+        assert cat.scalar("SELECT count(*) FROM decisions") == n
+    stats = json.loads(run_cli("stats", "--json", catalog=catalog).stdout)["filters"]
+    vi = [r for r in stats["funnel"] if r["lang"] == "vi"][0]
+    assert (vi["examples"], vi["quality"], vi["leakage"]) == (3, 3, 1)
+    reasons = {r["reason"]: r["count"] for r in stats["reject_reasons"] if r["stage"] == "leakage"}
+    assert reasons == {"leakage:eval_exact:queries": 2}
+    card_dir = tmp_path / "card"
+    run_cli("publish", "me/x", "--to-dir", str(card_dir), "--langs", "vi", catalog=catalog)
+    prov = json.loads((card_dir / "compass_provenance.json").read_text(encoding="utf-8"))
+    assert {e["eval_set"] for e in prov["eval_sets"]} == {"evalA", "evalB"}
+    card = (card_dir / "README.md").read_text(encoding="utf-8")
+    assert "Checked against eval sets" in card and "evalA" in card and "evalB" in card
+    # The examples checked per set: A checked all three, B the two A kept.
+    assert sorted((e["eval_set"], e["checked"], e["rejected"]) for e in prov["eval_sets"]) == \
+        [("evalA", 3, 1), ("evalB", 2, 1)]
