@@ -1,0 +1,117 @@
+"""The stage contract: for every shardable stage, processing the whole input equals concatenating the outputs of
+processing its shards (what a distributed executor relies on). Rows are compared after sorting by each table's
+key; tables written idempotently on their key are compared as sets of keyed rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from compass.runner import process_shards
+from compass.stage import Stage
+
+# -- filters (langid, quality, leakage, dedup_signatures) --------------------------------------------------------
+FILTER_ROWS = [  # (lang, task, anchor, positive): kept, rejected, and duplicated texts across shards
+    ("vi", "query2title", "giày thể thao nam nike", "Giày thể thao nam Nike Air Max 90 màu đen"),
+    ("vi", "query2title", "{{ query }} giày nike", "Giày thể thao nam Nike"),
+    ("th", "query2title", "รองเท้าผ้าใบ สีดำ", "รองเท้าผ้าใบ Nike Air Max 90 สีดำ ของแท้"),
+    ("lo", "query2title", "รองเท้า สีดำ", "ເກີບ Nike Air Max 90 ສີດຳ"),
+    ("vi", "desc2title", "Liên hệ 0912 345 678 để mua giày thể thao nam giá tốt", "Giày thể thao nam Nike"),
+    ("id", "query2title", "sepatu lari pria nike", "Sepatu Lari Pria Nike Air Zoom Pegasus 40"),
+    ("ms", "desc2title", "Saya mau beli sepatu ini untuk anak saya karena harganya murah banget",
+     "Kasut Larian Lelaki Nike Air Zoom Pegasus 40"),
+    ("my", "query2title", "ဖိနပ္ အနက္ေရာင္", "ဖိနပ် Nike Air Max 90 အနက်ရောင်"),
+    ("vi", "query2title", "nồi cơm điện philips 1.8 lít chống dính nấu nhanh giữ ấm lâu", "Nồi cơm điện Philips"),
+    ("th", "desc2title", "ส่งไวมาก สินค้าตรงปก แพ็คของดีมาก ขอบคุณร้านค้า", "รองเท้าผ้าใบ Nike Air Max 90 สีดำ ของแท้"),
+    ("en", "query2title", "running shoes for men", "Nike Air Max 90 Running Shoes Black"),
+    ("vi", "query2title", "giày thể thao nam nike", "Giày thể thao nam Nike Air Max 90 màu đen"),  # copy of row 0
+    ("km", "query2title", "ស្បែកជើង ពណ៌ខ្មៅ", "ស្បែកជើង Nike Air Max 90 ពណ៌ខ្មៅ"),
+    ("fil", "query2title", "sapatos na pang-lalaki", "Nike Air Max 90 sapatos na pang-lalaki itim"),
+]
+
+
+def filter_frame() -> pl.DataFrame:
+    t0 = dt.datetime(2100, 1, 1)
+    return pl.DataFrame([{"id": f"e{i:02d}", "route": "grounded", "lang": lang, "market": "XX", "task": task,
+                          "persona": None, "anchor": a, "positive": p, "class_id": f"c{i}",
+                          "created_at": t0 + dt.timedelta(seconds=i)}
+                         for i, (lang, task, a, p) in enumerate(FILTER_ROWS)],
+                        schema_overrides={"persona": pl.Utf8})
+
+
+def assert_shards_equal_whole(make: type[Stage] | object, frame: pl.DataFrame, keyed: dict[str, tuple]) -> dict:
+    whole = process_shards(make(), frame, 1)
+    assert set(whole) == set(keyed)
+    for n in (2, 3):
+        parts = process_shards(make(), frame, n)
+        assert set(parts) == set(whole)
+        for table, key in keyed.items():
+            w = whole[table].unique(maintain_order=True).sort(list(key))
+            p = parts[table].unique(maintain_order=True).sort(list(key))
+            assert w.height == w.unique(subset=list(key)).height, f"{table}: whole output repeats a key"
+            assert p.equals(w), f"{table}: {n} shards differ from the whole"
+    return whole
+
+
+DECISION_KEY = ("example_id", "stage", "params_hash")
+
+
+def test_langid_shards_equal_the_whole():
+    from compass.filters.langid import LangId
+
+    out = assert_shards_equal_whole(LangId, filter_frame(), {"decisions": DECISION_KEY})
+    reasons = set(out["decisions"].filter(~pl.col("keep"))["reason"])
+    assert {"langid:zawgyi", "langid:wrong_lang:th", "langid:wrong_lang:id"} <= reasons
+
+
+def test_quality_shards_equal_the_whole():
+    from compass.filters.quality import Quality
+
+    out = assert_shards_equal_whole(Quality, filter_frame(), {"decisions": DECISION_KEY})
+    assert {"quality:template_leftover", "quality:phone"} <= set(out["decisions"].filter(~pl.col("keep"))["reason"])
+
+
+def test_leakage_shards_equal_the_whole(tmp_path):
+    from compass.filters.leakage import Leakage
+    from conftest import write_jsonl
+
+    (tmp_path / "ev" / "vi_query2product").mkdir(parents=True)
+    write_jsonl(tmp_path / "ev" / "vi_query2product" / "queries.jsonl",
+                [{"text": "nồi cơm điện philips 1.8 lít chống dính nấu nhanh giữ ấm lâu nhất"}])
+    write_jsonl(tmp_path / "ev" / "th_reviews.jsonl", [{"text": "ส่งไวมาก สินค้าตรงปก แพ็คของดีมาก ขอบคุณร้านค้า"}])
+    ev = str(tmp_path / "ev")
+    out = assert_shards_equal_whole(lambda: Leakage(against=[ev]), filter_frame(), {"decisions": DECISION_KEY})
+    rejected = out["decisions"].filter(~pl.col("keep")).sort("example_id")["reason"].to_list()
+    assert rejected == ["leakage:eval_near_dup:vi_query2product", "leakage:eval_exact:th_reviews"]
+
+
+def test_dedup_signatures_shards_equal_the_whole():
+    from compass.filters.dedup_signatures import LINK_KEY, SIG_KEY, DedupSignatures
+
+    frame = filter_frame()
+    out = assert_shards_equal_whole(DedupSignatures, frame,
+                                    {"minhash_signatures": SIG_KEY, "example_signatures": LINK_KEY})
+    assert out["example_signatures"].height == 2 * frame.height
+    # Rows 0 and 11 are one text: one signature row in the whole, two links to it.
+    assert out["minhash_signatures"].height < out["example_signatures"].height
+    # Two shards each sign the shared text: the rows are equal, so the keyed tables written are the same.
+    two = process_shards(DedupSignatures(), frame, 2)["minhash_signatures"]
+    assert two.height > out["minhash_signatures"].height
+
+
+@pytest.mark.parametrize("seed", [1, 7])
+def test_dedup_signatures_equal_what_the_clustering_stage_signs(seed):
+    """The clustering stage run alone signs unsigned examples itself: with the same bytes as the signature stage."""
+    from compass.filters.dedup import Dedup
+    from compass.filters.dedup_signatures import DedupSignatures
+
+    frame = filter_frame()
+    sig = process_shards(DedupSignatures(seed=seed), frame, 1)
+    dd = Dedup(seed=seed)
+    dd.setup()
+    out = dd.process(frame)
+    for table, key in (("minhash_signatures", ["text_hash", "shingling"]), ("example_signatures",
+                                                                          ["example_id", "field"])):
+        assert out[table].sort(key).equals(sig[table].sort(key)), table
