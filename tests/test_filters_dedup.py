@@ -155,3 +155,51 @@ def test_label_only_records_without_excluding(tmp_path):
     assert cat.scalar("SELECT count(*) FROM decisions WHERE NOT keep AND NOT enforced") == 1
     assert cat.scalar("SELECT count(*) FROM kept_examples") == 2
     cat.close()
+
+
+def test_signature_stage_then_clustering_reads_stored_signatures(tmp_path):
+    """`dedup_signatures` (shardable) then `dedup` (global) gives what `dedup` alone gives; the clustering stage
+    then signs nothing itself: its selection joins the stored signatures."""
+    import compass
+    from compass.filters.dedup_signatures import DedupSignatures
+
+    rows = [("vi", "query2title", VI_Q, "Giày Nike Air Max 90"),
+            ("vi", "query2title", VI_Q.replace("mới", "mơi"), "Giày Nike Air Max 90 Đen"),
+            ("id", "query2title", ID_Q, "Sepatu Nike Pegasus 40"),
+            ("id", "query2title", ID_Q + " promo", "Sepatu Nike Pegasus 40")]
+    results = []
+    for split in (False, True):
+        cat = Catalog(tmp_path / f"c{split}.duckdb", create=True)
+        add(cat, rows)
+        if split:
+            s = compass.run(cat, DedupSignatures, progress=False)
+            assert s.written == {"minhash_signatures": 7, "example_signatures": 8}  # one positive twice
+            assert compass.run(cat, DedupSignatures, progress=False).nothing_to_do
+        d = compass.run(cat, Dedup, progress=False)
+        assert d.info["rejected"] == 2
+        assert ("minhash_signatures" in d.written) != split   # signed by the clustering stage only when alone
+        results.append((cat.query("SELECT example_id, keep, reason FROM decisions ORDER BY example_id"),
+                        cat.query("SELECT example_id, field, cluster_id, seq FROM dedup_members ORDER BY ALL"),
+                        cat.query("SELECT text_hash, shingling, signature FROM minhash_signatures ORDER BY ALL")))
+        cat.close()
+    assert results[0] == results[1]
+
+
+def test_a_changed_threshold_clusters_again_what_is_kept(tmp_path):
+    """Decisions and members are keyed by the clustering parameters: a lower threshold judges the kept examples
+    again with its own clusters (an example is never its own duplicate), and rejects the looser near-copy."""
+    cat = Catalog(tmp_path / "c.duckdb", create=True)
+    base = "sepatu lari pria nike air zoom pegasus 40 original murah warna hitam ukuran 42"
+    ids = add(cat, [("id", "query2title", base, "A"),
+                    ("id", "query2title", base.replace("hitam", "putih"), "B"),   # 2 of 13 bigrams differ
+                    ("id", "query2title", "tas wanita kulit asli", "C")])
+    first = run_filter(cat, Dedup(DedupConfig(threshold=0.9)), "r1", progress=False)
+    assert first["rejected"] == 0
+    res = run_filter(cat, Dedup(DedupConfig(threshold=0.5)), "r2", progress=False)
+    assert res["judged"] == 3 and res["rejected"] == 1
+    h = Dedup(DedupConfig(threshold=0.5)).params_hash
+    got = dict(cat.con.execute("SELECT example_id, reason FROM decisions WHERE params_hash = ?", [h]).fetchall())
+    assert got == {ids[0]: "ok", ids[1]: f"dedup:near_dup_of:{ids[0]}", ids[2]: "ok"}
+    assert cat.scalar("SELECT count(*) FROM dedup_members WHERE params_hash = ?", [h]) == 6
+    assert run_filter(cat, Dedup(DedupConfig(threshold=0.5)), "r3", progress=False)["judged"] == 0
+    cat.close()
