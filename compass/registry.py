@@ -63,6 +63,8 @@ stages: Registry[type] = Registry("stage")
 
 # Modules that register stages (and other vocabularies) at import time. A missing module is a bug: it raises.
 MODULES: list[str] = [
+    "compass.datagen.structured",
+    "compass.datagen.llm_run",
     "compass.filters.langid",
     "compass.filters.quality",
     "compass.filters.dedup_signatures",

@@ -6,21 +6,34 @@ back with status `failed` and a reason, so the runner can account for every requ
 
 - `OpenAIBackend`: any OpenAI-compatible server through the async `openai` client (see `openai_backend.py`).
 - `VLLMBackend`: the offline `vllm.LLM` engine, batched (see `vllm_backend.py`).
+
+Each backend registers in `backends` with its own pydantic `Options` model (what only it needs: a URL and
+retries, or engine arguments); `make_backend(name, model, options)` validates the options against it. Adding a
+backend = one module with `@backends.register` on the class, and one line in `BACKEND_MODULES`.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Protocol
+from typing import Any, Iterable, Iterator, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from compass.registry import Registry
 
 
-@dataclass(frozen=True)
-class Sampling:
+class Sampling(BaseModel):
     """Sampling parameters; part of every request id."""
 
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_tokens: int = 256
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(0.8, description="Sampling temperature.")
+    top_p: float = Field(0.95, description="Sampling top-p.")
+    max_tokens: int = Field(256, description="Most tokens per answer.")
+
+    def __init__(self, temperature: float = 0.8, top_p: float = 0.95, max_tokens: int = 256, **kw: Any):
+        super().__init__(temperature=temperature, top_p=top_p, max_tokens=max_tokens, **kw)
 
     def as_dict(self) -> dict:
         return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
@@ -59,22 +72,35 @@ class Backend(Protocol):
         ...
 
 
-def make_backend(kind: str, model: str | None, *, base_url: str | None = None, concurrency: int = 8,
-                 timeout: float = 120.0, max_retries: int = 5, backoff_base: float = 0.5,
-                 batch_size: int = 256, engine_args: dict | None = None) -> Backend:
+backends: Registry[type] = Registry("LLM backend")
+# Modules whose backend classes register themselves (imported on the first lookup; a missing one raises).
+BACKEND_MODULES = ["compass.datagen.openai_backend", "compass.datagen.vllm_backend"]
+
+
+def _load() -> None:
+    for mod in BACKEND_MODULES:  # cheap: the backends import their clients (openai, vllm) only when used
+        importlib.import_module(mod)
+
+
+def backend_class(name: str) -> type:
+    _load()
+    return backends.get(name)
+
+
+def backend_options(name: str, options: BaseModel | dict | None = None) -> BaseModel:
+    """`options` validated against backend `name`'s Options model (unknown keys are refused)."""
+    cls = backend_class(name)
+    if isinstance(options, cls.Options):
+        return options
+    return cls.Options.model_validate(dict(options or {}) if not isinstance(options, BaseModel)
+                                      else options.model_dump())
+
+
+def make_backend(name: str, model: str | None, options: BaseModel | dict | None = None) -> Backend:
     from compass.errors import CompassError
 
     if not model:
-        raise CompassError(f"--backend {kind} needs --model (a model name the server knows, or a local model "
+        raise CompassError(f"--backend {name} needs --model (a model name the server knows, or a local model "
                            "folder for vllm)")
-    if kind == "openai":
-        from compass.datagen.openai_backend import OpenAIBackend
-
-        return OpenAIBackend(model, base_url=base_url, concurrency=concurrency, timeout=timeout,
-                             max_retries=max_retries, backoff_base=backoff_base)
-    if kind == "vllm":
-        from compass.datagen.vllm_backend import VLLMBackend
-
-        return VLLMBackend(model, batch_size=batch_size, engine_args=engine_args or {})
-    raise CompassError(f"--backend {kind!r}: unknown backend; use vllm (offline engine) or openai "
-                       "(any OpenAI-compatible server)")
+    cls = backend_class(name)
+    return cls.from_options(model, backend_options(name, options))

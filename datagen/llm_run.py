@@ -1,15 +1,19 @@
-"""Run a plan through a backend into the catalog: resumable, one transaction per chunk of results.
+"""LLM generation as a stage: planned requests -> backend -> generations + examples (+ translation group links).
 
-Resume: requests with a stored answer (status ok or reject) are not sent again; a request that failed after
-retries has no answer, so a rerun sends it again and its `failed` row is replaced.
-
-Over-long prompts: when the model's context is known (`--max-model-len`, or the server's /v1/models) and the
-model's tokenizer is at hand, a request whose prompt plus max_tokens cannot fit is not sent: it is stored as
-`reject` with reason `too_long` and its prompt_tokens. That judgement depends on the server, not the request,
-so a rerun judges it again (a bigger context sends it) and replaces the row, as for `failed`. Results are written as
-they arrive, every `write_every` results (or `write_seconds`), each chunk in one transaction with its
-generations rows and examples: a SIGKILL loses at most the results not yet written (the requests in flight
-and the current chunk), and since every row has a content-hash key nothing is ever written twice.
+The `generate` stage streams from its backend, so it maps onto the stage contract like this (and is run by
+`execute_stream` below, which owns what `compass.runner.execute` owns for a catalog-fed stage):
+- `prepare(cat)`: the plan (a pure function of the catalog, the templates and the config: the same request ids on
+  every run) and the requests already answered (status ok or reject). Resume = those are not sent again; a
+  request that failed after retries, or was skipped as too long, has no answer, so a rerun sends it again and its
+  row is replaced.
+- `setup()`: the backend opens (`compass.datagen.backends` registry) and the context check runs: with
+  `max_model_len` (or the server's /v1/models) and the model's tokenizer, a prompt that cannot fit is not sent but
+  stored as `reject` / `too_long` (judged again on a rerun).
+- a *batch* is a chunk of results in arrival order: every `write_every` results or `write_seconds`, whichever
+  comes first, while the backend keeps streaming (the async client never waits for a commit). `process(batch)` is
+  the parse step (answer -> validated JSON -> pairs with class ids and lineage); it depends only on the batch and
+  the plan, so it is shardable. `write` commits one batch in one transaction: a SIGKILL loses at most the
+  requests in flight and the current chunk, and every row has a content-hash key, so nothing is written twice.
 """
 
 from __future__ import annotations
@@ -17,17 +21,22 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from pathlib import Path
-from typing import Callable
+from typing import Any, Iterator
 
+import duckdb
 import polars as pl
 from tqdm.auto import tqdm
 
-from compass.catalog.db import Catalog, registered
+from compass.catalog.db import Catalog, Run, registered
 from compass.datagen.answers import example_row, grounded_pairs, parse_answer, translate_pair
-from compass.datagen.backends import Backend, LLMResult
+from compass.datagen.backends import Backend, LLMResult, make_backend
+from compass.datagen.generate import GenerateConfig
+from compass.datagen.llm_checks import RETRY_SQL, TOO_LONG, context_check, too_long
 from compass.datagen.plan import Planned, market_of
-from compass.stage import insert_frame
+from compass.errors import CompassError
+from compass.registry import stages
+from compass.runner import RunSummary
+from compass.stage import Stage, insert_frame
 
 GEN_SCHEMA = {
     "request_id": pl.Utf8, "run_id": pl.Utf8, "route": pl.Utf8, "template_id": pl.Utf8,
@@ -37,12 +46,13 @@ GEN_SCHEMA = {
     "parsed": pl.Utf8, "finish_reason": pl.Utf8, "prompt_tokens": pl.Int32, "completion_tokens": pl.Int32,
     "latency_ms": pl.Float64, "attempts": pl.Int32, "error_message": pl.Utf8,
 }
-TOO_LONG = "too_long"
-# Rows a rerun judges again: no answer yet (failed), or skipped for a context the server may since have grown.
-RETRY_SQL = "(status = 'failed' OR (status = 'reject' AND reject_reason = 'too_long'))"
 EX_SCHEMA = {k: pl.Utf8 for k in ("id", "route", "lang", "market", "task", "persona", "anchor", "positive",
                                   "class_id", "product_id", "translation_group", "source_example_id",
                                   "template_id", "template_version", "request_id", "run_id")}
+# One backend result as a row: the input of `process`.
+RESULT_SCHEMA = {"request_id": pl.Utf8, "status": pl.Utf8, "text": pl.Utf8, "finish_reason": pl.Utf8,
+                 "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "latency_ms": pl.Float64,
+                 "attempts": pl.Int64, "error": pl.Utf8, "error_message": pl.Utf8}
 
 
 def answered_ids(cat: Catalog, ids: list[str]) -> set[str]:
@@ -53,6 +63,21 @@ def answered_ids(cat: Catalog, ids: list[str]) -> set[str]:
         rows = cat.con.execute("SELECT g.request_id FROM generations g JOIN _ids USING (request_id) "
                                f"WHERE g.status IN ('ok', 'reject') AND NOT {RETRY_SQL}").fetchall()
     return {r[0] for r in rows}
+
+
+def result_frame(results: list[LLMResult]) -> pl.DataFrame:
+    return pl.DataFrame([{"request_id": r.request_id, "status": r.status, "text": r.text,
+                          "finish_reason": r.finish_reason, "prompt_tokens": r.prompt_tokens,
+                          "completion_tokens": r.completion_tokens, "latency_ms": r.latency_ms,
+                          "attempts": r.attempts, "error": r.error, "error_message": r.extra.get("error_message")}
+                         for r in results], schema=RESULT_SCHEMA)
+
+
+def _result(row: dict) -> LLMResult:
+    return LLMResult(row["request_id"], row["status"], text=row["text"], finish_reason=row["finish_reason"],
+                     prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
+                     latency_ms=row["latency_ms"], attempts=row["attempts"], error=row["error"],
+                     extra={"error_message": row["error_message"]})
 
 
 def to_rows(p: Planned, res: LLMResult, backend: str, run_id: str) -> tuple[dict, list[dict]]:
@@ -96,178 +121,145 @@ def to_rows(p: Planned, res: LLMResult, backend: str, run_id: str) -> tuple[dict
     return gen, examples
 
 
-def write_chunk(cat: Catalog, gens: list[dict], examples: list[dict]) -> int:
-    """One transaction: replace `failed` rows being retried, add generations, examples, group links."""
-    gframe = pl.DataFrame(gens, schema=GEN_SCHEMA)
-    eframe = pl.DataFrame(examples, schema=EX_SCHEMA)
-    with cat.transaction() as con:
+@stages.register
+class LLMGenerate(Stage):
+    """The grounded / translate routes: planned requests in, generations and examples out."""
+
+    name = "generate"
+    Config = GenerateConfig
+    writes = {"generations": ("request_id",), "examples": ("id",)}
+    unit = "req"
+    volatile = frozenset({"write_every", "write_seconds"})
+
+    def __init__(self, config=None, **overrides: Any):
+        super().__init__(config, **overrides)
+        self.planned: list[Planned] | None = None   # set by prepare() (or given, for benchmarks)
+        self.by_id: dict[str, Planned] = {}
+        self.done: set[str] = set()
+        self.backend: Backend | None = None
+        self.skipped: dict[str, int] = {}
+        self.max_model_len: int | None = None
+
+    def select(self, langs=None):
+        raise CompassError("stage generate streams from its LLM backend: run it with "
+                           "compass.datagen.generate.generate(cat, config) (or compass.datagen.llm_run."
+                           "execute_stream), not with a catalog selection")
+
+    def prepare(self, cat: Catalog, langs: list[str] | None = None) -> None:
+        if self.planned is None:
+            from compass.datagen.generate import plan_requests
+
+            self.planned = plan_requests(cat, self.config, langs)
+        self.by_id = {p.request_id: p for p in self.planned}
+        self.done = answered_ids(cat, list(self.by_id))
+
+    @property
+    def pending(self) -> list[Planned]:
+        return [p for p in self.by_id.values() if p.request_id not in self.done]
+
+    def setup(self) -> None:
+        c = self.config
+        if self.backend is None:
+            self.backend = make_backend(c.backend, c.model, c.options)
+        limit, counter = context_check(self.backend, c.model, c.max_model_len)
+        self.max_model_len = limit
+        self.skipped = too_long(self.pending, limit, counter)
+
+    def results(self) -> Iterator[LLMResult]:
+        """Too-long requests as results (unsent), then the backend's answers as they complete."""
+        for rid, n in self.skipped.items():
+            yield LLMResult(rid, "failed", prompt_tokens=n, attempts=0, error=TOO_LONG,
+                            extra={"error_message": f"prompt of {n} tokens >= max_model_len {self.max_model_len}: "
+                                                    "not sent"})
+        yield from self.backend.stream(p.request for p in self.pending if p.request_id not in self.skipped)
+
+    def process(self, batch: pl.DataFrame) -> dict[str, pl.DataFrame]:
+        gens, exs = [], []
+        name = self.backend.name if self.backend is not None else self.config.backend
+        for row in batch.iter_rows(named=True):
+            gen, ex = to_rows(self.by_id[row["request_id"]], _result(row), name, self.run_id)
+            gens.append(gen)
+            exs.extend(ex)
+        return {"generations": pl.DataFrame(gens, schema=GEN_SCHEMA), "examples": pl.DataFrame(exs, schema=EX_SCHEMA)}
+
+    def write(self, con: duckdb.DuckDBPyConnection, outputs: dict[str, pl.DataFrame]) -> dict[str, int]:
+        """One transaction: replace the `failed` / too-long rows being retried, add generations, examples, and
+        link each translated source example to its own translation group."""
+        gframe, eframe = outputs["generations"], outputs["examples"]
         with registered(con, "_done", gframe.select("request_id")):
-            con.execute(f"DELETE FROM generations WHERE {RETRY_SQL} "
-                        "AND request_id IN (SELECT request_id FROM _done)")
-        insert_frame(con, "generations", gframe.with_columns(pl.col("messages", "sampling", "parsed")
-                                                            .cast(pl.Utf8)), ["request_id"])
-        new = insert_frame(con, "examples", eframe, ["id"])
+            con.execute(f"DELETE FROM generations WHERE {RETRY_SQL} AND request_id IN (SELECT request_id FROM _done)")
+        added = {"generations": insert_frame(con, "generations", gframe, ["request_id"]),
+                 "examples": insert_frame(con, "examples", eframe, ["id"])}
         sources = eframe.filter(pl.col("source_example_id").is_not_null())
         if not sources.is_empty():
             # A source example joins its own translation group, so a group is one column to group by.
             with registered(con, "_src", sources.select("source_example_id").unique()):
                 con.execute("UPDATE examples SET translation_group = id WHERE translation_group IS NULL "
                             "AND id IN (SELECT source_example_id FROM _src)")
-    return new
+        return added
+
+    def summarize(self, outputs: dict[str, pl.DataFrame]) -> dict:
+        g = outputs["generations"]
+        counts = Counter(g["status"].to_list())
+        return {"ok": counts["ok"], "reject": counts["reject"], "failed": counts["failed"],
+                "too_long": int((g["reject_reason"] == TOO_LONG).sum())}
 
 
-def prompt_counter(model: str | None) -> Callable[[list[dict], int], int] | None:
-    """`count(messages, budget)`: prompt tokens (the chat template the server applies, then its tokenizer),
-    exact whenever the answer could exceed `budget`, when --model is a local folder with a tokenizer; None
-    otherwise (the server's own check then applies)."""
-    if not model or not Path(model, "tokenizer_config.json").exists():
-        return None
-    try:
-        from transformers import AutoTokenizer
+def execute_stream(cat: Catalog, stage: LLMGenerate, rec: Run | None, *, langs: list[str] | None = None,
+                   progress: bool = True) -> RunSummary:
+    """`compass.runner.execute` for a stage fed by its backend: plan, send, commit a chunk at a time."""
+    t0 = time.perf_counter()
+    stage.run_id = rec.id if rec is not None else None
+    summary = RunSummary(stage.run_id, stage.name, stage.params_hash)
+    stage.prepare(cat, langs)
+    info = summary.info
+    info.update(requested=len(stage.by_id), already_answered=len(stage.done), sent=0, ok=0, reject=0, failed=0,
+                too_long=0, new_examples=0)
+    if stage.pending:
+        stage.setup()
+        info["max_model_len"] = stage.max_model_len
+        info["sent"] = len(stage.pending) - len(stage.skipped)
+        every, seconds = max(1, stage.config.write_every), stage.config.write_seconds
+        bar = tqdm(total=len(stage.by_id), initial=len(stage.done), desc=f"generate ({stage.backend.name})",
+                   unit=stage.unit, disable=not progress, dynamic_ncols=True)
+        chunk: list[LLMResult] = []
+        last = time.monotonic()
 
-        tok = AutoTokenizer.from_pretrained(model)
-    except (ImportError, OSError, ValueError):
-        return None
-    if not getattr(tok, "chat_template", None):
-        return None
+        def flush() -> None:
+            nonlocal chunk, last
+            if chunk:
+                outputs = stage.process(result_frame(chunk))
+                with cat.transaction() as con:
+                    added = stage.write(con, outputs)
+                for table, n in added.items():
+                    summary.written[table] = summary.written.get(table, 0) + n
+                for k, v in stage.summarize(outputs).items():
+                    info[k] += v
+                summary.read += len(chunk)
+            chunk, last = [], time.monotonic()
 
-    def count(messages: list[dict], budget: int) -> int:
-        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        # No tokenizer makes more tokens than UTF-8 bytes (+1 for a BOS): a prompt whose bytes fit needs no
-        # tokenizing, which keeps a million-request plan cheap.
-        bound = len(text.encode("utf-8")) + 1
-        if bound <= budget:
-            return bound
-        return len(tok(text, add_special_tokens=False)["input_ids"])
-
-    return count
-
-
-def too_long(pending: list[Planned], max_model_len: int | None, count) -> dict[str, int]:
-    """{request id: prompt tokens} of the requests whose prompt leaves no room for one answer token.
-
-    The prompt alone, not prompt + max_tokens: vLLM answers a request whose max_tokens overflows the context
-    (it shortens the answer), and an answer shorter than max_tokens is often complete; only a prompt that fills
-    the context is refused by every server.
-    """
-    if not max_model_len or count is None:
-        return {}
-    out = {}
-    for p in pending:
-        n = count(p.request.messages, max_model_len - 1)
-        if n >= max_model_len:
-            out[p.request_id] = n
-    return out
-
-
-def context_check(backend: Backend, model: str | None, max_model_len: int | None):
-    """(max_model_len, token counter) for the too-long check, or (None, None) when it cannot be made.
-
-    --max-model-len wins (0 turns the check off); else the server's /v1/models says (vLLM does).
-    """
-    if max_model_len == 0:
-        return None, None
-    limit = max_model_len
-    if limit is None and hasattr(backend, "max_model_len"):
-        limit = backend.max_model_len()
-    if not limit:
-        return None, None
-    counter = prompt_counter(model)
-    if counter is None:
-        from compass.cli_common import console
-
-        console.print(f"note: no local tokenizer for --model {model}: over-long prompts are left to the server "
-                      f"(max_model_len {limit})", highlight=False)
-        return None, None
-    return limit, counter
-
-
-def report_failures(res: dict, failures: list[dict], base_url: str | None, limit: int | None) -> None:
-    """Print the most common server messages of failed / too-long requests; raise when every request failed."""
-    from compass.catalog.db import scrub  # the catalog's URL rule: credentials never reach the terminal
-    from compass.cli_common import console
-    from compass.datagen.openai_backend import is_context_error
-    from compass.errors import CompassError
-
-    for f in failures:
-        ctx = " (the prompt exceeds the model's context)" if is_context_error(f["message"]) else ""
-        console.print(f"  {f['n']} {f['status']} {f['reason']}{ctx}: {f['message'] or '(no message from the server)'}",
-                      highlight=False, markup=False, soft_wrap=True)
-    if res.get("too_long"):
-        console.print(f"{res['too_long']} requests not sent: the prompt exceeds the model's context (max_model_len "
-                      f"{limit}); stored as reject too_long and judged again on a rerun (use --compact, or a model "
-                      "with a longer context)", highlight=False, soft_wrap=True)
-    failed = [f for f in failures if f["status"] == "failed"]
-    if not (res["sent"] and res["failed"] == res["sent"]):
-        return
-    why = ", ".join(f"{f['reason']}: {f['n']}" for f in failed)
-    first = next((f["message"] for f in failed if f["message"]), None)
-    said = f"; the server said: {first}" if first else ""
-    if any(is_context_error(f["message"]) for f in failed):
-        raise CompassError(f"all {res['failed']} requests failed ({why}): the prompt exceeds the model's context"
-                           f"{said}. Use --compact, a smaller --max-tokens or a longer-context model; with "
-                           "--max-model-len (or a server that reports it) such requests are skipped as too_long")
-    where = f" at {scrub(base_url)}" if base_url else ""
-    hint = (" check that the server" + where + " is up and the model name is right," if not first else
-            " fix what the server reports,")
-    raise CompassError(f"all {res['failed']} requests failed ({why}){said}:{hint} then rerun the same command "
-                       "(it resends only failed requests)")
-
-
-def failure_summary(cat: Catalog, run_id: str, top: int = 3) -> list[dict]:
-    """The most common (reason, server message) of this run's failed and too-long requests, with counts."""
-    return cat.query(
-        "SELECT status, reject_reason AS reason, error_message AS message, count(*) AS n FROM generations "
-        f"WHERE run_id = ? AND {RETRY_SQL} GROUP BY ALL ORDER BY n DESC, reason, message LIMIT ?", [run_id, top])
+        try:
+            for res in stage.results():
+                chunk.append(res)
+                bar.update(1)
+                if len(chunk) >= every or time.monotonic() - last >= seconds:
+                    flush()
+                    bar.set_postfix(rejects=info["reject"] - info["too_long"], failed=info["failed"], refresh=False)
+        finally:
+            flush()  # on Ctrl-C too: results already received are kept
+            bar.close()
+        info["reject"] -= info["too_long"]  # too-long rows are rejects in the table, a separate count here
+    info["new_examples"] = summary.written.get("examples", 0)
+    summary.nothing_to_do = not stage.pending
+    summary.seconds = round(time.perf_counter() - t0, 3)
+    return summary
 
 
 def run_plan(cat: Catalog, run_id: str, planned: list[Planned], backend: Backend, *, write_every: int = 32,
-             write_seconds: float = 2.0, progress: bool = True, max_model_len: int | None = None,
-             count_tokens: Callable[[list[dict], int], int] | None = None) -> dict:
-    """Send the unanswered requests of `planned`; returns the accounting of this run.
-
-    With `max_model_len` and `count_tokens`, requests that cannot fit are stored as reject `too_long`, unsent.
-    """
-    by_id = {p.request_id: p for p in planned}
-    done = answered_ids(cat, list(by_id))
-    pending = [p for p in by_id.values() if p.request_id not in done]
-    skipped = too_long(pending, max_model_len, count_tokens)
-    pending = [p for p in pending if p.request_id not in skipped]
-    counts: Counter = Counter()
-    new_examples = 0
-    bar = tqdm(total=len(by_id), initial=len(done), desc=f"generate ({backend.name})", unit="req",
-               disable=not progress, dynamic_ncols=True)
-    gens: list[dict] = []
-    exs: list[dict] = []
-    last = time.monotonic()
-
-    def flush() -> None:
-        nonlocal gens, exs, new_examples, last
-        if gens:
-            new_examples += write_chunk(cat, gens, exs)
-        gens, exs, last = [], [], time.monotonic()
-
-    try:
-        for rid, n in skipped.items():
-            gen, _ = to_rows(by_id[rid], LLMResult(rid, "failed", prompt_tokens=n, attempts=0, error=TOO_LONG,
-                                                   extra={"error_message": f"prompt of {n} tokens >= max_model_len "
-                                                                           f"{max_model_len}: not sent"}),
-                             backend.name, run_id)
-            gens.append(gen)
-            counts[TOO_LONG] += 1
-            bar.update(1)
-        for res in backend.stream(p.request for p in pending):
-            gen, ex = to_rows(by_id[res.request_id], res, backend.name, run_id)
-            gens.append(gen)
-            exs.extend(ex)
-            counts[gen["status"]] += 1
-            bar.update(1)
-            bar.set_postfix(rejects=counts["reject"], failed=counts["failed"], refresh=False)
-            if len(gens) >= write_every or time.monotonic() - last >= write_seconds:
-                flush()
-    finally:
-        flush()  # on Ctrl-C too: results already received are kept
-        bar.close()
-    return {"requested": len(by_id), "already_answered": len(done), "sent": len(pending),
-            "ok": counts["ok"], "reject": counts["reject"], "failed": counts["failed"],
-            "too_long": counts[TOO_LONG], "new_examples": new_examples}
+             write_seconds: float = 2.0, progress: bool = True, max_model_len: int | None = 0) -> dict:
+    """A given plan through a given backend, inside run `run_id` (benchmarks); returns the accounting."""
+    p = planned[0] if planned else None
+    stage = LLMGenerate(route=p.route if p else "grounded", model=backend.model, backend=backend.name,
+                        max_model_len=max_model_len, write_every=write_every, write_seconds=write_seconds)
+    stage.planned, stage.backend = planned, backend
+    return execute_stream(cat, stage, Run(id=run_id, command=stage.name, summary={}), progress=progress).info

@@ -21,9 +21,11 @@ import random
 import re
 import threading
 import time
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
-from compass.datagen.backends import LLMRequest, LLMResult
+from pydantic import BaseModel, ConfigDict, Field
+
+from compass.datagen.backends import LLMRequest, LLMResult, backends
 from compass.errors import CompassError
 
 _DONE = object()
@@ -106,8 +108,27 @@ def retry_after_seconds(headers) -> float | None:
             return None
 
 
+class OpenAIOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: Optional[str] = Field(None, description="Server URL, e.g. http://127.0.0.1:8000/v1. Key from "
+                                                      "OPENAI_API_KEY or COMPASS_API_KEY.")
+    concurrency: int = Field(8, description="Requests in flight.")
+    timeout: float = Field(120.0, description="Seconds per attempt.")
+    max_retries: int = Field(5, description="Retries after 429, 5xx, timeouts, dropped connections.")
+    backoff: float = Field(0.5, description="First retry delay in seconds (doubles, with jitter; Retry-After "
+                                            "wins).")
+
+
+@backends.register
 class OpenAIBackend:
     name = "openai"
+    Options = OpenAIOptions
+
+    @classmethod
+    def from_options(cls, model: str, o: OpenAIOptions) -> "OpenAIBackend":
+        return cls(model, base_url=o.base_url, concurrency=o.concurrency, timeout=o.timeout,
+                   max_retries=o.max_retries, backoff_base=o.backoff)
 
     def __init__(self, model: str, *, base_url: str | None = None, concurrency: int = 8, timeout: float = 120.0,
                  max_retries: int = 5, backoff_base: float = 0.5, backoff_max: float = 60.0,

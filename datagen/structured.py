@@ -26,15 +26,22 @@ from __future__ import annotations
 import json
 import random
 import re
+from pathlib import Path
+from typing import Optional
 
+import duckdb
 import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from compass.catalog.ingest_versions import revive_reproduced
 from compass.datagen.shopper import Shopper
+from compass.errors import CompassError
 from compass.ids import content_id
-from compass.stage import Stage
-
-TASKS = ("query2title", "category_query2title", "title2category", "attr_query2title", "desc2title")
-LEGACY_TASKS = ("query2title", "title2category", "attr_query2title", "desc2title")  # before shopper queries
+from compass.registry import stages
+from compass.stage import Selection, Stage
+from compass.tasks import LEGACY_STRUCTURED_TASKS as LEGACY_TASKS
+from compass.tasks import STRUCTURED_TASKS as TASKS
+from compass.tasks import category_class, item_class  # noqa: F401  (re-exported: the rules live in compass.tasks)
 
 # Promo words sellers add to titles; they say nothing a shopper searches for, so queries drop them.
 PROMO = {
@@ -53,24 +60,9 @@ def _tokens(title: str) -> list[str]:
     return [w for w in t.split() if w.lower() not in PROMO and not re.fullmatch(r"\d+%|x\d+", w.lower())]
 
 
-def category_class(row: dict) -> str:
-    """The class of label-type and category-level tasks: the category path in its language."""
-    return f"category:{row['lang']}:{row['category']}"
-
-
 def _attrs(row: dict) -> dict:
     attrs = row.get("attributes")
     return json.loads(attrs) if isinstance(attrs, str) else (attrs or {})
-
-
-def item_class(row: dict) -> str:
-    """Same brand + model -> same item across sellers' listings; otherwise the product itself."""
-    attrs = row.get("attributes")
-    attrs = json.loads(attrs) if isinstance(attrs, str) else (attrs or {})
-    brand, model = str(attrs.get("brand") or "").strip().lower(), str(attrs.get("model") or "").strip().lower()
-    if brand and model:
-        return f"item:{row['lang']}:{brand}|{model}"
-    return f"product:{row['id']}"
 
 
 def query_fragment(title: str, rng: random.Random) -> str | None:
@@ -96,29 +88,115 @@ def attr_query(row: dict, rng: random.Random) -> str | None:
     return " ".join(parts) if len(parts) >= 2 else None
 
 
+class StructuredConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: Optional[list[str]] = Field(None, description="Structured tasks (default: all; the legacy four "
+                                                         "with shopper=False).")
+    seed: int = Field(0, description="Seed for every random choice.")
+    shopper: bool = Field(True, description="Shopper-style queries (rules in datagen/rules); --no-shopper keeps "
+                                            "2-4 title words (ablations).")
+    rules_dir: Optional[str] = Field(None, description="A shopper rules folder (generic.yaml + <lang>.yaml) "
+                                                       "instead of the bundled one.")
+    limit: Optional[int] = Field(None, description="At most the first N products (by id) of the languages.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str] | None:
+        # CompassError passes through pydantic (it is no ValueError): one line naming the flag and the fix.
+        bad = [t for t in v or [] if t not in TASKS]
+        if bad:
+            raise CompassError(f"--tasks {bad[0]!r} is not a structured task: use any of {', '.join(TASKS)}")
+        return v or None
+
+    @field_validator("limit")
+    @classmethod
+    def _positive(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise CompassError("--n must be at least 1")
+        return v
+
+
+def rules_digest(rules_dir: str | None) -> str | None:
+    """A hash of the rule files (*.yaml) of a rules folder (None when it does not exist: setup() says so)."""
+    from compass.datagen.shopper_rules import RULES_DIR
+    from compass.ids import content_id
+
+    folder = Path(rules_dir) if rules_dir else RULES_DIR
+    if not folder.is_dir():
+        return None
+    return content_id("rules", *[(f.name, f.read_text(encoding="utf-8")) for f in sorted(folder.glob("*.yaml"))])
+
+
+# Products whose current version was processed with these params: the stage's own record (migration 0100), so a
+# product that yields no pair is not selected again, and an edited product (a new row in product_versions) is.
+_PENDING = """
+WITH versions AS (SELECT product_id, count(*) AS n FROM product_versions GROUP BY product_id),
+cand AS (
+    SELECT p.id, p.lang, p.market, p.title, p.category, p.attributes, p.description,
+           coalesce(p.content_hash, '') AS content_hash, coalesce(v.n, 0)::INTEGER AS version
+    FROM products p LEFT JOIN versions v ON v.product_id = p.id {where} ORDER BY p.id {limit})
+{head} FROM cand c WHERE NOT EXISTS (SELECT 1 FROM structured_products d WHERE d.product_id = c.id
+    AND d.version = c.version AND d.params_hash = ?) {order}"""
+
+
+@stages.register
 class StructuredPairs(Stage):
-    """products in -> examples out (structured route); rows carry a `transforms` lineage column for shopper
-    queries, which the writer stores in `example_transforms`."""
+    """products in -> examples out (structured route), with shopper-query lineage (`example_transforms`) and the
+    record of which product versions were processed with these params (`structured_products`)."""
 
     name = "structured"
+    Config = StructuredConfig
+    writes = {"examples": ("id",), "example_transforms": ("example_id",),
+              "structured_products": ("product_id", "version", "params_hash")}
+    batch_size = 500
+    unit = "products"
+    volatile = frozenset({"rules_dir"})  # where the rules are does not matter; what they say does (params)
 
-    def __init__(self, tasks: tuple[str, ...] | None = None, seed: int = 0, run_id: str | None = None,
-                 shopper: bool = True, rules_dir: str | None = None):
-        self.tasks = tuple(tasks) if tasks else (TASKS if shopper else LEGACY_TASKS)
-        self.seed, self.run_id, self.shopper, self.rules_dir = seed, run_id, shopper, rules_dir
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        c = self.config
+        self.tasks = tuple(c.tasks) if c.tasks else (TASKS if c.shopper else LEGACY_TASKS)
+        self.seed, self.shopper, self.rules_dir = c.seed, c.shopper, c.rules_dir
         self._shoppers: dict[str, Shopper] = {}
+        self._langs: list[str] = []
+        self._langs_asked: list[str] = []  # from select(): the languages whose shopper rules setup() loads
+        self._rules: str | None | bool = False  # rules_digest, once per stage
 
     def params(self) -> dict:
-        return {"tasks": list(self.tasks), "seed": self.seed, "shopper": self.shopper, "rules_dir": self.rules_dir}
+        # The default task list spelt out, and the rule files' content: an edited rule is processed again.
+        if self._rules is False:
+            self._rules = rules_digest(self.rules_dir) if self.shopper else None
+        return {**super().params(), "tasks": list(self.tasks), "rules": self._rules}
 
-    def setup(self, langs: list[str] | None = None) -> None:
-        """Validate the rule files and load the rules of `langs`, so that a malformed file stops the run before the
-        first batch, and a missing one is warned about before the progress bar starts."""
+    def select(self, langs: list[str] | None = None) -> Selection:
+        self._langs_asked = list(langs or [])
+        where, params = "", []
+        if langs:
+            where, params = f"WHERE p.lang IN ({', '.join('?' * len(langs))})", list(langs)
+        limit = ""
+        if self.config.limit:
+            limit, params = "LIMIT ?", params + [int(self.config.limit)]
+        params.append(self.params_hash)
+        fmt = dict(where=where, limit=limit)
+        return Selection(_PENDING.format(head="SELECT c.*", order="ORDER BY c.id", **fmt), params,
+                         _PENDING.format(head="SELECT count(*)", order="", **fmt))
+
+    def prepare(self, cat) -> None:
+        where = ""
+        if self._langs_asked:
+            where = f"WHERE lang IN ({', '.join('?' * len(self._langs_asked))})"
+        self._langs = [r[0] for r in cat.con.execute(f"SELECT DISTINCT lang FROM products {where} ORDER BY 1",
+                                                     self._langs_asked).fetchall()]
+
+    def setup(self) -> None:
+        """Validate the rule files and load the rules of the languages to process, so that a malformed file stops
+        the run before the first batch, and a missing one is warned about before the progress bar starts."""
         if self.shopper:
             from compass.datagen.shopper_rules import check_rules
 
             check_rules(self.rules_dir)
-            for lang in langs or []:
+            for lang in self._langs:
                 self.shopper_for(lang)
 
     def shopper_for(self, lang: str) -> Shopper:
@@ -181,7 +259,8 @@ class StructuredPairs(Stage):
             out.append(("desc2title", row["description"], row["title"], item, None))
         return out
 
-    def process(self, batch: pl.DataFrame) -> pl.DataFrame:
+    def pairs_frame(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """The examples of a batch of products, with their lineage JSON in a `transforms` column."""
         rows = []
         for row in batch.iter_rows(named=True):
             for task, anchor, positive, cls, lineage in self.pairs(row):
@@ -193,9 +272,38 @@ class StructuredPairs(Stage):
                 })
         return pl.DataFrame(rows, schema=STAGE_SCHEMA)
 
+    def process(self, batch: pl.DataFrame) -> dict[str, pl.DataFrame]:
+        frame = self.pairs_frame(batch)
+        lin = frame.filter(pl.col("transforms").is_not_null())
+        parsed = [json.loads(t) for t in lin["transforms"].to_list()]
+        side = pl.DataFrame({
+            "example_id": lin["id"], "kind": [p["kind"] for p in parsed], "pattern": [p["pattern"] for p in parsed],
+            "base": [p["base"] for p in parsed], "rules_hash": [p["rules_hash"] for p in parsed],
+            "steps": [json.dumps(p["steps"], ensure_ascii=False) for p in parsed], "run_id": lin["run_id"],
+        }, schema=TRANSFORM_SCHEMA)
+        done = batch.select(pl.col("id").alias("product_id"), "version", "content_hash") if "version" in batch.columns \
+            else pl.DataFrame(schema={"product_id": pl.Utf8, "version": pl.Int32, "content_hash": pl.Utf8})
+        n = frame.group_by("product_id").len(name="examples")
+        done = done.join(n, on="product_id", how="left").with_columns(
+            pl.col("examples").fill_null(0).cast(pl.Int32), pl.lit(self.params_hash).alias("params_hash"),
+            pl.lit(self.run_id, dtype=pl.Utf8).alias("run_id"))
+        return {"examples": frame.select(list(EXAMPLE_SCHEMA)), "example_transforms": side,
+                "structured_products": done}
+
+    def write(self, con: duckdb.DuckDBPyConnection, outputs: dict[str, pl.DataFrame]) -> dict[str, int]:
+        added = super().write(con, outputs)
+        # Built from the current product version, new or already stored: not superseded (same transaction).
+        revive_reproduced(con, outputs["examples"]["id"].to_list())
+        return added
+
+    def summarize(self, outputs: dict[str, pl.DataFrame]) -> dict:
+        return {"products": outputs["structured_products"].height}
+
 
 EXAMPLE_SCHEMA = {
     "id": pl.Utf8, "route": pl.Utf8, "lang": pl.Utf8, "market": pl.Utf8, "task": pl.Utf8, "persona": pl.Utf8,
     "anchor": pl.Utf8, "positive": pl.Utf8, "class_id": pl.Utf8, "product_id": pl.Utf8, "run_id": pl.Utf8,
 }
 STAGE_SCHEMA = {**EXAMPLE_SCHEMA, "transforms": pl.Utf8}
+TRANSFORM_SCHEMA = {"example_id": pl.Utf8, "kind": pl.Utf8, "pattern": pl.Utf8, "base": pl.Utf8,
+                    "rules_hash": pl.Utf8, "steps": pl.Utf8, "run_id": pl.Utf8}

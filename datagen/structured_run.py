@@ -1,57 +1,39 @@
-"""Drive the structured route over the catalog's products."""
+"""The structured route from Python: `structured(cat, config, langs)` runs the `structured` stage under a run
+record (lineage), after the checks a user needs (products to build from); the CLI calls it."""
 
 from __future__ import annotations
 
-import json
-
-import duckdb
-import polars as pl
-
-from compass.catalog.db import Catalog
-from compass.catalog.ingest_versions import revive_reproduced
-from compass.datagen.structured import EXAMPLE_SCHEMA, LEGACY_TASKS, TASKS, StructuredPairs
+from compass.catalog.db import Catalog, Run
+from compass.datagen.structured import StructuredConfig, StructuredPairs
 from compass.errors import CompassError
-from compass.stage import drive, insert_frame
+from compass.runner import RunSummary, execute, run, run_config
 
 
-def write_structured(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> int:
-    """Examples into `examples`, shopper-query lineage into `example_transforms` (same transaction)."""
-    new = insert_frame(con, "examples", frame.select(list(EXAMPLE_SCHEMA)), ["id"])
-    revive_reproduced(con, frame["id"].to_list())  # built from the current product version: not superseded
-    lin = frame.filter(pl.col("transforms").is_not_null())
-    if not lin.is_empty():
-        parsed = [json.loads(t) for t in lin["transforms"].to_list()]
-        side = pl.DataFrame({
-            "example_id": lin["id"], "kind": [p["kind"] for p in parsed], "pattern": [p["pattern"] for p in parsed],
-            "base": [p["base"] for p in parsed], "rules_hash": [p["rules_hash"] for p in parsed],
-            "steps": [json.dumps(p["steps"], ensure_ascii=False) for p in parsed], "run_id": lin["run_id"],
-        }, schema={"example_id": pl.Utf8, "kind": pl.Utf8, "pattern": pl.Utf8, "base": pl.Utf8,
-                   "rules_hash": pl.Utf8, "steps": pl.Utf8, "run_id": pl.Utf8})
-        insert_frame(con, "example_transforms", side, ["example_id"])
-    return new
+def _check_products(cat: Catalog, langs: list[str] | None) -> None:
+    where, params = "", []
+    if langs:
+        where, params = f"WHERE lang IN ({', '.join('?' * len(langs))})", list(langs)
+    if not cat.scalar(f"SELECT count(*) FROM products {where}", params):
+        raise CompassError("no products to build pairs from" + (f" in {', '.join(langs)}" if langs else "") +
+                           ": ingest a product catalog first (`compass ingest FILE --lang .. --market ..`)")
+
+
+def structured(cat: Catalog, config: StructuredConfig | dict | None = None, langs: list[str] | None = None, *,
+               progress: bool = True, **overrides) -> RunSummary:
+    """Build structured examples for the pending products of `langs`, under a new `structured` run record."""
+    stage = StructuredPairs(config, **overrides)
+    _check_products(cat, langs)
+    return run(cat, stage, langs=langs, progress=progress)
 
 
 def run_structured(cat: Catalog, run_id: str, langs: list[str] | None = None, tasks: list[str] | None = None,
                    seed: int = 0, limit: int | None = None, progress: bool = True, shopper: bool = True,
                    rules_dir: str | None = None) -> dict:
-    """Build structured examples for the products of `langs`; returns {'products': n, 'new_examples': m}."""
-    tasks = list(tasks or (TASKS if shopper else LEGACY_TASKS))
-    bad = [t for t in tasks if t not in TASKS]
-    if bad:
-        raise CompassError(f"--tasks {bad[0]!r} is not a structured task: use any of {', '.join(TASKS)}")
-    where, params = "", []
-    if langs:
-        where = f"WHERE lang IN ({', '.join('?' * len(langs))})"
-        params = list(langs)
-    sql = f"SELECT id, lang, market, title, category, attributes, description FROM products {where} ORDER BY id"
-    if limit:
-        sql += " LIMIT ?"
-        params.append(int(limit))
-    products = cat.frame(sql, params)
-    if products.is_empty():
-        raise CompassError("no products to build pairs from" + (f" in {', '.join(langs)}" if langs else "") +
-                           ": ingest a product catalog first (`compass ingest FILE --lang .. --market ..`)")
-    stage = StructuredPairs(tuple(tasks), seed=seed, run_id=run_id, shopper=shopper, rules_dir=rules_dir)
-    stage.setup(sorted(products["lang"].unique().to_list()))
-    new = drive(cat, stage, products, write_structured, batch_size=500, desc="structured pairs", progress=progress)
-    return {"products": products.height, "new_examples": new}
+    """Inside a run record someone else opened (`run_id`); returns {'products': n, 'new_examples': m}."""
+    stage = StructuredPairs(tasks=tasks, seed=seed, limit=limit, shopper=shopper, rules_dir=rules_dir)
+    _check_products(cat, langs)
+    s = execute(cat, stage, Run(id=run_id, command=stage.name, summary={}), langs=langs, progress=progress)
+    return {"products": s.read, "new_examples": s.written.get("examples", 0)}
+
+
+__all__ = ["structured", "run_structured", "run_config", "StructuredConfig", "StructuredPairs"]

@@ -11,14 +11,30 @@ is not observable offline.
 from __future__ import annotations
 
 import time
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
-from compass.datagen.backends import LLMRequest, LLMResult
+from pydantic import BaseModel, ConfigDict, Field
+
+from compass.datagen.backends import LLMRequest, LLMResult, backends
 from compass.errors import CompassError
 
 
+class VLLMOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(256, description="Prompts per engine call.")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="extra vllm.LLM arguments, e.g. "
+                                        "{\"dtype\": \"float32\", \"max_model_len\": 1024}.")
+
+
+@backends.register
 class VLLMBackend:
     name = "vllm"
+    Options = VLLMOptions
+
+    @classmethod
+    def from_options(cls, model: str, o: VLLMOptions) -> "VLLMBackend":
+        return cls(model, batch_size=o.batch_size, engine_args=o.engine_args)
 
     def __init__(self, model: str, *, batch_size: int = 256, engine_args: dict | None = None,
                  structured: bool = True):

@@ -161,9 +161,9 @@ def test_each_family_fires_in_the_pipeline_and_is_recorded(lang, rates, parts, f
 
 
 def test_pairs_are_deterministic_from_seed_and_carry_lineage():
-    a = StructuredPairs(seed=7).process(_frame())
-    b = StructuredPairs(seed=7).process(_frame())
-    c = StructuredPairs(seed=8).process(_frame())
+    a = StructuredPairs(seed=7).pairs_frame(_frame())
+    b = StructuredPairs(seed=7).pairs_frame(_frame())
+    c = StructuredPairs(seed=8).pairs_frame(_frame())
     assert a.equals(b)
     shopper_tasks = pl.col("task").is_in(["query2title", "category_query2title"])
     assert a.filter(shopper_tasks)["anchor"].to_list() != c.filter(shopper_tasks)["anchor"].to_list()
@@ -180,7 +180,7 @@ def test_pairs_are_deterministic_from_seed_and_carry_lineage():
 
 
 def test_category_queries_take_the_category_class_and_item_queries_the_item():
-    out = StructuredPairs(seed=0).process(_frame())
+    out = StructuredPairs(seed=0).pairs_frame(_frame())
     for pid in ("vi-1", "vi-2", "th-1", "id-1", "km-1", "en-1"):
         rows = {r["task"]: r for r in out.filter(pl.col("product_id") == pid).iter_rows(named=True)}
         cat = rows["category_query2title"]
@@ -194,8 +194,8 @@ def test_category_queries_take_the_category_class_and_item_queries_the_item():
 
 
 def test_no_shopper_keeps_the_old_pairs_and_attribute_queries_do_not_change():
-    old = StructuredPairs(seed=3, shopper=False).process(_frame())
-    new = StructuredPairs(seed=3).process(_frame())
+    old = StructuredPairs(seed=3, shopper=False).pairs_frame(_frame())
+    new = StructuredPairs(seed=3).pairs_frame(_frame())
     assert set(old["task"]) == {"query2title", "title2category", "attr_query2title", "desc2title"}
     for r in old.filter(pl.col("task") == "query2title").iter_rows(named=True):
         rng = random.Random(f"3:{r['product_id']}")
@@ -235,8 +235,8 @@ def test_a_language_without_a_rule_file_gets_generic_rules_and_one_warning(tmp_p
     folder.mkdir()
     shutil.copy(RULES_DIR / "generic.yaml", folder / "generic.yaml")
     with caplog.at_level(logging.WARNING, logger="compass.datagen.shopper"):
-        out = StructuredPairs(seed=0, rules_dir=str(folder)).process(_frame())
-        StructuredPairs(seed=1, rules_dir=str(folder)).process(_frame())
+        out = StructuredPairs(seed=0, rules_dir=str(folder)).pairs_frame(_frame())
+        StructuredPairs(seed=1, rules_dir=str(folder)).pairs_frame(_frame())
     warned = [r.getMessage() for r in caplog.records if "no shopper rule file" in r.getMessage()]
     assert len([w for w in warned if str(folder / "vi.yaml") in w]) == 1
     assert set(out["lang"]) == {"vi", "th", "id", "km", "en"}

@@ -70,7 +70,7 @@ def test_train_static_end_to_end(tmp_path, small_catalog):
     info = json.loads((out / "compass_train.json").read_text(encoding="utf-8"))
     with Catalog(small_catalog, read_only=True) as cat:
         run = cat.query("SELECT id, status, summary FROM runs WHERE command = 'train'")[0]
-        gen_run = cat.scalar("SELECT id FROM runs WHERE command = 'generate'")
+        gen_run = cat.scalar("SELECT id FROM runs WHERE command = 'structured'")
         n_train = cat.scalar("SELECT count(*) FROM splits WHERE split = 'train'")
     assert run["status"] == "ok" and json.loads(run["summary"])["global_step"] == 4
     assert run["id"] in card and gen_run in card  # lineage: the train run and the runs that made the examples
