@@ -4,7 +4,7 @@ The group of an example (GROUPING = "product-v1"):
 
 1. the product it comes from, found through ``product_id``, else through its source example (translations), else
    through any example of its translation group, and lifted to the *item* when the product names a brand + model
-   (``item:<lang>:<brand>|<model>``, the same rule as ``compass.datagen.structured.item_class``): two sellers'
+   (``item:<lang>:<brand>|<model>``, the one rule, ``compass.tasks.item_class``): two sellers'
    listings of one item are valid positives of each other's queries, so they go to the same side;
 2. else its translation group (an example with no product);
 3. else its class id; else the example itself.
@@ -22,7 +22,6 @@ u < test + dev, else train. An example that arrives later gets its split by the 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass
 
 import polars as pl
@@ -31,6 +30,7 @@ from compass.catalog.db import Catalog
 from compass.errors import CompassError
 from compass.ids import params_hash
 from compass.stage import insert_frame
+from compass.tasks import item_class
 
 GROUPING = "product-v1"
 SPLITS = ("train", "dev", "test")
@@ -60,12 +60,7 @@ class SplitPolicy:
 
 
 def _item_or_product(pid: str, lang: str | None, attributes) -> str:
-    attrs = json.loads(attributes) if isinstance(attributes, str) else (attributes or {})
-    brand = str(attrs.get("brand") or "").strip().lower() if isinstance(attrs, dict) else ""
-    model = str(attrs.get("model") or "").strip().lower() if isinstance(attrs, dict) else ""
-    if brand and model and lang:
-        return f"item:{lang}:{brand}|{model}"
-    return f"product:{pid}"
+    return item_class({"id": pid, "lang": lang, "attributes": attributes})  # the one rule: compass/tasks.py
 
 
 def group_of(row: dict) -> str:
