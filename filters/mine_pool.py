@@ -24,12 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from compass.catalog.db import Catalog, registered
-from compass.datagen.structured import item_class
-
-
-def category_class(row: dict) -> str:
-    """Class of label-type and category-level tasks: the category path in its language (structured route's)."""
-    return f"category:{row['lang']}:{row['category']}"
+from compass.tasks import category_class, item_class  # the class rules, in one place
 
 
 @dataclass(frozen=True)
