@@ -30,12 +30,11 @@ import json
 
 from jsonschema import Draft202012Validator
 
-from compass.datagen.structured import item_class
 from compass.ids import content_id
+from compass.tasks import TEMPLATE_TASKS as PAIR_TASKS  # template task -> pair task (compass/tasks.py)
+from compass.tasks import class_id
 from compass.text import normalize
 
-PAIR_TASKS = {"search_query": "query2title", "product_question": "question2title", "short_review": "review2title",
-              "title_rewrite": "title2title", "attribute_qa": "attr_question2title"}
 _VALIDATORS: dict[str, Draft202012Validator] = {}
 
 
@@ -60,7 +59,7 @@ def _clean(s: str) -> str:
 
 def grounded_pairs(task: str, parsed: dict, product: dict) -> list[tuple[str, str, str, str]]:
     """(pair task, anchor, positive, class id) for one valid answer about one product."""
-    title, cls = product["title"], item_class(product)
+    title, cls = product["title"], class_id(PAIR_TASKS[task], product) if task in PAIR_TASKS else None
     if task == "search_query":
         anchors = parsed["queries"]
     elif task == "product_question":

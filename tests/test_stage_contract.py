@@ -115,3 +115,68 @@ def test_dedup_signatures_equal_what_the_clustering_stage_signs(seed):
     for table, key in (("minhash_signatures", ["text_hash", "shingling"]), ("example_signatures",
                                                                           ["example_id", "field"])):
         assert out[table].sort(key).equals(sig[table].sort(key)), table
+
+
+# -- generation: structured pairs, and the LLM stage's parse step ---------------------------------------------
+GEN_PRODUCTS = [  # (id, lang, title, category, attributes, description)
+    ("p1", "vi", "Điện thoại Samsung Galaxy A15 128GB Đen", "Điện thoại > Di động",
+     '{"brand": "Samsung", "model": "Galaxy A15", "storage": "128GB"}', "Màn hình lớn, pin 5000mAh, chính hãng."),
+    ("p2", "th", "รองเท้าผ้าใบ Nike Air Force 1 สีขาว ไซส์ 42", "แฟชั่น > รองเท้า",
+     '{"brand": "Nike", "model": "Air Force 1", "size": "42"}', None),
+    ("p3", "id", "Sepatu Lari Pria Nike Revolution 7 Hitam 42", "Fashion > Sepatu",
+     '{"brand": "Nike", "model": "Revolution 7", "size": "42"}', "Sepatu lari ringan dan nyaman dipakai."),
+    ("p4", "en", "Stainless Steel Water Bottle 750ml", "Home > Kitchen", "{}", None),
+    ("p5", "km", "ស្បែកជើង Nike Air Max 90 ពណ៌ខ្មៅ", "ម៉ូដ > ស្បែកជើង", '{"brand": "Nike", "colour": "ខ្មៅ"}', None),
+    ("p6", "vi", "Nồi cơm điện Philips 1.8L HD4515", "Điện gia dụng > Nồi cơm", '{"brand": "Philips"}',
+     "Nồi cơm điện dung tích 1.8 lít, nấu nhanh, giữ ấm lâu."),
+    ("p7", "th", "Samsung Galaxy A15 สมาร์ทโฟน 128GB สีดำ ส่งฟรี", "มือถือ > สมาร์ทโฟน",
+     '{"brand": "Samsung", "model": "Galaxy A15"}', None),
+]
+
+
+def test_structured_shards_equal_the_whole():
+    from compass.datagen.structured import StructuredPairs
+
+    frame = pl.DataFrame([{"id": i, "lang": lg, "market": "XX", "title": t, "category": c, "attributes": a,
+                           "description": d, "content_hash": f"h{i}", "version": 0}
+                          for i, lg, t, c, a, d in GEN_PRODUCTS], schema_overrides={"description": pl.Utf8,
+                                                                                   "version": pl.Int32})
+    whole = assert_shards_equal_whole(lambda: StructuredPairs(seed=3), frame, {
+        "examples": ("id",), "example_transforms": ("example_id",),
+        "structured_products": ("product_id", "version", "params_hash")})
+    assert whole["examples"].height > 3 * len(GEN_PRODUCTS) and not whole["example_transforms"].is_empty()
+    assert whole["structured_products"]["product_id"].sort().to_list() == sorted(p[0] for p in GEN_PRODUCTS)
+
+
+def test_llm_parse_step_shards_equal_the_whole(tmp_path):
+    """The generate stage's process (answer -> parsed JSON -> pairs, class ids, lineage) over a batch of results:
+    valid, duplicate-only, invalid, truncated and failed answers to a real plan."""
+    from compass.catalog.db import Catalog
+    from compass.datagen.backends import LLMResult
+    from compass.datagen.llm_run import LLMGenerate, result_frame
+    from compass.catalog.ingest import ingest_file
+    from conftest import PRODUCTS_TH, write_jsonl
+
+    with Catalog(tmp_path / "c.duckdb", create=True) as cat:
+        ingest_file(cat, write_jsonl(tmp_path / "th.jsonl", PRODUCTS_TH), "th", "TH", None, "fail", "r")
+        probe = LLMGenerate(model="m", tasks=["search_query"], n=9, max_model_len=0,
+                            options={"base_url": "http://127.0.0.1:9/v1"})
+        probe.prepare(cat)
+    planned = probe.planned
+
+    def make():
+        st = LLMGenerate(probe.config)
+        st.planned, st.by_id = planned, {p.request_id: p for p in planned}
+        return st
+
+    texts = ['{"queries": ["samsung a55", "มือถือ samsung"]}', '{"queries": ["nike af1 42"]}', '{"queries": ["a',
+             '{"queries": []}', None, '{"queries": ["ครีมกันแดด biore", "biore spf50"]}', "not json",
+             '{"queries": ["รองเท้า nike", "nike air force"]}', '{"queries": ["x"]}']
+    results = [LLMResult(p.request_id, "failed" if t is None else "ok", text=t, error="http_503" if t is None
+                         else None, finish_reason="length" if t == '{"queries": ["a' else "stop", attempts=1)
+               for p, t in zip(planned, texts)]
+    whole = assert_shards_equal_whole(make, result_frame(results), {"generations": ("request_id",),
+                                                                    "examples": ("id",)})
+    statuses = sorted(whole["generations"]["status"].to_list())
+    assert statuses.count("failed") == 1 and "reject" in statuses and "ok" in statuses
+    assert set(whole["examples"]["request_id"]) <= {p.request_id for p in planned}
