@@ -63,3 +63,68 @@ def test_plan_is_deterministic_and_dry_run_sends_nothing(tmp_path, catalog, prod
     nokey = run_cli("generate", "--route", "grounded", "--n", "1", "--model", "m", catalog=catalog, check=False,
                     env={"OPENAI_API_KEY": "", "COMPASS_API_KEY": ""})
     assert nokey.returncode == 1 and "OPENAI_API_KEY" in nokey.stderr
+
+
+def test_structured_stage_picks_up_new_changed_and_reparametrised_products(tmp_path):
+    """The structured stage's pending rule: products whose current version has no record for these params."""
+    import compass
+    from compass.catalog.ingest import ingest_file
+    from compass.datagen.structured_run import structured
+    from compass.runner import finished_run
+    from conftest import PRODUCTS_TH, write_jsonl
+
+    f = write_jsonl(tmp_path / "th.jsonl", PRODUCTS_TH)
+    with Catalog(tmp_path / "c.duckdb", create=True) as cat:
+        ingest_file(cat, f, "th", "TH", None, "fail", "r")
+        first = structured(cat, progress=False)
+        assert first.read == 3 and first.written["examples"] > 3 and first.written["structured_products"] == 3
+        assert first.run_id and finished_run(cat, "structured", first.params_hash) == first.run_id
+        assert cat.scalar("SELECT count(DISTINCT run_id) FROM examples") == 1
+        assert structured(cat, progress=False).nothing_to_do  # rerun: nothing pending
+        assert structured(cat, {"seed": 1}, progress=False).read == 3  # another parameter: judged again
+        rows = [dict(p) for p in PRODUCTS_TH] + [{"id": "th-4", "title": "กระติกน้ำสแตนเลส 750ml", "category": "บ้าน"}]
+        rows[0]["title"] = "Samsung Galaxy A55 5G 8/256GB สีน้ำเงิน"
+        ingest_file(cat, write_jsonl(f, rows), "th", "TH", None, "fail", "r2")
+        again = compass.run(cat, "structured", {}, progress=False)  # the registered stage, as a recipe runs it
+        assert again.read == 2  # the new product and the edited one
+        ingest_file(cat, write_jsonl(f, PRODUCTS_TH + rows[3:]), "th", "TH", None, "fail", "r3")  # edited back
+        assert compass.run(cat, "structured", {}, progress=False).read == 1
+        pid = cat.scalar("SELECT id FROM products WHERE source_id = 'th-1'")
+        # the first version's seed-0 examples are current again (seed 1's stay stale until a seed-1 run)
+        assert cat.scalar("SELECT count(*) FROM decisions d JOIN examples e ON e.id = d.example_id WHERE "
+                          "e.product_id = ? AND e.run_id = ? AND d.reason = 'product:current'", [pid, first.run_id])
+        assert not cat.scalar("SELECT count(*) FROM decisions d JOIN examples e ON e.id = d.example_id WHERE "
+                              "e.product_id = ? AND e.run_id = ? AND NOT d.keep", [pid, first.run_id])
+
+
+def test_bad_structured_and_llm_configs_are_one_clear_line():
+    import pytest
+    from pydantic import ValidationError
+
+    from compass.datagen.backends import make_backend
+    from compass.datagen.generate import GenerateConfig
+    from compass.datagen.structured import StructuredPairs
+    from compass.errors import CompassError
+
+    with pytest.raises(CompassError, match="--tasks 'query2tilte' is not a structured task: use any of query2title"):
+        StructuredPairs(tasks=["query2tilte"])
+    with pytest.raises(CompassError, match="unknown LLM backend 'vlm' .did you mean 'vllm'"):
+        make_backend("vlm", "m")
+    with pytest.raises(ValidationError, match="concurency"):  # an option the backend does not have
+        GenerateConfig(model="m", options={"concurency": 4})
+    cfg = GenerateConfig(model="m", backend="vllm", options={"engine_args": {"dtype": "float32"}})
+    assert cfg.options == {"batch_size": 256, "engine_args": {"dtype": "float32"}}  # defaults spelt out
+
+
+def test_one_task_vocabulary():
+    from compass.datagen.answers import PAIR_TASKS
+    from compass.datagen.structured import TASKS
+    from compass.tasks import class_id, tasks
+    from compass.train.splits import group_of
+
+    assert set(TASKS) | set(PAIR_TASKS.values()) <= set(tasks)
+    assert class_id("query2title", PRODUCT) == "item:th:nike|air max 270"
+    assert class_id("title2category", {**PRODUCT, "category": "Shoes"}) == "category:th:Shoes"
+    # splits group by the same item rule as the class id of item tasks
+    assert group_of({"id": "e", "pid": "p1", "p_lang": "th", "p_attributes": PRODUCT["attributes"]}) == \
+        class_id("query2title", PRODUCT)
