@@ -285,3 +285,25 @@ def test_stats_works_during_a_running_generate(server, tiny_model, tmp_path):
     assert len(seen) >= 2, seen
     assert seen == sorted(seen) and max(seen) < 12  # progress visible while it ran
     check_accounting(cat, 12)
+
+
+def test_generate_from_python_records_lineage_and_resumes(server, tiny_model, tmp_path):
+    """`compass.datagen.generate.generate`: the LLM route without the CLI, under a `generate` run record."""
+    from compass.catalog.db import Catalog
+    from compass.datagen.backends import Sampling
+    from compass.datagen.generate import GenerateConfig, generate
+
+    cat_path = make_catalog(tmp_path)
+    cfg = GenerateConfig(route="grounded", model=str(tiny_model), n=6, compact=True, sampling=Sampling(max_tokens=96),
+                         options={"base_url": server.url, "concurrency": 3}, write_every=2)
+    with Catalog(cat_path) as cat:
+        s = generate(cat, cfg, ["th"], progress=False)
+        assert (s.info["requested"], s.info["sent"]) == (6, 6) and s.written["generations"] == 6
+        assert s.info["ok"] + s.info["reject"] + s.info["failed"] == 6
+        run = cat.query("SELECT command, status, config FROM runs WHERE id = ?", [s.run_id])[0]
+        assert run["command"] == "generate" and run["status"] == "ok" and s.params_hash in run["config"]
+        assert cat.scalar("SELECT count(*) FROM generations WHERE run_id = ? AND lang = 'th'", [s.run_id]) == 6
+        assert cat.scalar("SELECT count(*) FROM examples WHERE run_id <> ?", [s.run_id]) == 0
+        again = generate(cat, cfg, ["th"], progress=False)
+        assert again.nothing_to_do and again.info["already_answered"] == 6 and not again.written
+    check_accounting(cat_path, 6)
