@@ -1,11 +1,12 @@
-"""Hard-negative mining into the catalog: positive-aware, class-aware, incremental.
+"""Hard-negative mining into the catalog: positive-aware, class-aware, incremental; two stages on the runner.
 
-For every kept example, the candidates are its pool (`mine_pool`): the distinct kept positives of its language
-and, by default, task (a category path is no useful negative for a query whose positive is a title, and a title
-is a harmful one for a title -> category pair); with `--pool products`, also every product text of its language
-and market that the task's rule names. Anchors are encoded as queries, candidates as documents (`mine_cache`).
-Exact search streams the candidate embeddings from the catalog in chunks (`mine_search.stream_topk`), so memory
-does not grow with the pool; then guards, checked in this order and each counted in `mined_examples`:
+`encode` (`mine_cache.EncodeStage`) caches the embeddings of anchors (as queries) and candidates (as documents);
+`mine` (`MineStage`, here) reads them. For every kept example, the candidates are its pool (`mine_pool`): the
+distinct kept positives of its language and, by default, task (a category path is no useful negative for a
+query whose positive is a title, and a title is a harmful one for a title -> category pair); with `--pool
+products`, also every product text of its language and market that the task's rule names. Exact search streams
+the pool's embeddings in chunks (`mine_search.stream_topk`), so memory does not grow with the pool; then guards,
+checked in this order and each counted in `mined_examples`:
 
 - near_dup: the candidate equals the positive (or the anchor) after `compass.text.normalize`, or is a
   near-duplicate of the positive (`compass.text.is_near_duplicate`: word-bigram / char-trigram Jaccard >=
@@ -19,38 +20,41 @@ does not grow with the pool; then guards, checked in this order and each counted
 
 Margin and rank window default per task (`TASK_RULES`; an explicit --margin / --rank-window applies to all).
 The first `per_example` survivors, best first, are stored with the pool they came from. A negative set is one
-(model fingerprint and prompts, guard parameters) pair, its id the params hash; rerunning mines only examples not
-yet in `mined_examples` for the set.
+(model fingerprint and prompts, guard parameters) pair, its id the params hash; the stage's pending selection is
+the kept examples not yet in `mined_examples` for the set, joined with their two cached vectors, and everything
+else it reads (the pools) is read once in `prepare`: `process` is pure over its batch and the pools.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import tempfile
+from typing import ClassVar
 
 import numpy as np
 import polars as pl
 import torch
-from tqdm.auto import tqdm
+from pydantic import BaseModel, ConfigDict
 
-from compass.catalog.db import Catalog
+from compass.catalog.db import Catalog, Run
 from compass.errors import CompassError
-from compass.filters.mine_cache import (ENCODE_CHUNK, duckdb_memory, encode_missing, load_embeddings,
-                                        load_encoder, model_fingerprint, register_model, role_prompt,
-                                        store_encoded, stream_embeddings)
-from compass.filters.mine_pool import (TASK_RULES, PoolKey, build_pool, candidates, missing_pool_texts, positions,
-                                       rules_params, task_rule)
-from compass.filters.mine_search import GUARDS, GuardConfig, NearDup, select_negatives, stream_topk
+from compass.filters.mine_cache import (EncodeStage, EncoderKeys, EncoderStage, encoder_keys, insert_ignore,
+                                        load_encoder, vec_array)
+from compass.filters.mine_pool import DEFAULT_RULE, TASK_RULES, Pool, PoolKey, load_pool, rules_params, task_rule
+from compass.filters.mine_search import GUARDS, GuardConfig, Sets, common, hash_strings, select_negatives, stream_topk
 from compass.ids import params_hash, text_hash
-from compass.stage import insert_frame
-from compass.text import normalize
+from compass.registry import stages
+from compass.runner import execute
+from compass.stage import Selection
+from compass.text import normalize, uses_spaces
 
 MINER_VERSION = 2  # bump when the mining semantics change, so old sets are not extended with new rules
 AUTO = "auto"      # --margin / --rank-window left to the per-task defaults
 
 
-@dataclass
-class MineConfig:
+class MineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     model: str = "e5-small"
     langs: list[str] | None = None
     top_k: int = 100                      # candidates retrieved per example (search depth)
@@ -63,13 +67,12 @@ class MineConfig:
     pool: str = "positives"               # positives | products
     cross_lingual: bool = False           # pool across the selected languages
     batch_size: int = 64                  # encoder batch
-    mine_batch: int = 2048                # examples per transaction
-    anchor_pass: int = 131072             # anchors searched per streamed pass over a pool
+    mine_batch: int = 2048                # examples per batch (one search of the pool, one transaction)
     cand_chunk: int = 16384               # candidate embeddings per streamed chunk
-    duckdb_memory: str | None = "256MB"   # DuckDB memory_limit while searching (its buffer pool stays bounded)
+    duckdb_memory: str | None = "256MB"   # DuckDB memory_limit while reading pools (its buffer pool stays bounded)
     device: str = "cpu"
     progress: bool = True
-    block: int = field(default=1 << 25)   # max scores alive at once in the search (128 MB)
+    block: int = 1 << 25                  # max scores alive at once in the search (128 MB)
 
     def window(self, task: str) -> tuple[int, int]:
         return task_rule(task).rank_window if self.rank_window == AUTO else tuple(self.rank_window)
@@ -79,6 +82,8 @@ class MineConfig:
 
     def validate(self) -> None:
         if self.rank_window != AUTO:
+            if isinstance(self.rank_window, str):
+                raise CompassError(f"--rank-window {self.rank_window!r}: write it as LO:HI, e.g. 10:100, or auto")
             lo, hi = self.rank_window
             if not (0 <= lo < hi):
                 raise CompassError(f"--rank-window {lo}:{hi}: need 0 <= lo < hi, e.g. 10:100")
@@ -86,6 +91,8 @@ class MineConfig:
             if lo >= self.top_k:
                 raise CompassError(f"--rank-window {lo}:{hi} starts at or past --top-k {self.top_k}: nothing would "
                                    f"be eligible; raise --top-k above {lo} or lower the window start")
+        if isinstance(self.margin, str) and self.margin != AUTO:
+            raise CompassError(f"--margin {self.margin!r}: use a value in (0, 1], auto, or 0 to disable it")
         if self.margin not in (AUTO, None) and not (0 < self.margin <= 1):
             raise CompassError(f"--margin {self.margin}: use a value in (0, 1], e.g. 0.95, or 0 to disable it")
         if self.per_example < 1 or self.top_k < 1:
@@ -114,176 +121,216 @@ class MineConfig:
         return p
 
 
-def example_keys(class_id: str, translation_group: str | None) -> frozenset:
-    return frozenset([class_id] + ([f"tg:{translation_group}"] if translation_group else []))
-
-
-NEG_SCHEMA = pl.List(pl.Struct({"rank": pl.Int64, "negative_text": pl.Utf8, "negative_example_id": pl.Utf8,
-                                "score": pl.Float64, "source": pl.Utf8}))
-
-
-class HardNegativeMiner:
-    """Guards over one batch's search results: `mined_examples` rows out, negatives nested.
-
-    The search (one streamed pass per pool) and the read-back of the retrieved candidates happen before, in
-    `mine`; `process` is pure over its inputs.
-    """
-
-    name = "mine"
-
-    def __init__(self, cfg: MineConfig, set_id: str, run_id: str | None):
-        self.cfg, self.set_id, self.run_id = cfg, set_id, run_id
-
-    def process(self, batch: pl.DataFrame, key: PoolKey, scores: np.ndarray, idx: np.ndarray, pos_idx: np.ndarray,
-                pos_score: np.ndarray, cand) -> pl.DataFrame:
-        """scores, idx (b, k): the search's best candidates (pool positions); pos_idx (b,) the positive's position
-        (-1: not in the pool); pos_score (b,) anchor . positive; cand: `mine_pool.Candidates` for these positions."""
-        cfg = self.cfg
-        langs = batch["lang"].to_list()
-        keys = [example_keys(c, g) for c, g in zip(batch["class_id"], batch["translation_group"])]
-        loc = cand.local
-        dup = NearDup(cand.texts, cfg.near_dup, cand.clusters)
-        anchors = [normalize(a) for a in batch["anchor"]]
-
-        def same_class(r: int, c: int) -> bool:
-            return not keys[r].isdisjoint(cand.classes[loc[c]])
-
-        def near_dup(r: int, c: int) -> bool:
-            # a copy of the anchor itself is no negative either (possible when pools mix tasks and margin is off)
-            return ((pos_idx[r] >= 0 and dup(loc[int(pos_idx[r])], loc[c], langs[r]))
-                    or dup.normalized(loc[c]) == anchors[r])
-
-        tasks = batch["task"].to_list()
-        negs: list[list[dict]] = [[] for _ in range(batch.height)]
-        counts = {"examined": np.zeros(batch.height, np.int64), "retrieved": np.zeros(batch.height, bool),
-                  **{g: np.zeros(batch.height, np.int64) for g in GUARDS}}
-        for task in sorted(set(tasks)):                       # guards differ per task (TASK_RULES)
-            rows = np.flatnonzero(np.asarray(tasks) == task)
-            m = select_negatives(scores[rows], idx[rows], pos_idx[rows], pos_score[rows], cfg.guard_config(task),
-                                 (lambda r, c, rows=rows: same_class(int(rows[r]), c)) if cfg.class_guard else None,
-                                 lambda r, c, rows=rows: near_dup(int(rows[r]), c))
-            counts["examined"][rows] = m.examined
-            counts["retrieved"][rows] = m.positive_retrieved
-            for g in GUARDS:
-                counts[g][rows] = m.refused[g]
-            for r, rank, c, s in zip(m.q, m.rank, m.cand, m.score):
-                j = loc[int(c)]
-                negs[rows[r]].append({"rank": int(rank), "negative_text": cand.texts[j],
-                                      "negative_example_id": cand.example_ids[j], "score": float(s),
-                                      "source": cand.sources[j]})
-        out = {"set_id": [self.set_id] * batch.height, "example_id": batch["id"].to_list(), "lang": langs,
-               "pool": [key.label()] * batch.height, "n_examined": counts["examined"].tolist(),
-               "n_negatives": [len(n) for n in negs], **{f"refused_{g}": counts[g].tolist() for g in GUARDS},
-               "positive_retrieved": counts["retrieved"].tolist(), "run_id": [self.run_id] * batch.height,
-               "positive_score": pos_score.tolist(), "negatives": negs}
-        return pl.DataFrame(out, schema_overrides={"negatives": NEG_SCHEMA})
+def example_keys(class_id: str, translation_group: str | None) -> list[str]:
+    return [class_id] + ([f"tg:{translation_group}"] if translation_group else [])
 
 
 MINED_COLS = ["set_id", "example_id", "lang", "pool", "n_examined", "n_negatives", *[f"refused_{g}" for g in GUARDS],
               "positive_retrieved", "run_id"]
+NEG_SCHEMA = {"set_id": pl.Utf8, "example_id": pl.Utf8, "rank": pl.Int64, "negative_text": pl.Utf8,
+              "negative_example_id": pl.Utf8, "score": pl.Float64, "positive_score": pl.Float64, "run_id": pl.Utf8,
+              "source": pl.Utf8}
 
 
-def write_mined(con, out: pl.DataFrame) -> int:
-    """Negatives and the mined-example markers of one batch (same transaction); returns negatives added."""
-    negs = (out.select("set_id", "example_id", "positive_score", "run_id", "negatives")
-            .explode("negatives").drop_nulls("negatives").unnest("negatives"))
-    added = insert_frame(con, "negatives", negs, ["set_id", "example_id", "rank"])
-    insert_frame(con, "mined_examples", out.select(MINED_COLS), ["set_id", "example_id"])
-    return added
+@stages.register
+class MineStage(EncoderStage):
+    """Kept examples -> hard negatives (`negatives`) and one `mined_examples` row each, in negative set `set_id`.
+
+    Shardable: an example's negatives depend on its own row and on the pools `prepare` read.
+    """
+
+    name: ClassVar[str] = "mine"
+    Config = MineConfig
+    writes = {"negatives": ("set_id", "example_id", "rank"), "mined_examples": ("set_id", "example_id"),
+              "negative_sets": ("set_id",)}
+    unit: ClassVar[str] = "examples"
+    volatile = frozenset({"batch_size", "mine_batch", "cand_chunk", "duckdb_memory", "device", "progress", "block"})
+
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        self.config.validate()
+        self.batch_size = self.config.mine_batch
+        self.pools: dict[PoolKey, Pool] = {}
+        self._langs = self.config.langs
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._set_id: str | None = None
+
+    def use(self, model=None, encoder: EncoderKeys | None = None) -> "MineStage":
+        self._set_id = None
+        return super().use(model, encoder)
+
+    @property
+    def set_params(self) -> dict:
+        return self.config.set_params(self.encoder.fp, self.encoder.prompts)
+
+    @property
+    def set_id(self) -> str:
+        if self._set_id is None:
+            self._set_id = params_hash(self.set_params)
+        return self._set_id
+
+    def _keys_sql(self) -> tuple[str, str, str]:
+        cfg = self.config
+        return ("'*'" if cfg.cross_lingual else "k.lang", "k.task" if cfg.pool_by == "task" else "'*'",
+                "coalesce(k.market, '*')" if cfg.pool == "products" else "'*'")
+
+    def _pending(self, langs: list[str] | None) -> tuple[str, list]:
+        self._langs = langs if langs is not None else self.config.langs
+        cond, params = (f"k.lang IN ({', '.join('?' * len(self._langs))})", list(self._langs)) if self._langs \
+            else ("TRUE", [])
+        return (f"{cond} AND NOT EXISTS (SELECT 1 FROM mined_examples m WHERE m.set_id = ? AND m.example_id = k.id)",
+                params + [self.set_id])
+
+    def select(self, langs: list[str] | None = None) -> Selection:
+        where, params = self._pending(langs)
+        lang, task, market = self._keys_sql()
+        keys = self.encoder.keys
+        # the total takes the same parameters as the selection: there, the two cache keys go into an unused CTE
+        return Selection(
+            f"SELECT k.id, k.lang, k.market, k.task, k.anchor, k.positive, k.class_id, k.translation_group, "
+            f"{lang} AS _lang, {task} AS _task, {market} AS _market, q.vec AS q_vec, p.vec AS p_vec "
+            "FROM kept_examples k LEFT JOIN embedding_cache q ON q.model_fp = ? AND q.text_hash = "
+            "substr(sha256(k.anchor), 1, 20) LEFT JOIN embedding_cache p ON p.model_fp = ? AND p.text_hash = "
+            f"substr(sha256(k.positive), 1, 20) WHERE {where} ORDER BY _lang, _task, _market, k.id",
+            [keys["query"], keys["document"], *params],
+            f"WITH _keys AS (SELECT ?::VARCHAR AS q, ?::VARCHAR AS d) SELECT count(*) FROM kept_examples k WHERE {where}")
+
+    def prepare(self, cat: Catalog) -> None:
+        """Read the pools of the pending examples (texts, classes, clusters, vectors) once; keeps no connection."""
+        where, params = self._pending(self._langs)
+        lang, task, market = self._keys_sql()
+        keys = cat.con.execute(f"SELECT {lang}, {task}, {market}, list(DISTINCT k.lang) FROM kept_examples k "
+                               f"WHERE {where} GROUP BY ALL ORDER BY ALL", params).fetchall()
+        self.close()
+        self._tmp = tempfile.TemporaryDirectory(prefix="compass-mine-")
+        for lg, tk, mk, example_langs in keys:
+            key = PoolKey(lg, tk, mk, self.config.pool)
+            pool = load_pool(cat, key, self._langs, self.encoder.keys["document"], self.encoder.dim, self._tmp.name,
+                             {uses_spaces(x) for x in example_langs}, self.config.duckdb_memory,
+                             self.config.cand_chunk)
+            if pool is not None:        # no candidate at all: its examples stay pending, as before the port
+                self.pools[key] = pool
+
+    def close(self) -> None:
+        """Drop the pools and their memory-mapped vectors."""
+        self.pools = {}
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def process(self, batch: pl.DataFrame) -> dict[str, pl.DataFrame]:
+        negs, mined = [], []
+        for (lang, task, market), group in batch.group_by(["_lang", "_task", "_market"], maintain_order=True):
+            pool = self.pools.get(PoolKey(lang, task, market, self.config.pool))
+            if pool is not None:
+                n, m = self._mine(group, pool)
+                negs.append(n)
+                mined.append(m)
+        return {"negative_sets": pl.DataFrame({"set_id": [self.set_id], "model": [self.config.model],
+                                               "params": [json.dumps(self.set_params)], "run_id": [self.run_id]},
+                                              schema_overrides={"run_id": pl.Utf8}),
+                "negatives": pl.concat(negs) if negs else pl.DataFrame(schema=NEG_SCHEMA),
+                "mined_examples": pl.concat(mined) if mined else pl.DataFrame()}
+
+    def _mine(self, g: pl.DataFrame, pool: Pool) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """One pool's examples of a batch: search, guards; (negatives, mined_examples) rows."""
+        cfg, dim = self.config, self.encoder.dim
+        q, p = vec_array(g["q_vec"], dim), vec_array(g["p_vec"], dim)                  # (b, d) each
+        pos_score = np.einsum("bd,bd->b", q, p).astype(np.float64)                     # (b,)
+        pos_idx = pool.positions([text_hash(t) for t in g["positive"]])                # (b,), -1: not in the pool
+        with torch.inference_mode():
+            s, i = stream_topk(torch.from_numpy(q).to(cfg.device), pool.chunks(cfg.cand_chunk, cfg.device),
+                               cfg.top_k + 1, block=cfg.block)
+        scores, idx = s.cpu().numpy(), i.cpu().numpy()                                 # (b, k) each
+        guards = self._pair_guards(g, pool, pos_idx)
+        b, tasks = g.height, g["task"].to_numpy()
+        counts = {"examined": np.zeros(b, np.int64), "retrieved": np.zeros(b, bool),
+                  **{x: np.zeros(b, np.int64) for x in GUARDS}}
+        rows_out, rank_out, cand_out, score_out = [], [], [], []
+        for task in sorted(set(tasks)):                       # guards differ per task (TASK_RULES)
+            rows = np.flatnonzero(tasks == task)
+            m = select_negatives(scores[rows], idx[rows], pos_idx[rows], pos_score[rows], cfg.guard_config(task),
+                                 pairs=lambda r, c, rows=rows: guards(rows[r], c))
+            counts["examined"][rows], counts["retrieved"][rows] = m.examined, m.positive_retrieved
+            for x in GUARDS:
+                counts[x][rows] = m.refused[x]
+            rows_out.append(rows[m.q])
+            rank_out.append(m.rank)
+            cand_out.append(m.cand)
+            score_out.append(m.score)
+        r, c = np.concatenate(rows_out), np.concatenate(cand_out)
+        order = np.lexsort((np.concatenate(rank_out), r))   # by example, then rank
+        r, c = r[order], c[order]
+        negs = pl.DataFrame({"set_id": [self.set_id] * len(r), "example_id": g["id"].gather(r),
+                             "rank": np.concatenate(rank_out)[order], "negative_text": pool.texts.gather(c), "negative_example_id": pool.example_ids.gather(c),
+                             "score": np.concatenate(score_out)[order], "positive_score": pos_score[r],
+                             "run_id": pl.Series([self.run_id] * len(r), dtype=pl.Utf8),
+                             "source": pool.sources.gather(c)}, schema=NEG_SCHEMA)
+        mined = pl.DataFrame({"set_id": [self.set_id] * b, "example_id": g["id"], "lang": g["lang"],
+                              "pool": [pool.key.label()] * b, "n_examined": counts["examined"],
+                              "n_negatives": np.bincount(r, minlength=b).astype(np.int64),
+                              **{f"refused_{x}": counts[x] for x in GUARDS}, "positive_retrieved": counts["retrieved"],
+                              "run_id": pl.Series([self.run_id] * b, dtype=pl.Utf8)})
+        return negs, mined
+
+    def _pair_guards(self, g: pl.DataFrame, pool: Pool, pos_idx: np.ndarray):
+        """near_dup and class for (row, candidate) pairs, as arrays over the pool's precomputed keys."""
+        cfg = self.config
+        anchor_norm = hash_strings([normalize(a) for a in g["anchor"]])                # (b,)
+        spaced = np.array([uses_spaces(x) for x in g["lang"]], bool)                   # (b,)
+        row_keys = Sets.from_lists([[pool.class_ids[k] for k in example_keys(c, t) if k in pool.class_ids]
+                                    for c, t in zip(g["class_id"], g["translation_group"])])
+        tk = pool.text_keys
+
+        def guards(r: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            # a copy of the anchor itself is no negative either (possible when pools mix tasks and margin is off)
+            nd = tk.norm[c] == anchor_norm[r]
+            p = pos_idx[r]
+            t = np.flatnonzero(p >= 0)
+            if len(t):
+                nd[t] |= tk.near_dup(p[t], c[t], spaced[r[t]], cfg.near_dup, pool.clusters)
+            cl = common(row_keys, r, pool.classes, c) > 0 if cfg.class_guard else np.zeros(len(r), bool)
+            return nd, cl
+        return guards
+
+    def write(self, con, outputs: dict[str, pl.DataFrame]) -> dict[str, int]:
+        return {t: insert_ignore(con, t, f) for t, f in outputs.items() if f is not None and not f.is_empty()}
+
+    def summarize(self, outputs: dict[str, pl.DataFrame]) -> dict:
+        m = outputs["mined_examples"]
+        if m.is_empty():
+            return {}
+        return {"examples_with_negatives": int((m["n_negatives"] > 0).sum()),
+                "refused": {x: int(m[f"refused_{x}"].sum()) for x in GUARDS}}
 
 
-def _lang_filter(langs: list[str] | None, col: str = "lang") -> tuple[str, list]:
-    if not langs:
-        return "TRUE", []
-    return f"{col} IN ({', '.join('?' * len(langs))})", list(langs)
+def encode_stages(cfg: MineConfig, enc: EncoderKeys, model=None) -> list[EncodeStage]:
+    """The encode stages mining needs: anchors as queries, candidates as documents (one stage when the two roles
+    share a cache key, i.e. the model has no prompts, so a text that is both is encoded once)."""
+    products = [f"products:{f}" for f in sorted({f for r in [*TASK_RULES.values(), DEFAULT_RULE] for f in r.fields})
+                ] if cfg.pool == "products" else []
+    if enc.keys["query"] == enc.keys["document"]:
+        specs = [("document", ["anchors", "positives", *products])]
+    else:
+        specs = [("query", ["anchors"]), ("document", ["positives", *products])]
+    return [EncodeStage(model=cfg.model, role=role, sources=src, batch_size=cfg.batch_size, device=cfg.device
+                        ).use(model, enc) for role, src in specs]
 
 
-def _encode_pool(cat: Catalog, model, key: str, cfg: MineConfig, run_id: str | None) -> int:
-    """Encode (as documents) the pool texts the cache lacks, ENCODE_CHUNK at a time; returns how many."""
-    done = 0
-    while todo := missing_pool_texts(cat, key, ENCODE_CHUNK):
-        done += store_encoded(cat, model, key, todo, cfg.batch_size, run_id, cfg.progress, "document")
-    return done
-
-
-def _chunks(cat: Catalog, key: str, dim: int, cfg: MineConfig):
-    for pos, emb in stream_embeddings(cat, key, "_mine_pool", dim, cfg.cand_chunk):
-        yield torch.from_numpy(pos), torch.from_numpy(emb)
-
-
-def mine(cat: Catalog, cfg: MineConfig, run_id: str | None, model=None) -> dict:
-    """Mine negatives for the kept examples not yet mined in this set; returns a summary dict."""
+def mine(cat: Catalog, cfg: MineConfig, rec: Run | None = None, model=None) -> dict:
+    """Encode what is missing, then mine the kept examples not yet in this negative set, inside run record `rec`
+    (None: rows carry no run id); returns a summary dict."""
     cfg.validate()
     model = model or load_encoder(cfg.model, cfg.device)
-    fp = model_fingerprint(model)
-    dim = int(model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension")
-              else model.get_sentence_embedding_dimension())
-    keys = register_model(cat, fp, cfg.model, dim, run_id, model)
-    prompts = {r: role_prompt(model, r) for r in keys if role_prompt(model, r)}
-    set_params = cfg.set_params(fp, prompts)
-    set_id = params_hash(set_params)
-    with cat.transaction() as con:
-        con.execute("INSERT INTO negative_sets (set_id, model, params, run_id) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT DO NOTHING", [set_id, cfg.model, json.dumps(set_params), run_id])
-    where, params = _lang_filter(cfg.langs, "k.lang")
-    pending = cat.frame(f"SELECT k.id, k.lang, k.market, k.task, k.anchor, k.positive, k.class_id, "
-                        f"k.translation_group FROM kept_examples k WHERE {where} AND NOT EXISTS (SELECT 1 FROM "
-                        f"mined_examples m WHERE m.set_id = ? AND m.example_id = k.id) ORDER BY k.id",
-                        params + [set_id])
-    summary = {"set_id": set_id, "model_fp": fp, "prompts": prompts, "pending": pending.height, "encoded": 0,
-               "negatives": 0, "examples_with_negatives": 0, "refused": {g: 0 for g in GUARDS}}
-    if pending.is_empty():
-        return summary
-    products = cfg.pool == "products"
-    pending = pending.with_columns(
-        (pl.lit("*") if cfg.cross_lingual else pl.col("lang")).alias("_lang"),
-        (pl.col("task") if cfg.pool_by == "task" else pl.lit("*")).alias("_task"),
-        (pl.col("market").fill_null("*") if products else pl.lit("*")).alias("_market"))
-    summary["encoded"] = encode_missing(cat, model, keys["query"], pending["anchor"].to_list(), cfg.batch_size,
-                                        run_id, cfg.progress, role="query")
-    stage = HardNegativeMiner(cfg, set_id, run_id)
-    for (lang, task, market), todo in sorted(pending.group_by(["_lang", "_task", "_market"]), key=lambda g: g[0]):
-        key = PoolKey(lang, task, market, cfg.pool)
-        if not build_pool(cat, key, cfg.langs):
-            continue
-        summary["encoded"] += _encode_pool(cat, model, keys["document"], cfg, run_id)
-        summary["encoded"] += encode_missing(cat, model, keys["document"], todo["positive"].to_list(),
-                                             cfg.batch_size, run_id, cfg.progress, role="document")
-        for start in range(0, todo.height, cfg.anchor_pass):
-            summary["negatives"] += _mine_pass(cat, cfg, stage, key, keys, dim, todo.slice(start, cfg.anchor_pass))
-    cat.con.execute("DROP TABLE IF EXISTS _mine_pool")
-    agg = cat.query("SELECT count(*) FILTER (WHERE n_negatives > 0) AS with_neg, "
-                    + ", ".join(f"coalesce(sum(refused_{g}), 0) AS {g}" for g in GUARDS)
-                    + " FROM mined_examples WHERE set_id = ? AND run_id IS NOT DISTINCT FROM ?", [set_id, run_id])[0]
-    summary["examples_with_negatives"] = agg.pop("with_neg")
-    summary["refused"] = {g: int(agg[g]) for g in GUARDS}
-    return summary
-
-
-def _mine_pass(cat: Catalog, cfg: MineConfig, stage: HardNegativeMiner, key: PoolKey, keys: dict, dim: int,
-               todo: pl.DataFrame) -> int:
-    """One streamed search of the pool for up to `anchor_pass` anchors, then guards and writes per mine_batch."""
-    q = load_embeddings(cat, keys["query"], todo["anchor"].to_list(), dim)              # (b, d)
-    p = load_embeddings(cat, keys["document"], todo["positive"].to_list(), dim)         # (b, d)
-    pos_score = np.einsum("bd,bd->b", q, p).astype(np.float64)                         # (b,)
-    del p
-    pos_idx = positions(cat, [text_hash(t) for t in todo["positive"]])
-    qt = torch.from_numpy(q).to(cfg.device)
-    with torch.inference_mode(), duckdb_memory(cat, cfg.duckdb_memory):
-        s, i = stream_topk(qt, _chunks(cat, keys["document"], dim, cfg), cfg.top_k + 1, block=cfg.block)
-    scores, idx = s.cpu().numpy(), i.cpu().numpy()                                     # (b, k) each
-    del q, qt, s, i
-    written = 0
-    bar = tqdm(total=todo.height, desc=f"mine {key.label()}", unit="rows", disable=not cfg.progress, leave=False)
+    enc = encoder_keys(model, cfg.model)
+    encoded = sum(execute(cat, st, rec, langs=cfg.langs, progress=cfg.progress).written.get("embedding_cache", 0)
+                  for st in encode_stages(cfg, enc, model))
+    stage = MineStage(cfg).use(model, enc)
     try:
-        for start in range(0, todo.height, cfg.mine_batch):
-            sl = slice(start, start + cfg.mine_batch)
-            batch = todo.slice(start, cfg.mine_batch)
-            cand = candidates(cat, key, np.concatenate([idx[sl].reshape(-1), pos_idx[sl]]))
-            out = stage.process(batch, key, scores[sl], idx[sl], pos_idx[sl], pos_score[sl], cand)
-            with cat.transaction() as con:
-                written += write_mined(con, out)
-            bar.update(batch.height)
+        s = execute(cat, stage, rec, langs=cfg.langs, progress=cfg.progress)
     finally:
-        bar.close()
-    return written
+        stage.close()
+    return {"set_id": stage.set_id, "model_fp": enc.fp, "prompts": enc.prompts, "pending": s.read,
+            "encoded": encoded, "negatives": s.written.get("negatives", 0),
+            "examples_with_negatives": s.info.get("examples_with_negatives", 0),
+            "refused": {x: s.info.get("refused", {}).get(x, 0) for x in GUARDS}}

@@ -12,19 +12,24 @@ prompts has one key, the bare fingerprint, for both roles (the rows it cached be
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-import contextlib
-from typing import Iterator
+from typing import ClassVar, Iterator, Literal
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from compass.catalog.db import Catalog, registered
 from compass.errors import CompassError
 from compass.ids import text_hash
+from compass.registry import stages
+from compass.stage import Selection, Stage
 
 ENCODE_CHUNK = 4096  # texts encoded and committed per transaction: a killed run keeps what it encoded
 
@@ -107,15 +112,27 @@ def encode_role(model, texts: list[str], role: str, batch_size: int, progress: b
     return np.asarray(emb, dtype=np.float32)
 
 
-def register_model(cat: Catalog, fp: str, name: str, dim: int, run_id: str | None, model=None) -> dict[str, str]:
-    """Record the model and its role keys; returns {role: cache key}."""
-    keys = {r: role_key(fp, model, r) if model is not None else fp for r in ROLES}
-    with cat.transaction() as con:
-        for role, key in keys.items():
-            label = name if key == fp else f"{name} ({role}: {role_prompt(model, role)!r})"
-            con.execute("INSERT INTO encoder_models (model_fp, model, dim, run_id) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT DO NOTHING", [key, label, dim, run_id])
-    return keys
+@dataclass(frozen=True)
+class EncoderKeys:
+    """What identifies a loaded encoder in the catalog: its fingerprint, one cache key per role, its prompts."""
+
+    name: str                    # as given (--model): a label for encoder_models
+    fp: str
+    dim: int
+    keys: dict                   # {role: cache key}
+    prompts: dict                # {role: prompt} for the roles that apply one
+
+    def label(self, role: str) -> str:
+        key = self.keys[role]
+        return self.name if key == self.fp else f"{self.name} ({role}: {self.prompts.get(role, '')!r})"
+
+
+def encoder_keys(model, name: str) -> EncoderKeys:
+    fp = model_fingerprint(model)
+    dim = int(model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension")
+              else model.get_sentence_embedding_dimension())
+    return EncoderKeys(name, fp, dim, {r: role_key(fp, model, r) for r in ROLES},
+                       {r: role_prompt(model, r) for r in ROLES if role_prompt(model, r)})
 
 
 def _hashes_table(texts: list[str]) -> pa.Table:
@@ -123,33 +140,49 @@ def _hashes_table(texts: list[str]) -> pa.Table:
                      "h": pa.array([text_hash(t) for t in texts], pa.string())})
 
 
-def missing_texts(cat: Catalog, fp: str, texts: list[str]) -> list[str]:
-    """The distinct texts with no cached embedding for this model."""
+def vec_column(emb: np.ndarray) -> pl.Series:
+    """(n, d) float32 -> a FLOAT[] column (what embedding_cache.vec stores)."""
+    return pl.Series("vec", emb.astype(np.float32, copy=False)).cast(pl.List(pl.Float32))
+
+
+def vec_array(col: pl.Series, dim: int) -> np.ndarray:
+    """A FLOAT[] column -> (n, dim) float32, a writable copy (torch shares it)."""
+    flat = col.explode().to_numpy()
+    if col.null_count() or len(flat) != len(col) * dim:
+        raise CompassError(f"embedding cache: {len(col)} vectors are not all of dimension {dim} (a null vector is "
+                           "a text the cache lacks: run the encode stage first; `compass mine` does)")
+    return np.array(flat, dtype=np.float32).reshape(len(col), dim)
+
+
+def encode_missing(cat: Catalog, model, key: str, texts: list[str], batch_size: int, run_id: str | None,
+                   progress: bool = True, role: str = "document") -> int:
+    """Encode the distinct `texts` not cached under `key` (one transaction); for tests and benchmarks. Stages use
+    `EncodeStage`, whose pending selection is the same question asked in SQL."""
     uniq = list(dict.fromkeys(texts))
     with registered(cat.con, "_mine_q", _hashes_table(uniq)):
         rows = cat.con.execute("SELECT q.pos FROM _mine_q q WHERE NOT EXISTS (SELECT 1 FROM embedding_cache c "
-                               "WHERE c.model_fp = ? AND c.text_hash = q.h) ORDER BY q.pos", [fp]).fetchall()
-    return [uniq[r[0]] for r in rows]
-
-
-def encode_missing(cat: Catalog, model, fp: str, texts: list[str], batch_size: int, run_id: str | None,
-                   progress: bool = True, role: str = "document") -> int:
-    """Encode (as `role`) the texts missing from the cache under key `fp`, ENCODE_CHUNK per transaction."""
-    return store_encoded(cat, model, fp, missing_texts(cat, fp, texts), batch_size, run_id, progress, role)
-
-
-def store_encoded(cat: Catalog, model, fp: str, todo: list[str], batch_size: int, run_id: str | None,
-                  progress: bool = True, role: str = "document") -> int:
-    for start in range(0, len(todo), ENCODE_CHUNK):
-        chunk = todo[start:start + ENCODE_CHUNK]
-        emb = encode_role(model, chunk, role, batch_size, progress)    # (len(chunk), dim)
-        vec = pa.ListArray.from_arrays(pa.array(np.arange(0, emb.size + 1, emb.shape[1], dtype=np.int32)),
-                                       pa.array(emb.reshape(-1)))
-        tbl = pa.table({"h": [text_hash(t) for t in chunk], "vec": vec})
-        with cat.transaction() as con, registered(con, "_mine_new", tbl):
-            con.execute("INSERT INTO embedding_cache (model_fp, text_hash, vec, run_id) "
-                        "SELECT ?, h, vec, ? FROM _mine_new ON CONFLICT DO NOTHING", [fp, run_id])
+                               "WHERE c.model_fp = ? AND c.text_hash = q.h) ORDER BY q.pos", [key]).fetchall()
+    todo = [uniq[r[0]] for r in rows]
+    if todo:
+        frame = pl.DataFrame({"model_fp": key, "text_hash": [text_hash(t) for t in todo],
+                              "run_id": run_id}).with_columns(vec_column(encode_role(model, todo, role, batch_size,
+                                                                                     progress)))
+        with cat.transaction() as con:
+            insert_ignore(con, "embedding_cache", frame)
     return len(todo)
+
+
+def insert_ignore(con, table: str, frame: pl.DataFrame) -> int:
+    """INSERT the frame's rows, skipping keys already there (the table's primary key); returns rows added.
+
+    Why not `compass.stage.insert_frame`: its anti-join and two count(*) over the whole table were 40% of a
+    large generate (issue 15); the primary key answers the same question."""
+    if frame.is_empty():
+        return 0
+    cols = ", ".join(frame.columns)
+    with registered(con, "_incoming", frame):
+        return int(con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming "
+                               "ON CONFLICT DO NOTHING").fetchone()[0])
 
 
 def load_embeddings(cat: Catalog, fp: str, texts: list[str], dim: int) -> np.ndarray:
@@ -207,3 +240,109 @@ def duckdb_memory(cat: Catalog, limit: str | None) -> Iterator[None]:
         yield
     finally:
         cat.con.execute(f"SET memory_limit = '{old}'")
+
+
+# --- the encode stage ------------------------------------------------------------------------------------------
+
+SOURCES = ("anchors", "positives", "products:title", "products:category", "products:description")
+
+
+class EncoderStage(Stage):
+    """A stage that needs an encoder's identity (its cache keys), and to encode, the model: both loaded lazily,
+    once, by the first method that needs them (`select` needs the keys: a cache key hashes the weights)."""
+
+    model: ClassVar = None                  # a loaded SentenceTransformer; `use` sets one per instance
+    _encoder: ClassVar[EncoderKeys | None] = None
+
+    def use(self, model=None, encoder: EncoderKeys | None = None) -> "EncoderStage":
+        """Share an already loaded model (and its keys, to skip hashing the weights again)."""
+        self.model, self._encoder = model, encoder
+        return self
+
+    def load_model(self):
+        if self.model is None:
+            self.model = load_encoder(self.config.model, self.config.device)
+        return self.model
+
+    @property
+    def encoder(self) -> EncoderKeys:
+        if self._encoder is None:
+            self._encoder = encoder_keys(self.load_model(), self.config.model)
+        return self._encoder
+
+
+class EncodeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "e5-small"
+    role: Literal["query", "document"] = "document"   # queries get the model's query prompt, documents its passage one
+    sources: list[str] = ["positives"]                 # texts to encode: see SOURCES
+    batch_size: int = 64                               # encoder batch
+    device: str = "cpu"
+
+    @field_validator("sources")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s not in SOURCES]
+        if bad or not v:
+            raise ValueError(f"unknown encode source(s) {bad or v}: use {', '.join(SOURCES)}")
+        return v
+
+
+def _lang_cond(col: str, langs: list[str] | None) -> tuple[str, list]:
+    return (f"{col} IN ({', '.join('?' * len(langs))})", list(langs)) if langs else ("TRUE", [])
+
+
+def source_sql(source: str, langs: list[str] | None) -> tuple[str, list]:
+    """SQL of one source's texts (column `text`), restricted to `langs`."""
+    cond, params = _lang_cond("lang", langs)
+    if source in ("anchors", "positives"):
+        return f"SELECT {source[:-1]} AS text FROM kept_examples WHERE {cond}", params
+    field = source.split(":", 1)[1]                     # one of SOURCES: never user text in the SQL
+    return (f"SELECT {field} AS text FROM products WHERE {cond} AND trim(coalesce({field}, '')) <> ''", params)
+
+
+@stages.register
+class EncodeStage(EncoderStage):
+    """Texts -> cached embeddings (`embedding_cache`, keyed by the role's cache key and the text hash).
+
+    Pending: the distinct texts of `sources` with no embedding under this key, so each distinct text is
+    tokenized and encoded once, and a rerun (or a second negative set with the same encoder) encodes nothing.
+    Shardable: a text's embedding depends on the text alone.
+    """
+
+    name: ClassVar[str] = "encode"
+    Config = EncodeConfig
+    writes = {"embedding_cache": ("model_fp", "text_hash"), "encoder_models": ("model_fp",)}
+    batch_size: ClassVar[int] = ENCODE_CHUNK
+    unit: ClassVar[str] = "texts"
+    volatile = frozenset({"batch_size", "device"})
+
+    def select(self, langs: list[str] | None = None) -> Selection:
+        parts, params = zip(*(source_sql(s, langs) for s in dict.fromkeys(self.config.sources)))
+        body = (f"FROM (SELECT DISTINCT text FROM ({' UNION ALL '.join(parts)}) WHERE text IS NOT NULL) t "
+                "WHERE NOT EXISTS (SELECT 1 FROM embedding_cache c WHERE c.model_fp = ? "
+                "AND c.text_hash = substr(sha256(t.text), 1, 20))")
+        p = [x for ps in params for x in ps] + [self.encoder.keys[self.config.role]]
+        return Selection(f"SELECT t.text {body} ORDER BY t.text", p, f"SELECT count(*) {body}")
+
+    def setup(self) -> None:
+        self.load_model()
+
+    def process(self, batch: pl.DataFrame) -> dict[str, pl.DataFrame]:
+        texts = batch["text"].to_list()
+        role, enc = self.config.role, self.encoder
+        emb = encode_role(self.load_model(), texts, role, self.config.batch_size, False)   # (b, dim)
+        return {"embedding_cache": pl.DataFrame({"model_fp": [enc.keys[role]] * len(texts),
+                                                 "text_hash": [text_hash(t) for t in texts],
+                                                 "vec": vec_column(emb), "run_id": [self.run_id] * len(texts)},
+                                                schema_overrides={"run_id": pl.Utf8}),
+                "encoder_models": pl.DataFrame({"model_fp": [enc.keys[role]], "model": [enc.label(role)],
+                                                "dim": [enc.dim], "run_id": [self.run_id]},
+                                               schema_overrides={"run_id": pl.Utf8})}
+
+    def write(self, con, outputs: dict[str, pl.DataFrame]) -> dict[str, int]:
+        return {t: insert_ignore(con, t, f) for t, f in outputs.items()}
+
+    def summarize(self, outputs: dict[str, pl.DataFrame]) -> dict:
+        return {"encoded": outputs["embedding_cache"].height}

@@ -63,13 +63,12 @@ def mine_cmd(
                      class_guard=class_guard, pool_by=pool_by, cross_lingual=cross_lingual, batch_size=batch_size,
                      mine_batch=mine_batch, device=device, progress=not quiet)
     cfg.validate()
-    config = {k: v for k, v in vars(cfg).items() if k not in ("progress", "block", "anchor_pass", "cand_chunk",
-                                                              "duckdb_memory")}
+    config = cfg.model_dump(mode="json", exclude={"progress", "block", "cand_chunk", "duckdb_memory"})
     with Catalog(catalog) as cat:
         if not cat.scalar("SELECT count(*) FROM kept_examples"):
             raise CompassError("no kept examples to mine: run `compass generate` (and `compass filter`) first")
         with cat.run("mine", config) as run:
-            res = mine(cat, cfg, run.id)
+            res = mine(cat, cfg, run)     # the encode and mine stages, through the runner, under this record
             run.summary.update(res)
     prompts = ", ".join(f"{r} {p!r}" for r, p in res.get("prompts", {}).items()) or "none"
     console.print(f"negative set {res['set_id']}: {res['pending']} examples mined ({res['encoded']} texts encoded; "

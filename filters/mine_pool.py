@@ -1,9 +1,11 @@
 """Candidate pools for mining, and the per-task rules that say what a candidate is and when it is refused.
 
-A pool is a temporary catalog table `_mine_pool (pos, h, text, source)`: the distinct candidate texts, numbered,
-with their text hash (the embedding cache key) and where they come from. It stays in DuckDB, not in Python, so a
-pool of a million product titles costs Python nothing until a search retrieves some of them; only the retrieved
-candidates' metadata (text, classes, dedup clusters) is read back, one batch of examples at a time.
+A pool (`Pool`) is the distinct candidate texts of one (language, task, market) key, numbered in the order of
+their text hash, with everything the guards need, read once by the mining stage's `prepare` (no connection is
+kept): the embeddings in a read-only memory-mapped file (the search streams it in chunks, so the page cache, not
+the process, holds a large pool), and per text its hashed normalised form and shingles, its classes, its dedup
+clusters, one kept example whose positive it is, and its source. At a million texts that is about 200 MB of
+arrays, plus the texts themselves (Arrow-backed, for the negatives written out).
 
 - `--pool positives`: the kept positives of the example's language and task (issue 5's pool);
 - `--pool products`: those, plus every product text of the same language and market that the task's rule names
@@ -17,14 +19,19 @@ the default margin and rank window (`--margin` / `--rank-window` left at auto).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
-import pyarrow as pa
+import polars as pl
+import torch
 
 from compass.catalog.db import Catalog, registered
 from compass.tasks import category_class, item_class  # the class rules, in one place
+from compass.errors import CompassError
+from compass.filters.mine_cache import duckdb_memory
+from compass.filters.mine_search import Sets, TextKeys
 
 
 @dataclass(frozen=True)
@@ -97,8 +104,8 @@ def _where(col_lang: str, lang: str, langs: list[str] | None) -> tuple[list[str]
     return cond, params
 
 
-def build_pool(cat: Catalog, key: PoolKey, langs: list[str] | None) -> int:
-    """(Re)create `_mine_pool` for `key`; returns its size."""
+def pool_sql(key: PoolKey, langs: list[str] | None) -> tuple[str, list]:
+    """The pool's distinct texts (h, text, source), ordered by text hash: a text in both sources is a positive."""
     cond, params = _where("lang", key.lang, langs)
     if key.task != "*":
         cond.append("task = ?")
@@ -115,76 +122,112 @@ def build_pool(cat: Catalog, key: PoolKey, langs: list[str] | None) -> int:
             parts.append(f"SELECT {f} AS text, 'products' AS source FROM products "
                          f"WHERE {' AND '.join(pcond + [f'trim(coalesce({f}, ' + repr('') + ')) <> ' + repr('')])}")
             params += pparams
-    cat.con.execute(
-        "CREATE OR REPLACE TEMP TABLE _mine_pool AS SELECT (row_number() OVER (ORDER BY h)) - 1 AS pos, h, text, "
-        "source FROM (SELECT substr(sha256(text), 1, 20) AS h, text, min(source) AS source FROM ("
-        + " UNION ALL ".join(parts) + ") GROUP BY text)", params)
-    return int(cat.scalar("SELECT count(*) FROM _mine_pool"))
-
-
-def missing_pool_texts(cat: Catalog, fp: str, limit: int) -> list[str]:
-    """Up to `limit` pool texts with no cached embedding under key `fp` (call again after storing them)."""
-    return [r[0] for r in cat.con.execute(
-        "SELECT p.text FROM _mine_pool p WHERE NOT EXISTS (SELECT 1 FROM embedding_cache c WHERE c.model_fp = ? "
-        "AND c.text_hash = p.h) ORDER BY p.pos LIMIT ?", [fp, limit]).fetchall()]
-
-
-def positions(cat: Catalog, hashes: list[str]) -> np.ndarray:
-    """Pool position of each text hash (-1: not in the pool)."""
-    tbl = pa.table({"i": pa.array(range(len(hashes)), pa.int64()), "h": pa.array(hashes, pa.string())})
-    out = np.full(len(hashes), -1, dtype=np.int64)
-    with registered(cat.con, "_mine_ph", tbl):
-        for i, pos in cat.con.execute("SELECT q.i, p.pos FROM _mine_ph q JOIN _mine_pool p ON p.h = q.h").fetchall():
-            out[i] = pos
-    return out
+    return ("SELECT substr(sha256(text), 1, 20) AS h, text, min(source) AS source FROM ("
+            + " UNION ALL ".join(parts) + ") GROUP BY text ORDER BY h"), params
 
 
 @dataclass
-class Candidates:
-    """Metadata of the pool texts one batch needs, indexed locally: `local[pos]` -> 0..n-1."""
+class Pool:
+    """One pool, read once: position i is the i-th text in text-hash order."""
 
-    local: dict[int, int]
-    texts: list[str]
-    sources: list[str]
-    classes: list[frozenset]             # class ids and 'tg:<group>' that make the text a positive
-    example_ids: list[str | None]        # one kept example whose positive it is (None: a product text only)
-    clusters: list[frozenset] | None     # dedup clusters of the examples whose positive it is (if dedup ran)
+    key: PoolKey
+    hashes: np.ndarray             # (n,) S20, sorted
+    texts: pl.Series               # (n,) str
+    sources: pl.Series             # (n,) 'positives' | 'products'
+    example_ids: pl.Series         # (n,) one kept example whose positive the text is (null: a product text only)
+    text_keys: TextKeys            # hashed normalised form and shingles
+    classes: Sets                  # class ids and 'tg:<group>' that make the text a positive (ids: class_ids)
+    class_ids: dict[str, int]
+    clusters: Sets | None          # dedup clusters of the examples whose positive it is (None: dedup never ran)
+    emb: np.ndarray                # (n, dim) float32, memory-mapped read-only
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def positions(self, hashes: list[str]) -> np.ndarray:
+        """Pool position of each text hash (-1: not in the pool)."""
+        h = np.array(hashes, dtype="S20")
+        pos = np.searchsorted(self.hashes, h)
+        ok = pos < len(self.hashes)
+        ok[ok] = self.hashes[pos[ok]] == h[ok]
+        return np.where(ok, pos, -1).astype(np.int64)
+
+    def chunks(self, size: int, device: str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(ids (nc,), emb (nc, dim)) over the pool, `size` rows at a time (what `stream_topk` consumes)."""
+        for s in range(0, len(self), size):
+            e = np.array(self.emb[s:s + size])                       # one chunk in memory at a time
+            yield torch.arange(s, s + len(e), device=device), torch.from_numpy(e).to(device)
 
 
-def candidates(cat: Catalog, key: PoolKey, pos: np.ndarray) -> Candidates:
-    """Read back the texts at pool positions `pos` and everything the guards need about them."""
-    uniq = np.unique(pos[pos >= 0])
-    with registered(cat.con, "_mine_ids", pa.table({"pos": pa.array(uniq, pa.int64())})):
-        rows = cat.con.execute("SELECT p.pos, p.text, p.source FROM _mine_pool p JOIN _mine_ids i ON i.pos = p.pos "
-                               "ORDER BY p.pos").fetchall()
-    local = {r[0]: j for j, r in enumerate(rows)}
-    texts = [r[1] for r in rows]
-    keys: list[set] = [set() for _ in texts]
-    ex_ids: list[str | None] = [None] * len(texts)
-    clusters = None
-    with registered(cat.con, "_mine_texts", pa.table({"j": pa.array(range(len(texts)), pa.int64()),
-                                                     "text": pa.array(texts, pa.string())})):
+def load_pool(cat: Catalog, key: PoolKey, langs: list[str] | None, emb_key: str, dim: int, folder: str,
+              spaced: set[bool], memory: str | None = None, chunk: int = 16384) -> Pool | None:
+    """Read pool `key` (None when it has no text); its embeddings (cache key `emb_key`) must all be cached."""
+    sql, params = pool_sql(key, langs)
+    rows = cat.frame(sql, params)
+    n = rows.height
+    if not n:
+        return None
+    hashes = rows["h"].to_numpy().astype("S20")
+    texts = rows["text"]
+    table = pl.DataFrame({"pos": np.arange(n, dtype=np.int64), "h": rows["h"], "text": texts})
+    class_ids: dict[str, int] = {}
+    owners, keys = [], []
+    example_ids: list[str | None] = [None] * n
+    with registered(cat.con, "_mine_pool", table), duckdb_memory(cat, memory):
         # every example (kept or not) whose positive is the text makes it a positive of that class
-        for j, c, g, ex in cat.con.execute(
-                "SELECT t.j, list(DISTINCT e.class_id), list(DISTINCT e.translation_group), min(e.id) FILTER "
-                "(WHERE e.id IN (SELECT id FROM kept_examples)) FROM examples e JOIN _mine_texts t ON "
-                "t.text = e.positive GROUP BY t.j").fetchall():
-            keys[j].update(c)
-            keys[j].update(f"tg:{x}" for x in g if x)
-            ex_ids[j] = ex
+        for pos, cls, groups, ex in cat.con.execute(
+                "SELECT p.pos, list(DISTINCT e.class_id), list(DISTINCT e.translation_group), min(e.id) FILTER "
+                "(WHERE e.id IN (SELECT id FROM kept_examples)) FROM examples e JOIN _mine_pool p ON "
+                "p.text = e.positive GROUP BY p.pos").fetchall():
+            for c in [*cls, *(f"tg:{g}" for g in groups if g)]:
+                owners.append(pos)
+                keys.append(class_ids.setdefault(c, len(class_ids)))
+            example_ids[pos] = ex
         if key.kind == "products":
-            _product_classes(cat, key, keys)
+            for pos, c in _product_classes(cat, key):
+                owners.append(pos)
+                keys.append(class_ids.setdefault(c, len(class_ids)))
+        clusters = None
         if cat.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'positive_clusters'"):
-            got = dict(cat.con.execute(
-                "SELECT t.j, list(DISTINCT pc.cluster_id) FROM positive_clusters pc JOIN examples e ON "
-                "e.id = pc.example_id JOIN _mine_texts t ON t.text = e.positive GROUP BY t.j").fetchall())
-            clusters = [frozenset(got.get(j, ())) for j in range(len(texts))] if got else None
-    return Candidates(local=local, texts=texts, sources=[r[2] for r in rows],
-                      classes=[frozenset(k) for k in keys], example_ids=ex_ids, clusters=clusters)
+            got = cat.con.execute(
+                "SELECT DISTINCT p.pos, pc.cluster_id FROM positive_clusters pc JOIN examples e ON "
+                "e.id = pc.example_id JOIN _mine_pool p ON p.text = e.positive").fetchall()
+            if got:
+                ids: dict[str, int] = {}
+                clusters = Sets.from_pairs(np.array([g[0] for g in got], np.int64),
+                                           np.array([ids.setdefault(g[1], len(ids)) for g in got], np.int64), n)
+        emb = _embeddings(cat, emb_key, hashes, dim, os.path.join(folder, f"pool{len(os.listdir(folder))}.npy"),
+                          chunk)
+    return Pool(key, hashes, texts, rows["source"], pl.Series(example_ids, dtype=pl.Utf8),
+                TextKeys.build(texts.to_list(), spaced),
+                Sets.from_pairs(np.array(owners, np.int64), np.array(keys, np.int64), n), class_ids, clusters, emb)
 
 
-def _product_classes(cat: Catalog, key: PoolKey, keys: list[set]) -> None:
-    """Add, to each text, the class its products have under the task's rule (several products may share it)."""
+def _embeddings(cat: Catalog, emb_key: str, hashes: np.ndarray, dim: int, path: str, chunk: int) -> np.ndarray:
+    """The pool's cached vectors, copied in pool order into a memory-mapped file, then mapped read-only.
+
+    The query is a semi-join (`IN`), whose hash table DuckDB builds on the pool's hashes: a plain join may pick
+    the cache side, vectors included, as its build side and hold them all (measured: 1.4 GB at 300k vectors)."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(hashes), dim))
+    seen = 0
+    reader = cat.con.execute("SELECT text_hash, vec FROM embedding_cache WHERE model_fp = ? AND text_hash IN "
+                             "(SELECT h FROM _mine_pool)", [emb_key]).to_arrow_reader(chunk)
+    for rb in reader:
+        if rb.num_rows == 0:
+            continue
+        pos = np.searchsorted(hashes, np.array(rb.column(0).to_pylist(), dtype="S20"))
+        out[pos] = rb.column(1).flatten().to_numpy(zero_copy_only=False).reshape(rb.num_rows, dim)
+        seen += rb.num_rows
+    out.flush()
+    del out
+    if seen != len(hashes):
+        raise CompassError(f"embedding cache lacks {len(hashes) - seen} of {len(hashes)} pool texts for encoder key "
+                           f"{emb_key}: run the encode stage first (`compass mine` does)")
+    return np.load(path, mmap_mode="r")
+
+
+def _product_classes(cat: Catalog, key: PoolKey) -> Iterator[tuple[int, str]]:
+    """(pool position, class) for each product text: its class under the task's rule (several may share a text)."""
     tasks = [key.task] if key.task != "*" else list({*TASK_RULES, "*"})
     for t in tasks:
         rule = task_rule(t)
@@ -194,7 +237,7 @@ def _product_classes(cat: Catalog, key: PoolKey, keys: list[set]) -> None:
             cond.append("pr.market = ?")
             params.append(key.market)
         for f in rule.fields:
-            sql = (f"SELECT DISTINCT t.j, {cols} FROM products pr JOIN _mine_texts t ON t.text = pr.{f}"
+            sql = (f"SELECT DISTINCT p.pos, {cols} FROM products pr JOIN _mine_pool p ON p.text = pr.{f}"
                    + (f" WHERE {' AND '.join(cond)}" if cond else ""))
             for row in cat.con.execute(sql, params).fetchall():
-                keys[row[0]].add(rule.cls(dict(zip(rule.cls_cols, row[1:]))))
+                yield row[0], rule.cls(dict(zip(rule.cls_cols, row[1:])))

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
+import polars as pl
 import torch
 
-from compass.text import jaccard, normalize, shingles
+from compass.text import normalize, shingles
 
 # Refusal reasons in the order they are checked; a candidate is counted under the first guard that refuses it.
 # Semantic guards come first so their counts say how many false negatives each one prevented.
@@ -68,36 +69,101 @@ def chunked_topk(queries: torch.Tensor, corpus: torch.Tensor, k: int,
                        k, block=block)
 
 
-class NearDup:
-    """`compass.text.is_near_duplicate` over corpus indices, with each text normalised and shingled once.
+# --- vectorised guards: each text's keys computed once, pairs compared as arrays -------------------------------
+# Why not `compass.text.jaccard` per candidate (the pre-port guard): the profile of issue 15 put a quarter of the
+# mining time in that Python loop. A text's shingles and normalised form are computed once per pool (in Python:
+# `compass.text` is the one definition of both), hashed to 64-bit ints, and every (example, candidate) pair of a
+# batch is then compared with joins in polars. A hash collision (odds about 2^-64 per compared pair of keys)
+# would count as a shared shingle / equal text; nothing else differs from `compass.text.is_near_duplicate`.
 
-    The same corpus text is checked against many positives, so memoising its shingle set (per language: the
-    shingling depends on it) makes the guard a set intersection per pair.
+
+def hash_strings(values: list[str]) -> np.ndarray:
+    """Deterministic (fixed seed, same polars version in every process) 64-bit hashes, (n,) uint64."""
+    return pl.Series(values, dtype=pl.Utf8).hash(seed=0).to_numpy()
+
+
+@dataclass
+class Sets:
+    """A set of int64 keys per item, in CSR form: item i's keys are val[off[i]:off[i + 1]], unique, sorted."""
+
+    off: np.ndarray   # (n + 1,) int64
+    val: np.ndarray   # (nnz,) int64 / uint64
+
+    @classmethod
+    def from_pairs(cls, owner: np.ndarray, val: np.ndarray, n: int) -> "Sets":
+        f = pl.DataFrame({"o": owner.astype(np.int64), "v": val}).unique().sort("o", "v")
+        counts = np.bincount(f["o"].to_numpy(), minlength=n)
+        return cls(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), f["v"].to_numpy())
+
+    @classmethod
+    def from_lists(cls, lists: list, dtype=np.int64) -> "Sets":
+        lens = np.fromiter((len(x) for x in lists), np.int64, len(lists))
+        val = np.fromiter((v for x in lists for v in x), dtype, int(lens.sum()))
+        return cls.from_pairs(np.repeat(np.arange(len(lists)), lens), val, len(lists))
+
+    def size(self, items: np.ndarray) -> np.ndarray:
+        return self.off[items + 1] - self.off[items]
+
+    def gather(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(owner (m,), keys (m,)): the keys of items[0], items[1], ... with the index into `items` owning each."""
+        lens = self.size(items)
+        owner = np.repeat(np.arange(len(items)), lens)
+        start = np.repeat(self.off[items] - (np.cumsum(lens) - lens), lens)
+        return owner, self.val[start + np.arange(int(lens.sum()))]
+
+
+def common(a: Sets, ai: np.ndarray, b: Sets, bi: np.ndarray) -> np.ndarray:
+    """(m,) how many keys set a[ai[t]] and set b[bi[t]] share, for every pair t."""
+    out = np.zeros(len(ai), np.int64)
+    oa, va = a.gather(ai)
+    ob, vb = b.gather(bi)
+    if len(oa) and len(ob):
+        hit = (pl.DataFrame({"o": oa, "v": va}).join(pl.DataFrame({"o": ob, "v": vb}), on=["o", "v"])
+               .group_by("o").len())
+        out[hit["o"].to_numpy()] = hit["len"].to_numpy()
+    return out
+
+
+@dataclass
+class TextKeys:
+    """What the near-duplicate guard needs of each text: its normalised form and shingles, hashed, once.
+
+    shingles: {uses_spaces: Sets}, computed for the script kinds asked for (the shingling depends only on it:
+    word n-grams for spaced scripts, character n-grams for th/lo/km/my).
     """
 
-    def __init__(self, texts: list[str], threshold: float | None = 0.8, clusters: list[frozenset] | None = None):
-        # clusters: per text, the dedup stage's near-duplicate clusters it belongs to (when that stage ran);
-        # sharing one is a near-duplicate whatever the Jaccard check below says.
-        self.texts, self.threshold, self.clusters, self._memo = texts, threshold, clusters, {}
+    norm: np.ndarray                   # (n,) uint64 hash of compass.text.normalize(text)
+    shingles: dict[bool, Sets]
 
-    def _get(self, i: int, lang: str) -> tuple[str, set]:
-        key = (i, lang)
-        got = self._memo.get(key)
-        if got is None:
-            t = self.texts[i]
-            got = self._memo[key] = (normalize(t), shingles(t, lang))
-        return got
+    @classmethod
+    def build(cls, texts: list[str], spaced: Iterable[bool] = (True,)) -> "TextKeys":
+        norm = hash_strings([normalize(t) for t in texts])
+        sh = {}
+        for sp in sorted(set(spaced)):
+            lang = "en" if sp else "th"              # representatives: shingles() reads only uses_spaces(lang)
+            lists = [sorted(shingles(t, lang)) for t in texts]
+            lens = np.fromiter(map(len, lists), np.int64, len(lists))
+            flat = hash_strings([s for x in lists for s in x]) if lens.sum() else np.zeros(0, np.uint64)
+            sh[sp] = Sets.from_pairs(np.repeat(np.arange(len(texts)), lens), flat, len(texts))
+        return cls(norm, sh)
 
-    def normalized(self, i: int) -> str:
-        return self._get(i, "en")[0]   # normalisation does not depend on the language
+    def near_dup(self, i: np.ndarray, j: np.ndarray, spaced: np.ndarray, threshold: float | None,
+                 clusters: Sets | None = None) -> np.ndarray:
+        """(m,) is text j[t] a near-duplicate of text i[t] (read as a spaced script or not: spaced[t])?
 
-    def __call__(self, i: int, j: int, lang: str) -> bool:
-        """Is corpus text j a near-duplicate of corpus text i (read as `lang`)?"""
-        if self.clusters is not None and not self.clusters[i].isdisjoint(self.clusters[j]):
-            return True
-        ni, si = self._get(i, lang)
-        nj, sj = self._get(j, lang)
-        return ni == nj or (self.threshold is not None and jaccard(si, sj) >= self.threshold)
+        As `compass.text.is_near_duplicate`, plus a shared dedup cluster (when the dedup stage clustered them)."""
+        dup = self.norm[i] == self.norm[j]
+        if clusters is not None:
+            dup |= common(clusters, i, clusters, j) > 0
+        if threshold is not None:
+            for sp, sets in self.shingles.items():
+                t = np.flatnonzero(~dup & (spaced == sp))
+                if len(t):
+                    inter = common(sets, i[t], sets, j[t])
+                    union = sets.size(i[t]) + sets.size(j[t]) - inter
+                    jac = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+                    dup[t] = jac >= threshold
+        return dup
 
 
 @dataclass(frozen=True)
@@ -130,60 +196,73 @@ class Mined:
     positive_retrieved: np.ndarray  # (b,) bool
 
 
+# (rows (m,), candidates (m,)) -> (near_dup (m,), same_class (m,)) booleans for those pairs
+PairGuards = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _from_callables(same_class, near_dup) -> PairGuards | None:
+    """Per-pair Python guards as a PairGuards (for tests and callers with a few pairs)."""
+    if same_class is None and near_dup is None:
+        return None
+
+    def pairs(r: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nd = np.array([bool(near_dup(int(a), int(b))) for a, b in zip(r, c)] if near_dup else [False] * len(r), bool)
+        cl = np.array([bool(same_class(int(a), int(b))) for a, b in zip(r, c)] if same_class else [False] * len(r),
+                      bool)
+        return nd, cl
+    return pairs
+
+
 def select_negatives(scores: np.ndarray, idx: np.ndarray, pos_idx: np.ndarray, pos_score: np.ndarray,
                      cfg: GuardConfig, same_class: Callable[[int, int], bool] | None = None,
-                     near_dup: Callable[[int, int], bool] | None = None) -> Mined:
+                     near_dup: Callable[[int, int], bool] | None = None, pairs: PairGuards | None = None,
+                     columns: int = 32) -> Mined:
     """Walk each query's candidates best first, keep the first `per_example` that pass every guard.
 
     scores, idx: (b, k) from `stream_topk` with k >= depth + 1 (room for the positive); pos_idx (b,) corpus index
     of each query's positive (-1: not in the corpus); pos_score (b,), NaN where unknown (no margin then).
-    same_class(row, cand) and near_dup(row, cand) are the per-pair guards (None: off). Candidates are examined in rank order until the quota is filled, so the
-    refusal counts cover the candidates a query actually looked at.
+    The per-pair guards come as `pairs` (vectorised over pairs) or as same_class(row, cand) / near_dup(row, cand)
+    callables (None: off). Candidates are examined in rank order until the quota is filled, so the refusal counts
+    cover the candidates a query actually looked at. The walk is array code: every candidate gets the code of the
+    first guard refusing it, and the quota is a cumulative sum; the pair guards are evaluated `columns` ranks at
+    a time, only for the queries whose quota is still open (most fill theirs in the first ranks).
     """
-    b = scores.shape[0]
+    b, k = scores.shape
+    pairs = pairs or _from_callables(same_class, near_dup)
     is_pos = idx == pos_idx[:, None]                                    # (b, k)
     rank = np.cumsum(~is_pos, axis=1) - 1                               # rank among non-positive texts
     live = ~is_pos & (rank < cfg.depth)                                 # the retrieved candidates
-    if cfg.margin is None:
-        over = np.zeros_like(live)
-    else:
+    code = np.zeros((b, k), np.int8)                                    # 0 kept, g + 1: refused by GUARDS[g]
+    code[(rank < cfg.lo) | (rank >= min(cfg.hi, cfg.depth))] = 4
+    if cfg.margin is not None:
         thr = pos_score - np.abs(pos_score) * (1.0 - cfg.margin)        # (b,)
         thr = np.where(np.isnan(pos_score), np.inf, thr)                # positive's score unknown: no margin
-        over = scores > thr[:, None]
-    outside = (rank < cfg.lo) | (rank >= min(cfg.hi, cfg.depth))
-    refused = {g: np.zeros(b, dtype=np.int64) for g in GUARDS}
-    examined = np.zeros(b, dtype=np.int64)
-    out_q, out_r, out_c, out_s = [], [], [], []
-    # The per-pair guards are Python calls, so this loop is per candidate; it stops at per_example and the
-    # vectorised masks above carry the cheap guards.
-    for r in range(b):
-        found = 0
-        for j in np.flatnonzero(live[r]):
-            c = int(idx[r, j])
-            examined[r] += 1
-            if near_dup is not None and near_dup(r, c):
-                refused["near_dup"][r] += 1
-            elif same_class is not None and same_class(r, c):
-                refused["class"][r] += 1
-            elif over[r, j]:
-                refused["margin"][r] += 1
-            elif outside[r, j]:
-                refused["rank"][r] += 1
-            else:
-                out_q.append(r)
-                out_r.append(int(rank[r, j]))
-                out_c.append(c)
-                out_s.append(float(scores[r, j]))
-                found += 1
-                if found >= cfg.per_example:
-                    break
-    return Mined(q=np.asarray(out_q, dtype=np.int64), rank=np.asarray(out_r, dtype=np.int64),
-                 cand=np.asarray(out_c, dtype=np.int64), score=np.asarray(out_s, dtype=np.float64),
-                 examined=examined, refused=refused, positive_retrieved=is_pos.any(axis=1))
+        code[scores > thr[:, None]] = 3
+    if pairs is not None:
+        kept = np.zeros(b, np.int64)
+        for c0 in range(0, k, columns):
+            block = live[:, c0:c0 + columns] & (kept < cfg.per_example)[:, None]
+            r, j = np.nonzero(block)
+            if len(r):
+                j = j + c0
+                nd, cl = pairs(r, idx[r, j])
+                code[r[cl], j[cl]] = 2
+                code[r[nd], j[nd]] = 1
+            kept += (block & (code[:, c0:c0 + columns] == 0)).sum(1)
+    ok = live & (code == 0)
+    before = np.cumsum(ok, axis=1) - ok                                 # kept candidates ranked above
+    examined = live & (before < cfg.per_example)                        # (cells not evaluated are never examined)
+    take = examined & ok
+    q, j = np.nonzero(take)
+    return Mined(q=q.astype(np.int64), rank=rank[q, j].astype(np.int64), cand=idx[q, j].astype(np.int64),
+                 score=scores[q, j].astype(np.float64), examined=examined.sum(1).astype(np.int64),
+                 refused={g: (examined & (code == i + 1)).sum(1).astype(np.int64) for i, g in enumerate(GUARDS)},
+                 positive_retrieved=is_pos.any(axis=1))
 
 
 def mine_arrays(q_emb: np.ndarray, c_emb: np.ndarray, pos_idx: np.ndarray, cfg: GuardConfig,
-                same_class=None, near_dup=None, block: int = 1 << 26, device: str = "cpu") -> tuple[Mined, np.ndarray]:
+                same_class=None, near_dup=None, block: int = 1 << 26, device: str = "cpu",
+                pairs: PairGuards | None = None) -> tuple[Mined, np.ndarray]:
     """Search + guards for unit-norm embeddings: q_emb (b, d), c_emb (n, d). Returns (mined, pos_score (b,))."""
     q = torch.from_numpy(np.ascontiguousarray(q_emb, dtype=np.float32)).to(device)
     c = torch.from_numpy(np.ascontiguousarray(c_emb, dtype=np.float32)).to(device)
@@ -193,5 +272,5 @@ def mine_arrays(q_emb: np.ndarray, c_emb: np.ndarray, pos_idx: np.ndarray, cfg: 
     with torch.inference_mode():
         s, i = chunked_topk(q, c, cfg.depth + 1, block=block)
     pos = pos_score.cpu().numpy().astype(np.float64)
-    mined = select_negatives(s.cpu().numpy(), i.cpu().numpy(), pos_idx, pos, cfg, same_class, near_dup)
+    mined = select_negatives(s.cpu().numpy(), i.cpu().numpy(), pos_idx, pos, cfg, same_class, near_dup, pairs)
     return mined, pos

@@ -76,7 +76,7 @@ def test_guards_refuse_false_negatives_and_keep_the_hard_one(tmp_path, model):
     from compass.filters.mine import mine
 
     cat = _catalog(tmp_path / "c.duckdb")
-    res = mine(cat, _cfg(), "run-1", model=model)
+    res = mine(cat, _cfg(), model=model)
     row = cat.query("SELECT * FROM mined_examples WHERE example_id = ?", [QUERY["id"]])[0]
     negs = cat.query("SELECT * FROM negatives WHERE example_id = ? ORDER BY rank", [QUERY["id"]])
     texts = [n["negative_text"] for n in negs]
@@ -105,15 +105,15 @@ def test_rerun_adds_nothing_cache_hits_and_new_example_encodes_only_itself(tmp_p
     from compass.filters.mine import mine
 
     cat = _catalog(tmp_path / "c.duckdb", EXAMPLES[:-1])
-    first = mine(cat, _cfg(), "run-1", model=model)
+    first = mine(cat, _cfg(), model=model)
     n_texts = len({t for e in EXAMPLES[:-1] for t in (e["anchor"], e["positive"])})
     assert first["encoded"] == n_texts and first["pending"] == len(EXAMPLES) - 1
     before = cat.scalar("SELECT count(*) FROM negatives")
-    again = mine(cat, _cfg(), "run-2", model=model)
+    again = mine(cat, _cfg(), model=model)
     assert again["pending"] == 0 and again["encoded"] == 0
     assert cat.scalar("SELECT count(*) FROM negatives") == before
     # new parameters: a new set, mined from the cache alone
-    other = mine(cat, _cfg(per_example=2), "run-3", model=model)
+    other = mine(cat, _cfg(per_example=2), model=model)
     assert other["set_id"] != first["set_id"] and other["encoded"] == 0 and other["pending"] == len(EXAMPLES) - 1
     assert cat.scalar("SELECT count(*) FROM negative_sets") == 2
     assert cat.scalar("SELECT max(c) FROM (SELECT count(*) AS c FROM negatives WHERE set_id = ? "
@@ -121,7 +121,7 @@ def test_rerun_adds_nothing_cache_hits_and_new_example_encodes_only_itself(tmp_p
     # a new example: only its own two texts are encoded, only it is mined
     with cat.transaction() as con:
         insert_frame(con, "examples", pl.DataFrame([EXAMPLES[-1]]), ["id"])
-    inc = mine(cat, _cfg(), "run-4", model=model)
+    inc = mine(cat, _cfg(), model=model)
     assert inc["pending"] == 1 and inc["encoded"] == 2
     assert cat.scalar("SELECT count(*) FROM mined_examples WHERE set_id = ?", [first["set_id"]]) == len(EXAMPLES)
 
@@ -194,26 +194,27 @@ def test_dedup_positive_clusters_feed_the_near_dup_guard(tmp_path, model):
             con.execute("INSERT INTO dedup_members (example_id, field, scope, text_hash, shingling, sig_params, seq, "
                         "cluster_id, dup_of, exact) VALUES (?, 'positive', 'en', ?, 'word2', 'p', ?, ?, ?, FALSE)",
                         [ex["id"], ex["id"], seq, f"positive:{QUERY['id']}", None if seq == 0 else QUERY["id"]])
-    mine(cat, _cfg(), "run-1", model=model)
+    mine(cat, _cfg(), model=model)
     row = cat.query("SELECT * FROM mined_examples WHERE example_id = ?", [QUERY["id"]])[0]
     texts = {r[0] for r in cat.con.execute("SELECT negative_text FROM negatives WHERE example_id = ?",
                                            [QUERY["id"]]).fetchall()}
     assert row["refused_near_dup"] == 2 and HARD_NEG not in texts
 
 
-def test_memoised_near_dup_equals_the_shared_definition():
-    from compass.filters.mine_search import NearDup
+def test_vectorised_near_dup_equals_the_shared_definition():
+    from compass.filters.mine_search import TextKeys
     from compass.text import is_near_duplicate
 
     texts = [POSITIVE, NEAR_DUP, SAME_PRODUCT, HARD_NEG, POSITIVE.upper(), "ครีมกันแดด Biore UV SPF50+ 50g ลดราคา",
-             "ครีมกันแดด Biore UV SPF50+ 50g ส่งฟรี", ""]
-    for thr in (0.8, 0.5):
-        nd = NearDup(texts, thr)
+             "ครีมกันแดด Biore UV SPF50+ 50g ส่งฟรี", "", "   ", "Nike"]
+    keys = TextKeys.build(texts, {True, False})
+    i, j = (a.ravel() for a in np.meshgrid(np.arange(len(texts)), np.arange(len(texts)), indexing="ij"))
+    for thr in (0.8, 0.5, None):
         for lang in ("en", "th"):
-            for i in range(len(texts)):
-                for j in range(len(texts)):
-                    assert nd(i, j, lang) == is_near_duplicate(texts[i], texts[j], lang, thr), (i, j, lang)
-    assert NearDup(texts, None)(0, 4, "en") and not NearDup(texts, None)(0, 1, "en")
+            got = keys.near_dup(i, j, np.full(len(i), lang == "en"), thr)
+            want = [is_near_duplicate(texts[a], texts[b], lang, thr if thr is not None else 2.0) for a, b in zip(i, j)]
+            assert got.tolist() == want, (thr, lang)
+    assert keys.near_dup(np.array([0]), np.array([4]), np.array([True]), None).tolist() == [True]
 
 
 @pytest.mark.slow
@@ -223,7 +224,7 @@ def test_anchor_copy_is_refused_when_pools_mix_tasks(tmp_path, model):
     t2c = _ex(HARD_NEG, "Sports > Shoes > Running Shoes", "category:en:Sports > Shoes > Running Shoes",
               task="title2category")
     cat = _catalog(tmp_path / "c.duckdb", EXAMPLES + [t2c])
-    mine(cat, _cfg(pool_by="lang", margin=None, cross_lingual=False, langs=["en"]), "run-1", model=model)
+    mine(cat, _cfg(pool_by="lang", margin=None, cross_lingual=False, langs=["en"]), model=model)
     texts = [r[0] for r in cat.con.execute("SELECT negative_text FROM negatives WHERE example_id = ?",
                                            [t2c["id"]]).fetchall()]
     assert texts and HARD_NEG not in texts
@@ -256,8 +257,8 @@ def test_products_pool_adds_catalog_titles_with_the_same_guards(tmp_path, model)
     with cat.transaction() as con:
         insert_frame(con, "products", pl.DataFrame(prods), ["id"])
     cfg = _cfg(cross_lingual=False, langs=["en"], per_example=9, margin=None)
-    before = mine(cat, cfg, "run-1", model=model)
-    after = mine(cat, _cfg(cross_lingual=False, langs=["en"], per_example=9, margin=None, pool="products"), "run-2",
+    before = mine(cat, cfg, model=model)
+    after = mine(cat, _cfg(cross_lingual=False, langs=["en"], per_example=9, margin=None, pool="products"),
                  model=model)
     assert after["set_id"] != before["set_id"]
 
@@ -273,7 +274,7 @@ def test_products_pool_adds_catalog_titles_with_the_same_guards(tmp_path, model)
     assert row["pool"] == "products:en/SG/query2title" and row["refused_class"] >= 2   # SAME_PRODUCT, SAME_ITEM
     # product texts are cached like the others: re-mining with other guards encodes nothing
     assert mine(cat, _cfg(cross_lingual=False, langs=["en"], per_example=2, margin=None, pool="products"),
-                "run-3", model=model)["encoded"] == 0
+                model=model)["encoded"] == 0
     cat.close()
     by_pool = {(r["set_id"], r["pool"]): r["negatives"]
                for r in json.loads(run_cli("stats", "--json", catalog=tmp_path / "c.duckdb").stdout)
@@ -293,9 +294,9 @@ def test_title2category_defaults_keep_negatives_on_a_small_taxonomy(tmp_path, mo
               FILLERS[1], FILLERS[2], FILLERS[3], FILLERS[4]]
     rows = [_ex(t, c, f"category:en:{c}", task="title2category") for t, c in zip(titles, cats)]
     cat = _catalog(tmp_path / "c.duckdb", rows)
-    old = mine(cat, _cfg(cross_lingual=False, top_k=50, rank_window=(10, 100), margin=0.95), "run-1", model=model)
+    old = mine(cat, _cfg(cross_lingual=False, top_k=50, rank_window=(10, 100), margin=0.95), model=model)
     assert old["examples_with_negatives"] == 0 and old["refused"]["rank"] > 0
-    new = mine(cat, _cfg(cross_lingual=False, top_k=50, rank_window="auto", margin="auto"), "run-2", model=model)
+    new = mine(cat, _cfg(cross_lingual=False, top_k=50, rank_window="auto", margin="auto"), model=model)
     assert new["examples_with_negatives"] == len(rows)
     for n in cat.query("SELECT n.negative_text, e.positive FROM negatives n JOIN examples e ON e.id = n.example_id "
                        "WHERE n.set_id = ?", [new["set_id"]]):
@@ -326,12 +327,12 @@ def test_prompts_encode_anchors_as_queries_and_candidates_as_documents(tmp_path)
 
     model = load_encoder(MODEL)
     cat = _catalog(tmp_path / "c.duckdb", EXAMPLES[:5])
-    plain = mine(cat, _cfg(), "run-1", model=model)
+    plain = mine(cat, _cfg(), model=model)
     assert plain["prompts"] == {}
     fp = model_fingerprint(model)
     assert {r[0] for r in cat.con.execute("SELECT DISTINCT model_fp FROM embedding_cache").fetchall()} == {fp}
     model.prompts = {"query": "query: ", "document": "passage: "}
-    prompted = mine(cat, _cfg(), "run-2", model=model)
+    prompted = mine(cat, _cfg(), model=model)
     assert prompted["set_id"] != plain["set_id"] and prompted["prompts"] == {"query": "query: ",
                                                                             "document": "passage: "}
     keys = {r[0] for r in cat.con.execute("SELECT DISTINCT model_fp FROM embedding_cache").fetchall()} - {fp}
@@ -417,6 +418,27 @@ def _fixed_catalog(path) -> Catalog:
                         "cluster_id, dup_of, exact) VALUES (?, 'positive', 'en', ?, 'word2', 'p', ?, ?, ?, FALSE)",
                         [ex["id"], ex["id"], seq, f"positive:{QUERY['id']}", None if seq == 0 else QUERY["id"]])
     return cat
+
+
+@pytest.mark.slow
+def test_the_stage_mines_what_the_pre_port_miner_mined(tmp_path, model):
+    """Same negatives, ranks, scores (4 decimals), sources and guard counts as the miner before the stage port."""
+    from pathlib import Path
+
+    from compass.filters.mine import mine
+
+    want = json.loads((Path(__file__).parent / EXPECTED).read_text(encoding="utf-8"))
+    cat = _fixed_catalog(tmp_path / "c.duckdb")
+    for name, kw in FIXED_CONFIGS.items():
+        got = _dump_set(cat, mine(cat, _cfg(**kw), model=model)["set_id"])
+        assert got["mined"] == want[name]["mined"], name
+        assert got["negatives"] == want[name]["negatives"], name
+    from compass.filters.mine_cache import load_encoder
+
+    prompted = load_encoder(MODEL)
+    prompted.prompts = {"query": "query: ", "document": "passage: "}
+    got = _dump_set(cat, mine(cat, _cfg(), model=prompted)["set_id"])
+    assert got == want["prompts"]
 
 
 def _dump_set(cat: Catalog, set_id: str) -> dict:
