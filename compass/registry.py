@@ -70,6 +70,7 @@ MODULES: list[str] = [
     "compass.filters.dedup_signatures",
     "compass.filters.dedup",
     "compass.filters.leakage",
+    "compass.filters.mine",  # the encode and mine stages
 ]
 _loaded = False
 
