@@ -1,7 +1,7 @@
 """The structured route: training pairs built from product fields, no LLM.
 
 Runs anywhere (no GPU), so the demo uses it. Tasks and their class ids (the equivalence class of valid
-positives, which CAM masks on and mining refuses on):
+positives, which CAM masks on and mining refuses on; declared once, in compass/tasks.py):
 
 | task                 | anchor                                      | positive      | class id                      |
 |----------------------|---------------------------------------------|---------------|-------------------------------|
