@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 import typer.core
+from rich.markup import escape
 
 from compass import __version__
 from compass.catalog.db import Catalog, init_catalog
@@ -251,13 +252,13 @@ def main() -> None:
     try:
         app()
     except CompassError as e:
-        console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(1)
     except ModuleNotFoundError as e:
         line = missing_extra(e.name)
         if line is None:
             raise
-        console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(1)
     except SystemExit as e:
         if e.code in (0, None) or not _interrupted(e):

@@ -83,8 +83,8 @@ _AGGREGATE_EXTRAS = ("all", "test")
 
 
 @functools.cache
-def _extras() -> dict[str, list[str]]:
-    """{normalised distribution name: [extras that install it]}, from pyproject.toml in a checkout (the source
+def _extras() -> dict[str, tuple[str, list[str]]]:
+    """{normalised distribution name: (its name, [extras that install it])}, from pyproject.toml in a checkout (the source
     of truth), else from the installed package's metadata."""
     reqs: list[tuple[str, str]] = []
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -104,11 +104,11 @@ def _extras() -> dict[str, list[str]]:
                     reqs.append((r.split(";")[0], m.group(1)))
         except PackageNotFoundError:
             pass
-    out: dict[str, list[str]] = {}
+    out: dict[str, tuple[str, list[str]]] = {}
     for req, extra in reqs:
         name = re.split(r"[<>=!~\[; ]", req.strip(), maxsplit=1)[0]
         if extra not in _AGGREGATE_EXTRAS and not name.startswith("compass-embed"):
-            out.setdefault(_norm(name), []).append(extra)
+            out.setdefault(_norm(name), (name, []))[1].append(extra)
     return out
 
 
@@ -122,7 +122,8 @@ def missing_extra(module: str | None) -> str | None:
         return None
     top = module.split(".")[0]
     dist = _IMPORT_TO_DIST.get(top, top)
-    extras = _extras().get(_norm(dist))
-    if not extras:
+    found = _extras().get(_norm(dist))
+    if not found:
         return None
-    return f"this needs {dist}, which is not installed: pip install 'compass-embed[{extras[0]}]'"
+    name, extras = found
+    return f"this needs {name}, which is not installed: pip install 'compass-embed[{extras[0]}]'"
