@@ -57,7 +57,7 @@ def reject_reasons(cat: Catalog, samples: int = SAMPLES_PER_REASON) -> list[dict
     """One row per (stage, reason family): count, languages, and `samples` rejected examples drawn by a fixed
     hash of their id (the same catalog shows the same examples)."""
     rows = cat.query(
-        f"SELECT * FROM (SELECT d.stage, {_FAMILY} AS reason, count(*) AS count, "
+        f"SELECT * FROM (SELECT d.stage, {_FAMILY} AS reason, count(DISTINCT e.id) AS count, "
         "list(DISTINCT e.lang ORDER BY e.lang) AS langs FROM decisions d JOIN examples e ON e.id = d.example_id "
         "WHERE NOT d.keep AND d.enforced GROUP BY ALL) d ORDER BY " + _rank_sql() + ", count DESC, reason")
     picks = cat.query(
