@@ -23,20 +23,16 @@ VERSION_COLUMNS = ["id", "lang", "market", "source_id", "title", "category", "at
 _CONTENT = ["title", "category", "attributes", "description", "price", "currency", "source_file", "ingest_run"]
 
 
-def write_versions(con: duckdb.DuckDBPyConnection, select: str, params: list, run_id: str | None) -> tuple[int, int]:
-    """Apply one file's checked rows (the SQL `select` yields VERSION_COLUMNS); returns (new, changed).
-
-    Runs inside the caller's transaction."""
+def write_versions(con: duckdb.DuckDBPyConnection, stage: str, run_id: str | None) -> tuple[int, int]:
+    """Apply one file's checked rows, the table `stage` (VERSION_COLUMNS and content_hash, one row per id);
+    returns (new, changed). Runs inside the caller's transaction."""
     cols = ", ".join(VERSION_COLUMNS)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _ingest_stage AS SELECT *, {CONTENT_HASH_SQL} AS content_hash "
-                f"FROM ({select})", params)
     try:
         # Changed: same id, other content. Compared with the current row only (products holds one row per id).
-        con.execute("""CREATE OR REPLACE TEMP TABLE _ingest_changed AS
-                       SELECT s.id, s.content_hash AS new_hash, p.content_hash AS old_hash
-                       FROM _ingest_stage s JOIN products p ON p.id = s.id
-                       WHERE p.content_hash IS DISTINCT FROM s.content_hash""")
-        changed = con.execute("SELECT count(*) FROM _ingest_changed").fetchone()[0]
+        changed = con.execute(f"""CREATE OR REPLACE TEMP TABLE _ingest_changed AS
+                                  SELECT s.id, s.content_hash AS new_hash, p.content_hash AS old_hash
+                                  FROM {stage} s JOIN products p ON p.id = s.id
+                                  WHERE p.content_hash IS DISTINCT FROM s.content_hash""").fetchone()[0]
         if changed:
             con.execute(f"""INSERT INTO product_versions ({', '.join(c if c != 'id' else 'product_id'
                                                                     for c in VERSION_COLUMNS)},
@@ -49,15 +45,13 @@ def write_versions(con: duckdb.DuckDBPyConnection, select: str, params: list, ru
                            FROM examples e JOIN _ingest_changed c ON c.id = e.product_id""", [run_id])
             sets = ", ".join(f"{c} = s.{c}" for c in _CONTENT)
             con.execute(f"""UPDATE products SET {sets}, content_hash = s.content_hash
-                            FROM _ingest_stage s WHERE s.id = products.id
+                            FROM {stage} s WHERE s.id = products.id
                               AND products.id IN (SELECT id FROM _ingest_changed)""")
-        before = con.execute("SELECT count(*) FROM products").fetchone()[0]
-        con.execute(f"INSERT INTO products ({cols}, content_hash) SELECT {cols}, content_hash FROM _ingest_stage "
-                    "WHERE id NOT IN (SELECT id FROM products)")
-        new = con.execute("SELECT count(*) FROM products").fetchone()[0] - before
-        return new, changed
+        # The statement's own count, rather than count(*) before and after (two scans of products).
+        new = con.execute(f"INSERT INTO products ({cols}, content_hash) SELECT {', '.join('s.' + c for c in VERSION_COLUMNS)}, "
+                          f"s.content_hash FROM {stage} s ANTI JOIN products p ON p.id = s.id").fetchone()[0]
+        return int(new), int(changed)
     finally:
-        con.execute("DROP TABLE IF EXISTS _ingest_stage")
         con.execute("DROP TABLE IF EXISTS _ingest_changed")
 
 

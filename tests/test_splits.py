@@ -139,3 +139,26 @@ def test_split_cli_and_stats(tmp_path, catalog, products_file):
     stats = json.loads(run_cli("stats", "--json", catalog=catalog).stdout)
     assert stats["splits"]["policy_test"] == 0.3
     assert sum(r["train"] + r["dev"] + r["test"] for r in stats["splits"]["per_lang"]) > 0
+
+
+def test_streamed_assignment_equals_the_in_memory_one(tmp_path):
+    """Split streams its pending rows in batches; the result is what loading them all at once gave."""
+    from compass.train import splits as sp
+
+    products, examples = _build(tmp_path / "c.duckdb", 45)
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        # examples without a product: one with only a translation group, one with only a class id
+        with cat.transaction() as con:
+            for i, tg in enumerate(("tg-orphan", None)):
+                con.execute("INSERT INTO examples (id, route, lang, task, anchor, positive, class_id, "
+                            "translation_group) VALUES (?, 'translate', 'th', 'query2title', ?, ?, ?, ?)",
+                            [f"orphan{i}", f"a{i}", f"p{i}", f"class-{i}", tg])
+        policy = SplitPolicy(test=0.3, dev=0.2, seed=5)
+        # the previous way: every pending row in memory, in id order, one group_of per row
+        old = cat.frame(sp._PENDING_SQL + " ORDER BY e.id")
+        expected = {r["id"]: (policy.side(sp.group_of(r)), sp.group_of(r)) for r in old.iter_rows(named=True)}
+        res = assign_splits(cat, policy, batch_size=7)
+        got = {k: (v["split"], v["group_id"]) for k, v in _splits(cat).items()}
+        assert res["added"] == len(expected) == len(examples) + 2
+        assert got == expected
+        assert len({s for s, _ in got.values()}) == 3

@@ -21,15 +21,17 @@ u < test + dev, else train. An example that arrives later gets its split by the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import polars as pl
 
 from compass.catalog.db import Catalog
+from compass.catalog.writes import insert_rows
 from compass.errors import CompassError
 from compass.ids import params_hash
-from compass.stage import insert_frame
 from compass.tasks import item_class
 
 GROUPING = "product-v1"
@@ -75,6 +77,8 @@ def group_of(row: dict) -> str:
 
 
 # Pending examples with the product found through the example, its source example or its translation group.
+# No ORDER BY: the side is a function of the row alone, so the order changes nothing, and a sort would hold every
+# pending row before the first one comes out.
 _PENDING_SQL = """
 WITH tg AS (
     SELECT translation_group, min(product_id) AS product_id FROM examples
@@ -88,8 +92,57 @@ LEFT JOIN examples s ON s.id = e.source_example_id
 LEFT JOIN tg ON tg.translation_group = e.translation_group
 LEFT JOIN products p ON p.id = coalesce(e.product_id, s.product_id, tg.product_id)
 WHERE NOT EXISTS (SELECT 1 FROM splits x WHERE x.example_id = e.id)
-ORDER BY e.id
 """
+# DuckDB's own share while streaming: its hash tables (examples, products, splits) spill to disk above this.
+DUCKDB_MEMORY = "1GB"
+
+
+@contextlib.contextmanager
+def _memory_limit(cat: Catalog, limit: str) -> Iterator[None]:
+    old = cat.con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    cat.con.execute(f"SET memory_limit = '{limit}'")
+    try:
+        yield
+    finally:
+        cat.con.execute(f"SET memory_limit = '{old}'")
+
+
+def _pending_batches(cat: Catalog, batch_size: int) -> Iterator[list[dict]]:
+    """The pending rows, streamed `batch_size` at a time (never all of them in Python).
+
+    Read through a second connection to the same database: its query keeps one snapshot while the caller
+    commits each batch of splits on the catalog's own connection (a new query there would end the stream)."""
+    reader = cat.con.cursor()
+    try:
+        stream = reader.execute(_PENDING_SQL).fetch_record_batch(batch_size)
+        for batch in stream:
+            if batch.num_rows:
+                yield batch.to_pylist()
+    finally:
+        reader.close()
+
+
+def _assign(rows: list[dict], policy: SplitPolicy, run_id: str | None) -> pl.DataFrame:
+    # Examples of one product share its group: parse its attributes and hash its group once per batch.
+    group_memo: dict[tuple, str] = {}
+    side_memo: dict[str, str] = {}
+    groups, sides = [], []
+    for r in rows:
+        k = (r["pid"], r["p_lang"], r["p_attributes"]) if r["pid"] else (None, r["translation_group"],
+                                                                           r["class_id"], r["id"])
+        g = group_memo.get(k)
+        if g is None:
+            g = group_memo[k] = group_of(r)
+        s = side_memo.get(g)
+        if s is None:
+            s = side_memo[g] = policy.side(g)
+        groups.append(g)
+        sides.append(s)
+    return pl.DataFrame({
+        "example_id": [r["id"] for r in rows], "split": sides, "group_id": groups,
+        "policy_hash": [policy.hash] * len(rows), "run_id": [run_id] * len(rows),
+    }, schema={"example_id": pl.Utf8, "split": pl.Utf8, "group_id": pl.Utf8, "policy_hash": pl.Utf8,
+               "run_id": pl.Utf8})
 
 
 def active_policy(cat: Catalog) -> SplitPolicy | None:
@@ -121,21 +174,12 @@ def assign_splits(cat: Catalog, policy: SplitPolicy | None = None, run_id: str |
             con.execute("INSERT INTO split_policies (policy_hash, test, dev, seed, grouping, run_id) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
                         [policy.hash, policy.test, policy.dev, policy.seed, policy.grouping, run_id])
-    pending = cat.frame(_PENDING_SQL)
     added = 0
-    for start in range(0, pending.height, batch_size):
-        batch = pending.slice(start, batch_size)
-        groups = [group_of(r) for r in batch.iter_rows(named=True)]
-        out = pl.DataFrame({
-            "example_id": batch["id"],
-            "split": [policy.side(g) for g in groups],
-            "group_id": groups,
-            "policy_hash": [policy.hash] * batch.height,
-            "run_id": [run_id] * batch.height,
-        }, schema={"example_id": pl.Utf8, "split": pl.Utf8, "group_id": pl.Utf8, "policy_hash": pl.Utf8,
-                   "run_id": pl.Utf8})
-        with cat.transaction() as con:
-            added += insert_frame(con, "splits", out, ["example_id"])
+    # Streamed: Python holds one batch, DuckDB at most DUCKDB_MEMORY, whatever the catalog's size.
+    with _memory_limit(cat, DUCKDB_MEMORY):
+        for rows in _pending_batches(cat, batch_size):
+            with cat.transaction() as con:
+                added += insert_rows(con, "splits", _assign(rows, policy, run_id), ["example_id"])
     counts = {r["split"]: r["n"] for r in cat.query("SELECT split, count(*) AS n FROM splits GROUP BY split")}
     return {"added": added, "policy": asdict(policy), "policy_hash": policy.hash,
             **{s: int(counts.get(s, 0)) for s in SPLITS}}

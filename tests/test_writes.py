@@ -1,0 +1,55 @@
+"""catalog.writes.insert_rows: idempotent bulk inserts that return the rows added."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from compass.catalog.db import Catalog
+from compass.catalog.writes import insert_rows
+from compass.errors import CompassError
+
+
+def _ex(i: int, anchor: str = "a") -> dict:
+    return {"id": f"e{i}", "route": "structured", "lang": "th", "task": "query2title", "anchor": f"{anchor}{i}",
+            "positive": f"p{i}", "class_id": f"c{i}"}
+
+
+def test_insert_rows_is_idempotent_first_wins_and_counts(tmp_path):
+    with Catalog(tmp_path / "c.duckdb", create=True) as cat:
+        with cat.transaction() as con:
+            first = pl.DataFrame([_ex(1), _ex(2), _ex(1, anchor="second-copy-"), _ex(3)])
+            assert insert_rows(con, "examples", first, ["id"]) == 3
+        rows = {r["id"]: r["anchor"] for r in cat.query("SELECT id, anchor FROM examples")}
+        assert rows == {"e1": "a1", "e2": "a2", "e3": "a3"}          # within the frame, the first row wins
+        with cat.transaction() as con:
+            again = pl.DataFrame([_ex(2, anchor="changed-"), _ex(4), _ex(5), _ex(4, anchor="dup-")])
+            assert insert_rows(con, "examples", again, ["id"]) == 2   # e2 is stored: the stored row stays
+            assert insert_rows(con, "examples", again, ["id"]) == 0   # a rerun adds nothing
+            assert insert_rows(con, "examples", again.head(0), ["id"]) == 0
+        rows = {r["id"]: r["anchor"] for r in cat.query("SELECT id, anchor FROM examples")}
+        assert rows == {"e1": "a1", "e2": "a2", "e3": "a3", "e4": "a4", "e5": "a5"}
+
+
+def test_insert_rows_composite_key_and_table_without_primary_key(tmp_path):
+    with Catalog(tmp_path / "c.duckdb", create=True) as cat:
+        dec = pl.DataFrame({"example_id": ["e1", "e1", "e2", "e1"], "stage": ["langid", "quality", "langid", "langid"],
+                            "keep": [True, False, True, False], "reason": ["ok", "quality:short", "ok", "x"]})
+        with cat.transaction() as con:
+            assert insert_rows(con, "decisions", dec, ["example_id", "stage"]) == 3
+            assert insert_rows(con, "decisions", dec, ["example_id", "stage"]) == 0
+        assert cat.scalar("SELECT keep FROM decisions WHERE example_id = 'e1' AND stage = 'langid'") is True
+        # products has no primary key (migration 0001): the key alone keeps it unique
+        prods = pl.DataFrame({"id": ["p1", "p2", "p1"], "lang": "th", "market": "TH", "title": ["t1", "t2", "t1b"],
+                              "category": "C"})
+        with cat.transaction() as con:
+            assert insert_rows(con, "products", prods, ["id"]) == 2
+            assert insert_rows(con, "products", prods, ["id"]) == 0
+        assert cat.query("SELECT id, title FROM products ORDER BY id") == [{"id": "p1", "title": "t1"},
+                                                                         {"id": "p2", "title": "t2"}]
+
+
+def test_insert_rows_rejects_a_key_the_frame_lacks(tmp_path):
+    with Catalog(tmp_path / "c.duckdb", create=True) as cat, cat.transaction() as con:
+        with pytest.raises(CompassError, match="key"):
+            insert_rows(con, "examples", pl.DataFrame([_ex(1)]), ["example_id"])
