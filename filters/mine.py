@@ -125,8 +125,9 @@ def example_keys(class_id: str, translation_group: str | None) -> list[str]:
     return [class_id] + ([f"tg:{translation_group}"] if translation_group else [])
 
 
-MINED_COLS = ["set_id", "example_id", "lang", "pool", "n_examined", "n_negatives", *[f"refused_{g}" for g in GUARDS],
-              "positive_retrieved", "run_id"]
+MINED_SCHEMA = {"set_id": pl.Utf8, "example_id": pl.Utf8, "lang": pl.Utf8, "pool": pl.Utf8, "n_examined": pl.Int64,
+                "n_negatives": pl.Int64, **{f"refused_{g}": pl.Int64 for g in GUARDS}, "positive_retrieved": pl.Boolean,
+                "run_id": pl.Utf8}
 NEG_SCHEMA = {"set_id": pl.Utf8, "example_id": pl.Utf8, "rank": pl.Int64, "negative_text": pl.Utf8,
               "negative_example_id": pl.Utf8, "score": pl.Float64, "positive_score": pl.Float64, "run_id": pl.Utf8,
               "source": pl.Utf8}
@@ -193,7 +194,8 @@ class MineStage(EncoderStage):
             "substr(sha256(k.anchor), 1, 20) LEFT JOIN embedding_cache p ON p.model_fp = ? AND p.text_hash = "
             f"substr(sha256(k.positive), 1, 20) WHERE {where} ORDER BY _lang, _task, _market, k.id",
             [keys["query"], keys["document"], *params],
-            f"WITH _keys AS (SELECT ?::VARCHAR AS q, ?::VARCHAR AS d) SELECT count(*) FROM kept_examples k WHERE {where}")
+            "WITH _keys AS (SELECT ?::VARCHAR AS q, ?::VARCHAR AS d) "
+            f"SELECT count(*) FROM kept_examples k WHERE {where}")
 
     def prepare(self, cat: Catalog) -> None:
         """Read the pools of the pending examples (texts, classes, clusters, vectors) once; keeps no connection."""
@@ -230,7 +232,7 @@ class MineStage(EncoderStage):
                                                "params": [json.dumps(self.set_params)], "run_id": [self.run_id]},
                                               schema_overrides={"run_id": pl.Utf8}),
                 "negatives": pl.concat(negs) if negs else pl.DataFrame(schema=NEG_SCHEMA),
-                "mined_examples": pl.concat(mined) if mined else pl.DataFrame()}
+                "mined_examples": pl.concat(mined) if mined else pl.DataFrame(schema=MINED_SCHEMA)}
 
     def _mine(self, g: pl.DataFrame, pool: Pool) -> tuple[pl.DataFrame, pl.DataFrame]:
         """One pool's examples of a batch: search, guards; (negatives, mined_examples) rows."""
@@ -262,7 +264,8 @@ class MineStage(EncoderStage):
         order = np.lexsort((np.concatenate(rank_out), r))   # by example, then rank
         r, c = r[order], c[order]
         negs = pl.DataFrame({"set_id": [self.set_id] * len(r), "example_id": g["id"].gather(r),
-                             "rank": np.concatenate(rank_out)[order], "negative_text": pool.texts.gather(c), "negative_example_id": pool.example_ids.gather(c),
+                             "rank": np.concatenate(rank_out)[order], "negative_text": pool.texts.gather(c),
+                             "negative_example_id": pool.example_ids.gather(c),
                              "score": np.concatenate(score_out)[order], "positive_score": pos_score[r],
                              "run_id": pl.Series([self.run_id] * len(r), dtype=pl.Utf8),
                              "source": pool.sources.gather(c)}, schema=NEG_SCHEMA)
@@ -270,7 +273,7 @@ class MineStage(EncoderStage):
                               "pool": [pool.key.label()] * b, "n_examined": counts["examined"],
                               "n_negatives": np.bincount(r, minlength=b).astype(np.int64),
                               **{f"refused_{x}": counts[x] for x in GUARDS}, "positive_retrieved": counts["retrieved"],
-                              "run_id": pl.Series([self.run_id] * b, dtype=pl.Utf8)})
+                              "run_id": pl.Series([self.run_id] * b, dtype=pl.Utf8)}, schema=MINED_SCHEMA)
         return negs, mined
 
     def _pair_guards(self, g: pl.DataFrame, pool: Pool, pos_idx: np.ndarray):

