@@ -288,8 +288,8 @@ def render_card(prov: dict, data_files: dict[str, dict[str, list[str]]], opts) -
                     "### Filter stages", "",
                     md_table(prov["filters"], ["stage", "params_hash", "enforced", "checked", "rejected"]),
                     "Parameters:", "", md_table(prov["filter_params"]),
-                    "Checked against eval sets (leakage stage; a text of any of them, or a near copy, is "
-                    "rejected):", "", md_table(prov["eval_sets"]),
+                    ("Checked against eval sets (leakage stage; a text of any of them, or a near copy, is "
+                     "rejected):"), "", md_table(prov["eval_sets"]),
                     "Rejections by reason:", "", md_table(prov["reject_reasons"]),
                     "Models used by filters:", "", md_table(prov["models"]),
                     "Near-duplicate clusters (dedup stage):", "", md_table(prov["dedup"]),

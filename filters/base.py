@@ -48,8 +48,9 @@ def pending_where(stage: str | None, params_hash: str | None, langs: list[str] |
                   ) -> tuple[str, list[Any]]:
     """WHERE clause (over `examples e`) and parameters: not judged by `stage` with `params_hash` (when given),
     rejected by no enforced decision, in `langs`."""
-    where, params = "WHERE NOT EXISTS (SELECT 1 FROM decisions d WHERE d.example_id = e.id AND NOT d.keep " \
-                    "AND d.enforced)", []
+    where = ("WHERE NOT EXISTS (SELECT 1 FROM decisions d WHERE d.example_id = e.id AND NOT d.keep "
+             "AND d.enforced)")
+    params: list[Any] = []
     if stage is not None:
         where += (" AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.example_id = e.id AND d.stage = ? "
                   "AND d.params_hash = ?)")

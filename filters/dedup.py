@@ -76,7 +76,7 @@ class NearDupIndex:
         self.keys += [keys[i] for i in lsh]
         self.sigs = np.concatenate([self.sigs, sigs[lsh]])
 
-    def copy(self) -> "NearDupIndex":
+    def copy(self) -> NearDupIndex:
         new = NearDupIndex(self.threshold, self.num_perm)
         new.keys, new.sigs = list(self.keys), self.sigs
         new.first_by_hash, new.cluster_of = dict(self.first_by_hash), dict(self.cluster_of)
