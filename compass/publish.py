@@ -92,8 +92,9 @@ def schema(with_negatives: bool) -> pa.Schema:
 def resolve_negative_set(cat: Catalog, name: str) -> str:
     """`latest` -> the newest set that has negatives; otherwise check the id exists."""
     if name == "latest":
-        set_id = cat.scalar("SELECT s.set_id FROM negative_sets s WHERE EXISTS (SELECT 1 FROM negatives n "
-                            "WHERE n.set_id = s.set_id) ORDER BY s.created_at DESC, s.set_id LIMIT 1")
+        from compass.filters.mine_stats import latest_negative_set  # the one rule, shared with train
+
+        set_id = latest_negative_set(cat)
         if set_id is None:
             raise CompassError("--with-negatives: the catalog has no negative set with negatives: run "
                                "`compass mine` first, or publish without --with-negatives")

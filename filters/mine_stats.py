@@ -37,3 +37,13 @@ def stats_section(cat: Catalog, by: list[str]) -> dict | None:
                      "WHERE n.set_id = s.set_id) AS negatives FROM negative_sets s ORDER BY s.created_at")
     return {"negatives": {"sets": sets, "by_lang": by_lang, "by_task": by_task, "by_pool": by_pool,
                           "refusals_per_guard": refusals}}
+
+
+def latest_negative_set(cat: Catalog) -> str | None:
+    """The one rule for "the latest negative set" (training's `--negatives latest`, publishing's `--negatives
+    latest`): the newest set holding at least one negative, ties broken by set id; None when no set holds one.
+
+    A set with no negative (every candidate refused, or a run killed before its first batch) is not the latest
+    negatives: training on it would fall back to pairs, and publishing it would write empty lists."""
+    return cat.scalar("SELECT s.set_id FROM negative_sets s WHERE EXISTS (SELECT 1 FROM negatives n "
+                      "WHERE n.set_id = s.set_id) ORDER BY s.created_at DESC, s.set_id LIMIT 1")

@@ -449,3 +449,23 @@ def _dump_set(cat: Catalog, set_id: str) -> dict:
                       "refused_margin, refused_rank, positive_retrieved FROM mined_examples WHERE set_id = ? "
                       "ORDER BY example_id", [set_id])
     return {"negatives": negs, "mined": mined}
+
+
+def test_training_and_publishing_resolve_the_same_latest_negative_set(tmp_path):
+    from compass.publish import resolve_negative_set as for_publish
+    from compass.train.data import resolve_negative_set as for_training
+
+    cat = _catalog(tmp_path / "c.duckdb")
+    with cat.transaction() as con:
+        for set_id, day, negs in (("older", 1, 2), ("empty-newest", 3, 0), ("tie-b", 2, 1), ("tie-a", 2, 1)):
+            con.execute("INSERT INTO negative_sets (set_id, model, params, created_at) VALUES (?, 'm', '{}', ?)",
+                        [set_id, f"2026-01-0{day}"])
+            for r in range(negs):
+                con.execute("INSERT INTO negatives (set_id, example_id, rank, negative_text) VALUES (?, ?, ?, 'x')",
+                            [set_id, QUERY["id"], r])
+    # the newest set holds no negative: both skip it; two sets tie on time: both take the smaller id
+    assert for_training(cat, "latest") == for_publish(cat, "latest") == "tie-a"
+    with cat.transaction() as con:
+        con.execute("DELETE FROM negatives WHERE set_id LIKE 'tie-%'")
+    assert for_training(cat, "latest") == for_publish(cat, "latest") == "older"
+    assert for_training(cat, "older") == for_publish(cat, "older") == "older"

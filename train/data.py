@@ -42,11 +42,13 @@ class TrainingData:
 
 
 def resolve_negative_set(cat: Catalog, negatives: str) -> str | None:
-    """'none' -> None; 'latest' -> newest set (None when the catalog has none); else a set id that must exist."""
+    """'none' -> None; 'latest' -> the newest set with negatives (None: none has); else a set id that must exist."""
     if negatives == "none":
         return None
     if negatives == "latest":
-        return cat.scalar("SELECT set_id FROM negative_sets ORDER BY created_at DESC, set_id LIMIT 1")
+        from compass.filters.mine_stats import latest_negative_set  # the one rule, shared with publish
+
+        return latest_negative_set(cat)
     if cat.scalar("SELECT count(*) FROM negative_sets WHERE set_id = ?", [negatives]):
         return negatives
     known = [r["set_id"] for r in cat.query("SELECT set_id FROM negative_sets ORDER BY created_at DESC")]
