@@ -259,3 +259,33 @@ def test_length_sorted_chunks_give_the_padded_forward_loss_and_gradients(tmp_pat
     assert grads.keys() == ref_grads.keys()
     for k in grads:
         torch.testing.assert_close(grads[k], ref_grads[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_freeze_layers_trains_only_the_top_layers(tmp_path, small_catalog):  # noqa: F811
+    from safetensors.torch import load_file
+
+    from compass.errors import CompassError
+    from compass.train.trainer import TrainConfig, build_trainer, fit
+
+    base = tiny_bert(tmp_path / "bert", _catalog_texts(small_catalog), None)
+    spec = _prepare(small_catalog, base=str(base), out=str(tmp_path / "out"), freeze_layers=1, lr=1e-3)
+    _, info = build_trainer(spec)
+    assert info["frozen_layers"] == 1 and info["frozen_parameters"] > 0 and info["trainable_parameters"] > 0
+    fit(spec)
+    before = load_file(str(Path(str(base) + "-hf") / "model.safetensors"))
+    after = load_file(str(tmp_path / "out" / "model.safetensors"))
+    strip = {k.split(".", 1)[-1] if k.split(".", 1)[-1] in before else k: v for k, v in after.items()}
+    frozen = [k for k in before if k.startswith("embeddings.") or k.startswith("encoder.layer.0.")]
+    trained = [k for k in before if k.startswith("encoder.layer.1.") and k.endswith("weight")]
+    assert frozen and trained
+    for k in frozen:  # the embedding block and the lowest layer stay as the base left them
+        torch.testing.assert_close(strip[k], before[k], rtol=0, atol=0)
+    assert any(not torch.equal(strip[k], before[k]) for k in trained)
+
+    with pytest.raises(CompassError, match="has only 2 layers"):
+        build_trainer(_prepare(small_catalog, base=str(base), out=str(tmp_path / "o2"), freeze_layers=3))
+    with pytest.raises(CompassError, match="needs a transformer base"):
+        build_trainer(_prepare(small_catalog, base="static", out=str(tmp_path / "o3"), freeze_layers=1))
+    with pytest.raises(CompassError, match="--freeze-layers -1"):
+        TrainConfig(base="static", out=str(tmp_path / "o4"), freeze_layers=-1)

@@ -84,6 +84,9 @@ def train(
     freeze_embeddings: Annotated[bool, typer.Option(help="Transformer bases: do not train the word-embedding "
                                                          "table (most of a multilingual model's parameters).")]
     = True,
+    freeze_layers: Annotated[int, typer.Option(help="Transformer bases: also freeze the embedding block and the "
+                                                    "lowest N transformer layers (train only the top; less "
+                                                    "forgetting, shorter backward).")] = 0,
     max_seq_length: Annotated[Optional[int], typer.Option(help="Transformer bases: truncate training texts to this "
                                                                "many tokens (the saved model keeps its own limit).")]
     = 128,
@@ -115,8 +118,8 @@ def train(
         embedding_dim=embedding_dim, vocab_size=vocab_size, tokenizer_texts=[str(p) for p in tokenizer_texts or []],
         eval_tasks=str(eval_tasks) if eval_tasks else None, save_steps=save_steps, keep_checkpoints=keep_checkpoints,
         device=device, precision=precision, gradient_checkpointing=gradient_checkpointing, prompts=prompts,
-        freeze_embeddings=freeze_embeddings, max_seq_length=max_seq_length, missing_negatives=missing_negatives,
-        length_chunks=length_chunks,
+        freeze_embeddings=freeze_embeddings, freeze_layers=freeze_layers, max_seq_length=max_seq_length,
+        missing_negatives=missing_negatives, length_chunks=length_chunks,
         overwrite=overwrite)
     res = run_train(catalog, cfg, echo=lambda line: console.print(f"train: {line}", markup=False, highlight=False))
     console.print(f"model written to {out} ({res['global_step']} steps on {res.get('device')} "

@@ -66,6 +66,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     prompts: bool = True  # anchors get the base's query prompt, positives/negatives its document prompt
     freeze_embeddings: bool = True  # transformer bases: the word-embedding table is not trained (see fit)
+    freeze_layers: int = 0  # transformer bases: also freeze the embedding block and the lowest N layers (see fit)
     max_seq_length: int | None = 128  # transformer bases: token limit while training (the saved model keeps its own)
     length_chunks: int | None = None  # transformer forward in length-sorted chunks of N rows (None or 0: off; measured slower on CPU, see README)
     missing_negatives: str = "pairs"  # pairs | drop: rows with fewer than num_negatives mined negatives
@@ -85,6 +86,8 @@ class TrainConfig:
             raise CompassError("give --epochs > 0 or --max-steps > 0")
         if self.missing_negatives not in ("pairs", "drop"):
             raise CompassError(f"--missing-negatives {self.missing_negatives!r}: use pairs or drop")
+        if self.freeze_layers < 0:
+            raise CompassError(f"--freeze-layers {self.freeze_layers}: give 0 (train every layer) or more")
         if self.max_seq_length is not None and self.max_seq_length < 8:
             raise CompassError(f"--max-seq-length {self.max_seq_length}: give at least 8 tokens")
         if self.nproc > 1 and self.device.strip().lower().startswith("cuda:"):
@@ -145,6 +148,42 @@ def transformer_module(model):
     return first if hasattr(first, "auto_model") else None
 
 
+def encoder_layers(auto_model) -> list:
+    """The transformer blocks, bottom first, of a BERT/XLM-R-style (encoder.layer) or decoder-style (layers) model."""
+    for path in (("encoder", "layer"), ("layers",), ("model", "layers"), ("transformer", "layer")):
+        obj = auto_model
+        for name in path:
+            obj = getattr(obj, name, None)
+        if obj is not None:
+            return list(obj)
+    raise CompassError(f"--freeze-layers: cannot find the transformer layers of {type(auto_model).__name__} "
+                       "(looked for encoder.layer and layers); train without --freeze-layers")
+
+
+def freeze_lower_layers(auto_model, n: int) -> int:
+    """Freeze the embedding block (word, position, type, LayerNorm) and the lowest n blocks; returns the frozen count.
+
+    Fine-tuning only the top of an encoder keeps the lower layers' general features exactly as pretrained (a
+    standard remedy for forgetting), and backward stops at the first trainable block: with 8 of e5-small's 12
+    blocks frozen, a step's backward covers 4 blocks instead of 12.
+    """
+    layers = encoder_layers(auto_model)
+    if n > len(layers):
+        raise CompassError(f"--freeze-layers {n}: the base has only {len(layers)} layers; give at most {len(layers)}")
+    frozen = [auto_model.get_input_embeddings()]
+    emb_block = getattr(auto_model, "embeddings", None)
+    if emb_block is not None:
+        frozen.append(emb_block)
+    frozen += layers[:n]
+    seen: set[int] = set()
+    for module in frozen:
+        for p in module.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                p.requires_grad_(False)
+    return sum(p.numel() for p in auto_model.parameters() if not p.requires_grad)
+
+
 def fit_device(cfg: TrainConfig) -> str:
     """This process's device: --device resolved, and in a launched GPU process the GPU of its LOCAL_RANK."""
     import os
@@ -200,6 +239,9 @@ def build_trainer(spec: dict, callbacks: list | None = None):
             emb = hf.auto_model.get_input_embeddings()
             emb.weight.requires_grad_(False)
             info["frozen_parameters"] = emb.weight.numel()
+        if cfg.freeze_layers:
+            info["frozen_parameters"] = freeze_lower_layers(hf.auto_model, cfg.freeze_layers)
+            info["frozen_layers"] = cfg.freeze_layers
         if cfg.max_seq_length and (model.max_seq_length or 10**9) > cfg.max_seq_length:
             info["saved_max_seq_length"] = model.max_seq_length
             model.max_seq_length = cfg.max_seq_length  # restored before the final save
@@ -212,6 +254,8 @@ def build_trainer(spec: dict, callbacks: list | None = None):
         info["length_chunks"] = chunks
     elif cfg.gradient_checkpointing:
         raise CompassError("--gradient-checkpointing needs a transformer base (a static model has no layers)")
+    elif cfg.freeze_layers:
+        raise CompassError("--freeze-layers needs a transformer base (a static model has no layers)")
     info["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     prompts = training_prompts(model, dataset.column_names) if cfg.prompts else None
     info["prompts"] = prompts
