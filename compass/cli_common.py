@@ -44,8 +44,7 @@ def show_defaults(cmd: Any) -> None:
         if m:
             p.help = re.sub(r"[;,]\s*\)", ")", p.help[:m.start()] + p.help[m.end():]).replace(" .", ".").strip()
             p.show_default = m.group(1).strip()
-        elif p.default is None and not p.required and p.show_default is not False and \
-                "default" not in (p.help or "").lower() and not p.envvar:
+        elif p.default is None and not p.required and "default" not in (p.help or "").lower() and not p.envvar:
             p.show_default = "none"
 
 

@@ -139,3 +139,60 @@ def test_ctrl_c_says_interrupted_without_traceback(catalog):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "run the same command again" in err and "Traceback" not in err, err
+
+
+def test_help_shows_every_default_and_is_not_cut_when_piped():
+    """Issue 13: `split --test/--dev/--seed` and `train --lr` showed no default, and piped help wrapped at 80
+    columns, cutting option names (`--mini-batch-si…`)."""
+    split = run_cli("split", "--help").stdout
+    for flag, default in (("--test", "the catalog's policy, else 0.05"), ("--dev", "as test, 0.05"),
+                          ("--seed", "the catalog's, else 0")):
+        line = next(x for x in split.splitlines() if f" {flag} " in x)
+        assert f"[default: ({default})]" in line, line
+    train = run_cli("train", "--help").stdout
+    assert "…" not in train and "--mini-batch-size" in train and "--gradient-checkpointing" in train
+    assert "[default: (0.2 static, 2e-5 transformer)]" in next(x for x in train.splitlines() if " --lr " in x)
+
+
+def test_every_option_of_every_command_has_a_default_shown():
+    import typer.main
+
+    from compass.cli import app
+    from compass.cli_common import show_defaults
+
+    group = typer.main.get_command(app)
+    missing = []
+    for name, cmd in group.commands.items():
+        show_defaults(cmd)
+        for sub in [cmd, *(getattr(cmd, "commands", {}) or {}).values()]:
+            for p in getattr(sub, "params", []):
+                if p.param_type_name != "option" or p.required or p.is_flag or p.name == "help":
+                    continue
+                shown = isinstance(p.show_default, str) or (p.default is not None and p.show_default is not False)
+                if not shown and "default" not in (p.help or "").lower():
+                    missing.append(f"{name} {sub.name} {p.opts[0]}")
+    assert not missing, missing
+
+
+def test_misspelt_command_module_fails_loudly(monkeypatch):
+    import pytest
+
+    import compass.cli as cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["compass.filters.clii"])
+    with pytest.raises(ImportError, match="'compass.filters.clii'.*does not exist"):
+        cli._register_modules()
+
+
+def test_missing_extra_is_one_line_naming_it(tmp_path):
+    """A missing optional library names the extra to install, never a traceback (here: no sentence-transformers)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['sentence_transformers'] = None; "
+            "sys.argv = ['compass', 'eval', 'minilm', '--catalog-split', 'none']; "
+            "from compass.cli import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == ("error: this needs sentence-transformers, which is not installed: "
+                                   "pip install 'compass-embed[train]'")
