@@ -152,8 +152,16 @@ class StepResult:
     key: str
     action: str          # ran | skipped | failed
     seconds: float = 0.0
+    cpu_seconds: float = 0.0   # this process and its children: comparable across machines under other load
     why: str = ""
     runs: list[dict] = field(default_factory=list)
+
+
+def _cpu() -> float:
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def step_key(step: Step, before: str) -> str:
@@ -179,7 +187,7 @@ def _record(catalog: Path, recipe: Recipe, res: StepResult, started: Any, error:
     step = next(s for s in recipe.steps if s.id == res.id) if res.kind != "report" else None
     config = {"recipe": str(recipe.path), "step": res.id, "kind": res.kind, "params_hash": res.key,
               "params": step.params() if step else {"out": str(recipe.report)}}
-    summary = {"seconds": res.seconds, "runs": [r["id"] for r in res.runs]}
+    summary = {"seconds": res.seconds, "cpu_seconds": res.cpu_seconds, "runs": [r["id"] for r in res.runs]}
     if error:
         summary["error"] = error
     with Catalog(catalog) as cat, cat.transaction() as con:
@@ -239,20 +247,21 @@ def run(path: str | Path, *, out: str | Path | None = None, catalog: str | Path 
         echo(f"== {step.id}: {' '.join(step.argv())}" + ("" if dry_run else f"   ({res.why})"))
         if dry_run:
             continue
-        t0, started = time.perf_counter(), _now()
+        t0, c0, started = time.perf_counter(), _cpu(), _now()
         if step.kind == "train" and step.options.get("out"):
             _clear_model(Path(step.options["out"]))
         try:
             res.runs = call(step.kind, recipe.catalog, **step.options)
         except BaseException as e:
             res.action, res.seconds = "failed", round(time.perf_counter() - t0, 1)
+            res.cpu_seconds = round(_cpu() - c0, 1)
             msg = str(e) if isinstance(e, CompassError) else f"{type(e).__name__}: {e}"
             if not isinstance(e, KeyboardInterrupt):
                 _record(recipe.catalog, recipe, res, started, error=msg)
             if isinstance(e, CompassError):
                 raise CompassError(f"step {step.id} ({i + 1}/{len(recipe.steps)}): {e}") from None
             raise
-        res.seconds = round(time.perf_counter() - t0, 1)
+        res.seconds, res.cpu_seconds = round(time.perf_counter() - t0, 1), round(_cpu() - c0, 1)
         _record(recipe.catalog, recipe, res, started)
     if recipe.report:
         results.append(_report(recipe, params_hash({"report": str(recipe.report), "after": key}), dirty, force,
@@ -277,9 +286,9 @@ def _report(recipe: Recipe, key: str, dirty: bool, force, from_given: bool, dry_
     echo(f"== report: compass report --out {recipe.report}")
     if dry_run:
         return res
-    t0, started = time.perf_counter(), _now()
+    t0, c0, started = time.perf_counter(), _cpu(), _now()
     res.runs = call("report", recipe.catalog, out=recipe.report, artefact=[recipe.path])
-    res.seconds = round(time.perf_counter() - t0, 1)
+    res.seconds, res.cpu_seconds = round(time.perf_counter() - t0, 1), round(_cpu() - c0, 1)
     _record(recipe.catalog, recipe, res, started)
     return res
 
@@ -290,8 +299,9 @@ def _summary(recipe: Recipe, results: list[StepResult], echo, dry_run: bool) -> 
         echo(f"nothing to do: every step of {recipe.path} finished with these parameters "
              f"({len(results)} steps; --force STEP or --from STEP runs one again)")
     elif not dry_run:
-        total = sum(r.seconds for r in ran)
-        echo("recipe " + ", ".join(f"{r.id} {r.seconds:.0f}s" for r in ran) + f"; total {total:.0f}s")
+        total, cpu = sum(r.seconds for r in ran), sum(r.cpu_seconds for r in ran)
+        echo("time per step (wall / CPU s): " + ", ".join(f"{r.id} {r.seconds:.0f}/{r.cpu_seconds:.0f}" for r in ran)
+             + f"; total {total:.0f} s wall, {cpu:.0f} s CPU")
     if recipe.report and recipe.report.exists():
         echo(f"report: {recipe.report}")
     echo(f"catalog: {recipe.catalog}")
