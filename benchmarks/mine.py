@@ -10,6 +10,7 @@ checks it.
     python benchmarks/mine.py                    # 50,000 corpus texts, 10,000 queries
     python benchmarks/mine.py --corpus 5000 --queries 1000
     python benchmarks/mine.py --e2e 2000         # also end to end with the bundled MiniLM, catalog included
+    python benchmarks/mine.py --port 20000 --skip-search   # the pre-port miner (git rev) vs the stage, same run
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import shutil
 import sys
 import time
 
@@ -163,6 +165,144 @@ def run_e2e(args, out) -> None:
     out.put(res)
 
 
+# --- the stage port (issue 13 / 15): the pre-port miner vs the stage, end to end, same catalog, same run ---------
+
+PORT_FILES = ("mine.py", "mine_cache.py", "mine_pool.py", "mine_search.py")
+
+
+def load_old_miner(rev: str, folder: str):
+    """The miner as it was at git revision `rev`, importable as package `oldmine` (its imports of its sibling
+    modules rewritten; everything else it imports is today's compass)."""
+    import importlib
+    import subprocess
+
+    pkg = os.path.join(folder, "oldmine")
+    os.makedirs(pkg, exist_ok=True)
+    open(os.path.join(pkg, "__init__.py"), "w").close()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for f in PORT_FILES:
+        src = subprocess.run(["git", "-C", root, "show", f"{rev}:filters/{f}"], check=True, capture_output=True,
+                             text=True).stdout
+        with open(os.path.join(pkg, f), "w", encoding="utf-8") as fh:
+            fh.write(src.replace("compass.filters.mine", "oldmine.mine"))
+    sys.path.insert(0, folder)
+    return importlib.import_module("oldmine.mine")
+
+
+def port_catalog(path: str, n: int, seed: int = 2) -> None:
+    """n kept examples in en and th (word and character shingles), in item classes of 1-3 listings, with
+    near-duplicate positives (a word added) and translation groups: every guard has work to do."""
+    import polars as pl
+
+    from compass.catalog import Catalog
+    from compass.ids import content_id
+    from compass.stage import insert_frame
+
+    rng = np.random.default_rng(seed)
+    words = ("red blue black white cotton leather running shoes shirt phone case charger cable bag watch lamp "
+             "kettle pan knife mug cream serum mask soap towel pillow chair desk pen book toy ball bike").split()
+    thai = "รองเท้า สีดำ ผ้าฝ้าย โทรศัพท์ เคส สายชาร์จ กระเป๋า นาฬิกา โคมไฟ กาต้มน้ำ ครีม สบู่ หมอน เก้าอี้".split()
+    rows, i = [], 0
+    while len(rows) < n:
+        lang = "th" if rng.random() < 0.3 else "en"
+        vocab = thai if lang == "th" else words
+        base = " ".join(rng.choice(vocab, 6)) + f" model {i}"
+        for j in range(int(rng.integers(1, 4))):                     # listings of one item: one class
+            # (no word permutations: a static model embeds them alike, and exact ties order freely in the old code)
+            pos = base if j == 0 else f"{base} {rng.choice(['sale', 'new', 'ori', 'hot'])}"
+            anchor = " ".join(pos.split()[:3]) + f" q{len(rows)}"
+            tg = f"tg{i}" if rng.random() < 0.1 else None
+            rows.append({"id": content_id("example", "structured", lang, "query2title", anchor, pos),
+                         "route": "structured", "lang": lang, "market": "SG", "task": "query2title",
+                         "anchor": anchor, "positive": pos, "class_id": f"item:{lang}:{i}", "translation_group": tg})
+        i += 1
+    cat = Catalog(path, create=True)
+    with cat.transaction() as con:
+        insert_frame(con, "examples", pl.DataFrame(rows[:n]), ["id"])
+    cat.close()
+
+
+def _port_side(args, out) -> None:
+    """One side (old | new), in its own process: a cold run (encode + mine), then a warm one (a second set)."""
+    import tempfile
+
+    from compass.catalog import Catalog
+    from compass.filters.mine_cache import load_encoder
+
+    side, src, model_path, rev = args
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(src, f"{tmp}/c.duckdb")
+        if side == "old":
+            m = load_old_miner(rev, tmp)
+            cfg, call = m.MineConfig(model=model_path, progress=False), (lambda cat, c: m.mine(cat, c, None, model))
+        else:
+            from compass.filters import mine as m
+
+            cfg, call = m.MineConfig(model=model_path, progress=False), (lambda cat, c: m.mine(cat, c, None, model))
+        model = load_encoder(model_path)
+        res = {}
+        cat = Catalog(f"{tmp}/c.duckdb")
+        for phase, c in (("cold", cfg), ("warm", cfg.__class__(**{**_fields(cfg), "per_example": 4}))):
+            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            s = call(cat, c)
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            res[phase] = {"wall_s": time.perf_counter() - t0, "cpu_s": r1.ru_utime + r1.ru_stime - r0.ru_utime
+                          - r0.ru_stime, "negatives": s["negatives"]}
+            res[phase + "_rows"] = sorted(tuple(r) for r in cat.con.execute(
+                "SELECT example_id, rank, negative_text, round(score, 4) FROM negatives WHERE set_id = ?",
+                [s["set_id"]]).fetchall())
+        cat.close()
+    res["peak_rss_mb"] = _peak_rss_mb()
+    out.put(res)
+
+
+def _fields(cfg) -> dict:
+    return cfg.model_dump() if hasattr(cfg, "model_dump") else dict(cfg.__dict__)
+
+
+def _child_args(fn, args) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=fn, args=(args, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
+def port_benchmark(n: int, rev: str, repeat: int) -> dict:
+    import statistics
+    import tempfile
+
+    from compass.train.static_base import build_static_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        port_catalog(f"{tmp}/src.duckdb", n)
+        from compass.catalog import Catalog
+
+        with Catalog(f"{tmp}/src.duckdb") as cat:
+            texts = [r[0] for r in cat.con.execute("SELECT anchor FROM examples UNION ALL "
+                                                   "SELECT positive FROM examples").fetchall()]
+        build_static_model(texts, embedding_dim=256, vocab_size=4000).save(f"{tmp}/static")
+        runs = {"old": [], "new": []}
+        for _ in range(repeat):                        # alternate: load on a shared machine comes and goes
+            for side in ("old", "new"):
+                runs[side].append(_child_args(_port_side, (side, f"{tmp}/src.duckdb", f"{tmp}/static", rev)))
+    same = all(r[p + "_rows"] == runs["old"][0][p + "_rows"] for r in runs["old"] + runs["new"] for p in ("cold", "warm"))
+    out = {"examples": n, "rev": rev, "identical_negatives": same, "load_avg": os.getloadavg()[0]}
+    for phase in ("cold", "warm"):
+        for metric in ("wall_s", "cpu_s"):
+            o = [r[phase][metric] for r in runs["old"]]
+            w = [r[phase][metric] for r in runs["new"]]
+            ratios = [a / b for a, b in zip(o, w)]
+            out[f"{phase}_{metric}"] = {"old": statistics.median(o), "new": statistics.median(w),
+                                        "ratio_median": statistics.median(ratios),
+                                        "ratio_spread": [min(ratios), max(ratios)]}
+    out["peak_rss_mb"] = {s: max(r["peak_rss_mb"] for r in runs[s]) for s in runs}
+    out["negatives"] = runs["new"][0]["cold"]["negatives"]
+    return out
+
+
 def child(fn, args) -> dict:
     ctx = mp.get_context("spawn")                       # a fresh interpreter: peak RSS is this side's alone
     q = ctx.Queue()
@@ -182,7 +322,25 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2048, help="compass: queries per batch (the stage's batch)")
     ap.add_argument("--repeat", type=int, default=2, help="runs of each side, alternating; the fastest counts")
     ap.add_argument("--e2e", type=int, default=0, help="also run end to end with MiniLM on this many pairs")
+    ap.add_argument("--port", type=int, default=0, help="also: pre-port miner vs the stage on this many examples "
+                                                         "(a static model; cold = encode + mine, warm = mine only)")
+    ap.add_argument("--old-rev", default="a9db2be~1", help="git revision of the pre-port miner")
+    ap.add_argument("--port-repeat", type=int, default=3)
+    ap.add_argument("--skip-search", action="store_true", help="skip the search + guards comparison")
     args = ap.parse_args()
+    if args.port:
+        res = port_benchmark(args.port, args.old_rev, args.port_repeat)
+        for phase in ("cold", "warm"):
+            for metric in ("wall_s", "cpu_s"):
+                r = res[f"{phase}_{metric}"]
+                print(f"port, {args.port:,} examples, {phase} {metric}: pre-port {r['old']:.2f}, stage {r['new']:.2f}; "
+                      f"ratio (pre-port / stage) median {r['ratio_median']:.2f}x, spread "
+                      f"{r['ratio_spread'][0]:.2f}-{r['ratio_spread'][1]:.2f} over {args.port_repeat} pairs")
+        print(f"  identical negatives: {res['identical_negatives']}; peak RSS {res['peak_rss_mb']}; "
+              f"load average {res['load_avg']:.1f}")
+        print(json.dumps(res), file=sys.stderr)
+        if args.skip_search:
+            return
 
     print(f"search + guards: {args.corpus:,} corpus x {args.queries:,} queries, dim {DIM}, range 0:{args.range_max}, "
           f"margin 0.95, {args.k} negatives/query; torch threads {os.cpu_count()} cpus")

@@ -55,7 +55,11 @@ def stream_topk(queries: torch.Tensor, chunks: Iterable[tuple[torch.Tensor, torc
             mi = torch.gather(torch.cat([best_i[qs:qs + q_chunk], ids[ti]], 1), 1, pos)
             best_s[qs:qs + q_chunk], best_i[qs:qs + q_chunk] = ms, mi
     kk = min(k, seen)
-    best_s, order = torch.sort(best_s, dim=1, descending=True)                     # sort only the k kept, once
+    # sort only the k kept, once: by score, equal scores by corpus index, so exact ties (two texts a bag-of-words
+    # model embeds alike) come out in one order whatever order the chunks arrived in
+    by_id = torch.argsort(best_i, dim=1)
+    best_s, best_i = torch.gather(best_s, 1, by_id), torch.gather(best_i, 1, by_id)
+    best_s, order = torch.sort(best_s, dim=1, descending=True, stable=True)
     return best_s[:, :kk], torch.gather(best_i, 1, order)[:, :kk]
 
 
