@@ -62,7 +62,24 @@ class Task:
         return CLASS_RULES[self.class_rule](product)
 
 
-tasks: Registry[Task] = Registry("task")
+class TaskRegistry(Registry):
+    """Every task registers in this module: a lookup imports no stage module (compass.registry.load_all would)."""
+
+    def get(self, key: str) -> Task:
+        if key not in self._items:
+            from compass.errors import CompassError
+
+            raise CompassError(self.unknown(key))
+        return self._items[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def __iter__(self):
+        return iter(sorted(self._items))
+
+
+tasks: Registry[Task] = TaskRegistry("task")
 # Read at import time below without `tasks.items()`, which would import every stage module (some import this one).
 _ALL: tuple[Task, ...] = (
     # structured route (no LLM), in the order it builds them

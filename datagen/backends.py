@@ -72,7 +72,6 @@ class Backend(Protocol):
         ...
 
 
-backends: Registry[type] = Registry("LLM backend")
 # Modules whose backend classes register themselves (imported on the first lookup; a missing one raises).
 BACKEND_MODULES = ["compass.datagen.openai_backend", "compass.datagen.vllm_backend"]
 
@@ -80,6 +79,22 @@ BACKEND_MODULES = ["compass.datagen.openai_backend", "compass.datagen.vllm_backe
 def _load() -> None:
     for mod in BACKEND_MODULES:  # cheap: the backends import their clients (openai, vllm) only when used
         importlib.import_module(mod)
+
+
+class BackendRegistry(Registry):
+    """Looks up after importing BACKEND_MODULES only: not every stage module (`compass.registry.load_all`), whose
+    extras (datasketch, fastText) the vLLM venv that runs `generate --backend vllm` does not have."""
+
+    def get(self, key: str) -> type:
+        _load()
+        if key not in self._items:
+            from compass.errors import CompassError
+
+            raise CompassError(self.unknown(key))
+        return self._items[key]
+
+
+backends: Registry[type] = BackendRegistry("LLM backend")
 
 
 def backend_class(name: str) -> type:
