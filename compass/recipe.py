@@ -220,8 +220,9 @@ def run(path: str | Path, *, out: str | Path | None = None, catalog: str | Path 
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise CompassError(f"no step {name!r} in {recipe.path}{hint}: steps are {', '.join(ids)}")
     start_at = ids.index(from_step) if from_step else None
-    recipe.out.mkdir(parents=True, exist_ok=True)
     if not dry_run:
+        recipe.out.mkdir(parents=True, exist_ok=True)
+        recipe.catalog.parent.mkdir(parents=True, exist_ok=True)
         init_catalog(recipe.catalog)
     results: list[StepResult] = []
     key, dirty = "", False
