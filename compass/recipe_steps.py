@@ -20,9 +20,10 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from compass.errors import CompassError
 
@@ -167,13 +168,14 @@ def _step(name: str) -> Callable[..., list[dict]]:
     return step
 
 
+# `filter` and `eval` are the steps' names; they shadow the builtins only as attributes of this module.
 ingest = _step("ingest")
 generate = _step("generate")
-filter = _step("filter")  # noqa: A001 - the step's name; shadowing the builtin only inside this module's namespace
+filter = _step("filter")
 split = _step("split")
 mine = _step("mine")
 train = _step("train")
-eval = _step("eval")  # noqa: A001
+eval = _step("eval")
 merge = _step("merge")
 export_fp8 = _step("export-fp8")
 publish = _step("publish")

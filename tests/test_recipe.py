@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from compass.catalog.db import Catalog
+from conftest import PRODUCTS_TH, REPO, run_cli, write_jsonl
+
 from compass.errors import CompassError
 from compass.recipe import load, run
-from conftest import PRODUCTS_TH, REPO, run_cli, write_jsonl
 
 
 def _recipe(tmp_path: Path, text: str) -> Path:
