@@ -53,44 +53,49 @@ def _headline(models: list[dict]) -> tuple[dict | None, dict | None]:
     return trained, ref
 
 
+def _row(label: str, vals: list, width: int = 7) -> str:
+    return f"  {label:<11}" + "".join(f"{'-' if v is None else v:>{width}}" for v in vals)
+
+
 def summary_from(funnel: list[dict], counts: dict, models: list[dict], history: list[dict], cat_name: str) -> list[str]:
+    """At most ten lines: the funnel as a table (a column per language), the trained model's held-out macro per
+    language and its difference from the base (else the first baseline), the loss."""
     ran = [s for s in STAGE_ORDER if funnel and funnel[0].get(s) is not None]
     pct = f"{100 * counts['kept'] / counts['examples']:.0f}%" if counts["examples"] else "-"
     lines = [f"catalog {cat_name}: {counts['products']} products in {counts['languages']} languages; "
              f"{counts['examples']} examples, {counts['kept']} kept ({pct})"]
+    langs = sorted({r["lang"] for r in funnel})
     if funnel:
-        lines.append("examples per language, " + " > ".join(["generated", *ran, "kept"]) + ":")
-        per_lang: dict[str, list[int]] = {}
-        for r in funnel:
-            vals = [r["generated"], *[r[s] for s in ran], r["kept"]]
-            per_lang[r["lang"]] = [a + b for a, b in zip(per_lang.get(r["lang"], [0] * len(vals)), vals)]
-        cells = [f"{lang} {'>'.join(map(str, v))}" for lang, v in sorted(per_lang.items())]
-        per_line = 3 if len(ran) < 3 else 2
-        lines += ["  " + "   ".join(cells[i:i + per_line]) for i in range(0, len(cells), per_line)][:5]
+        lines.append(_row("examples", [*langs, "all"]))
+        for stage in ["generated", *ran, "kept"]:
+            per = [sum(r[stage] for r in funnel if r["lang"] == lang) for lang in langs]
+            lines.append(_row(stage, [*per, sum(per)]))
     else:
         lines.append("funnel: not run (compass generate, then compass filter)")
-    if history:
-        lines.append(f"training: {history[-1]['step']} steps, loss {history[0]['loss']:.3g} -> {history[-1]['loss']:.3g}")
     trained, ref = _headline(models)
     if trained is None:
         lines.append("eval: not run (compass train, or compass eval MODEL --json FILE)")
     else:
         t = trained["result"]
-        head = f"held-out eval (macro x100): {trained['label']} {100 * t['macro']:.1f}" if t.get("macro") is not None \
-            else f"held-out eval: {trained['label']} has no scores"
-        if ref is not None and ref["result"].get("macro") is not None and t.get("macro") is not None:
-            d = 100 * (t["macro"] - ref["result"]["macro"])
-            head += f" vs {ref['role']} {ref['label']} {100 * ref['result']['macro']:.1f} ({d:+.1f})"
-            deltas = []
-            for lang, v in sorted(t["languages"].items()):
-                b = (ref["result"]["languages"].get(lang) or {}).get("macro")
-                if v.get("macro") is not None and b is not None:
-                    deltas.append(f"{lang} {100 * (v['macro'] - b):+.1f}")
-            lines.append(head)
-            if deltas:
-                lines.append("  per language vs " + ref["label"] + ": " + ", ".join(deltas))
-        else:
-            lines.append(head + " (no base or baseline evaluated to compare with)")
+
+        def macro(res: dict, lang: str):
+            v = res.get("macro") if lang == "all" else (res["languages"].get(lang) or {}).get("macro")
+            return None if v is None else 100 * v
+
+        cols = [lang for lang in langs if lang in t["languages"]] or sorted(t["languages"])
+        label = "held-out eval, macro x100 (nDCG@10 / accuracy)"
+        label += (f"; Δ = {trained['label']} - {ref['role']} {ref['label']}:" if ref is not None
+                  else ": (no base or baseline evaluated to compare with)")
+        lines.append(label)
+        lines.append(_row(trained["label"][:11], [f"{v:.1f}" if v is not None else None
+                                                  for v in (macro(t, c) for c in [*cols, "all"])]))
+        if ref is not None:
+            deltas = [(macro(t, c), macro(ref["result"], c)) for c in [*cols, "all"]]
+            lines.append(_row("Δ " + ref["label"][:9], [f"{a - b:+.1f}" if a is not None and b is not None else None
+                                                        for a, b in deltas]))
+    if history and len(lines) < 10:
+        lines.append(f"training: {history[-1]['step']} steps, loss {history[0]['loss']:.3g} -> "
+                     f"{history[-1]['loss']:.3g}")
     return lines[:10]
 
 
@@ -122,7 +127,7 @@ def _funnel_sections(c: Catalog, charts) -> list[dict]:
             sec["notes"].append("filters: not run (compass filter); every generated example counts as kept")
         missing = [s for s in STAGE_ORDER if s not in ran]
         if ran and missing:
-            sec["notes"].append("not run: " + ", ".join(missing))
+            sec["notes"].append("stages not run: " + ", ".join(missing))
         sec["charts"].append(_chart("funnel", charts.funnel(rows, ran), "bar length = generated; green = kept, "
                                     "other colours = examples lost at that stage"))
         sec["tables"].append(_table("examples left after each stage", rows,
@@ -171,7 +176,8 @@ def _negatives_section(c: Catalog, charts) -> dict:
                         f"negatives for {s['mined']} mined examples")
     if n["similarity"]:
         sec["charts"].append(_chart("similarity", charts.similarity(n["similarity"]),
-                                    f"sampled up to {data.SIMILARITY_SAMPLE} negatives per task"))
+                                    f"densities (an example has one positive and several negatives); up to "
+                                    f"{data.SIMILARITY_SAMPLE} of each per task"))
     else:
         sec["notes"].append("no negative survived the guards in this set")
     if n["refusals"]:

@@ -2,8 +2,8 @@
 evaluation, config), `compass eval --json` results, dataset folders (compass_provenance.json), recipes.
 
 Where they are: the paths given, the paths the catalog's runs recorded (train --out, publish --to-dir, the
-recipe and step outputs of `compass run`), and eval JSON files beside the catalog (the demo writes them there). Missing files are skipped: a
-model folder deleted after the run leaves its section "not run", not an error.
+recipe and step outputs of `compass run`), and eval JSON files beside the catalog (the demo writes them there).
+Missing recorded files are skipped: a model folder deleted after the run leaves its section "not run".
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from compass.errors import CompassError
 TRAIN_FILE = "compass_train.json"
 PROVENANCE_FILE = "compass_provenance.json"
 RECIPE_SUFFIXES = (".yaml", ".yml", ".sh")
-MAX_JSON_BYTES = 50_000_000
+MAX_JSON_BYTES = 50_000_000  # a JSON beside the catalog larger than this is not an eval result
 # config keys of runs (train --out, publish --to-dir, eval --json, compass run's recipe) that name an artefact
-RUN_PATH_KEYS = ("out", "to_dir", "json", "json_out", "recipe")  # a JSON beside the catalog larger than this is not an eval result
+RUN_PATH_KEYS = ("out", "to_dir", "json", "json_out", "recipe")
 
 
 @dataclass

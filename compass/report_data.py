@@ -60,9 +60,12 @@ def reject_reasons(cat: Catalog, samples: int = SAMPLES_PER_REASON) -> list[dict
         f"SELECT * FROM (SELECT d.stage, {_FAMILY} AS reason, count(DISTINCT e.id) AS count, "
         "list(DISTINCT e.lang ORDER BY e.lang) AS langs FROM decisions d JOIN examples e ON e.id = d.example_id "
         "WHERE NOT d.keep AND d.enforced GROUP BY ALL) d ORDER BY " + _rank_sql() + ", count DESC, reason")
+    # a duplicate is shown with the anchor it duplicates (the id its reason names), so a reader can judge it
     picks = cat.query(
         f"SELECT d.stage, {_FAMILY} AS reason, e.id, e.lang, e.task, e.anchor, e.positive, d.reason AS full_reason, "
-        "d.score FROM decisions d JOIN examples e ON e.id = d.example_id WHERE NOT d.keep AND d.enforced "
+        "d.score, o.anchor AS duplicate_of FROM decisions d JOIN examples e ON e.id = d.example_id "
+        "LEFT JOIN examples o ON d.reason LIKE 'dedup:%_dup_of:%' AND o.id = regexp_extract(d.reason, ':([^:]+)$', 1) "
+        "WHERE NOT d.keep AND d.enforced "
         f"QUALIFY row_number() OVER (PARTITION BY d.stage, {_FAMILY} ORDER BY hash(e.id), e.id) <= ?", [samples])
     by_key: dict[tuple, list[dict]] = {}
     for p in picks:
@@ -107,16 +110,19 @@ def negatives(cat: Catalog, sample: int = SIMILARITY_SAMPLE) -> dict | None:
         return None
     chosen = next((s for s in sets if s["negatives"]), sets[0])
     sid = chosen["set_id"]
-    pairs = cat.query(
-        "SELECT e.task, n.score, n.positive_score FROM negatives n JOIN examples e ON e.id = n.example_id "
+    neg = cat.query(
+        "SELECT e.task, n.score FROM negatives n JOIN examples e ON e.id = n.example_id "
         "WHERE n.set_id = ? AND n.score IS NOT NULL "
         "QUALIFY row_number() OVER (PARTITION BY e.task ORDER BY hash(n.example_id, n.rank)) <= ?", [sid, sample])
+    # one positive score per example (every negative row repeats it)
+    pos = cat.query(
+        "SELECT e.task, any_value(n.positive_score) AS score FROM negatives n JOIN examples e ON e.id = n.example_id "
+        "WHERE n.set_id = ? AND n.positive_score IS NOT NULL GROUP BY e.task, n.example_id "
+        "QUALIFY row_number() OVER (PARTITION BY e.task ORDER BY hash(n.example_id)) <= ?", [sid, sample])
     per_task: dict[str, dict[str, list[float]]] = {}
-    for p in pairs:
-        t = per_task.setdefault(p["task"], {"negative": [], "positive": []})
-        t["negative"].append(float(p["score"]))
-        if p["positive_score"] is not None:
-            t["positive"].append(float(p["positive_score"]))
+    for kind, rows in (("negative", neg), ("positive", pos)):
+        for p in rows:
+            per_task.setdefault(p["task"], {"negative": [], "positive": []})[kind].append(float(p["score"]))
     guards = ", ".join(f"sum(m.refused_{g})::BIGINT AS {g}" for g in GUARDS)
     refusals = cat.query(
         f"SELECT e.task, count(*) AS mined, count(*) FILTER (WHERE m.n_negatives > 0) AS with_negative, "
@@ -145,7 +151,7 @@ def _json(v: Any) -> Any:
 def runs(cat: Catalog) -> list[dict]:
     """Every run, oldest first, with its config and summary parsed."""
     rows = cat.query(
-        "SELECT id, command, status, compass_version, started_at, finished_at, "
+        "SELECT id, command, status, compass_version, strftime(started_at, '%Y-%m-%d %H:%M:%S') AS started_at, "
         "round(epoch(finished_at) - epoch(started_at), 1) AS seconds, config::VARCHAR AS config, "
         "summary::VARCHAR AS summary FROM runs ORDER BY started_at, id")
     for r in rows:

@@ -77,7 +77,7 @@ pre { background: var(--bg); padding: 10px; overflow-x: auto; font-size: 12px; m
 {% for r in s.reasons %}<tr><td>{{ r.stage }}</td><td><code>{{ r.reason }}</code></td><td class="num">{{ r.count }}</td>
 <td>{{ r.langs | join(", ") }}</td><td><ul class="examples">{% for e in r.examples %}
 <li><span class="ex-a">{{ e.anchor | truncate(90) }}</span> → {{ e.positive | truncate(90) }}
-<span class="ex-meta">{{ e.lang }}/{{ e.task }}{% if e.full_reason != r.reason %} · {{ e.full_reason | truncate(60) }}{% endif %}{% if e.score is not none %} · score {{ "%.3g" | format(e.score) }}{% endif %}</span></li>
+<span class="ex-meta">{{ e.lang }}/{{ e.task }}{% if e.duplicate_of %} · duplicate of “{{ e.duplicate_of | truncate(60) }}”{% elif e.full_reason != r.reason %} · {{ e.full_reason | truncate(60) }}{% endif %}{% if e.score is not none %} · score {{ "%.3g" | format(e.score) }}{% endif %}</span></li>
 {% endfor %}</ul></td></tr>{% endfor %}
 </table>
 {% endif %}

@@ -131,7 +131,7 @@ class Charts:
             ax.set_yticks(range(len(langs)), langs)
             ax.invert_yaxis()
             ax.set_xlabel("LLM requests")
-            ax.legend(loc="lower right")
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
             return fig
 
         return self.render(build)
@@ -155,10 +155,12 @@ class Charts:
                 bins = np.linspace(float(both.min()), float(both.max()) + 1e-6, 31) if both.size else 10
                 for vals, color, label in ((pos, "#54A24B", "positive"), (neg, "#E45756", "hard negative")):
                     if vals:
-                        _, _, patches = ax.hist(vals, bins=bins, color=color, alpha=0.55, label=label)
+                        # density: an example has one positive but several negatives; shapes compare, not counts
+                        _, _, patches = ax.hist(vals, bins=bins, color=color, alpha=0.55, label=label, density=True)
                         self._mark(patches)
                 ax.set_title(task, loc="left")
                 ax.set_xlabel("cosine similarity to the anchor")
+                ax.set_yticks([])
             h, lab = axes.flat[0].get_legend_handles_labels()
             fig.legend(h, lab, loc="outside lower center", ncols=2)
             return fig
@@ -180,7 +182,7 @@ class Charts:
             ax.set_yticks(range(len(rows)), [r["task"] for r in rows])
             ax.invert_yaxis()
             ax.set_xlabel("candidates refused")
-            ax.legend(loc="lower right", title="guard")
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="guard")  # beside: never over a bar
             return fig
 
         return self.render(build)
