@@ -47,21 +47,23 @@ def _peak_rss_mb() -> float:
 
 
 def run_compass(args, out) -> None:
-    from compass.filters.mine_search import GuardConfig, NearDup, mine_arrays
+    from compass.filters.mine_search import GuardConfig, Sets, TextKeys, common, mine_arrays
 
     q, corpus, pos = make_data(args.corpus, args.queries)
     texts = [f"document {i}" for i in range(args.corpus)]
-    classes = [frozenset([f"product:{i}"]) for i in range(args.corpus)]
-    dup = NearDup(texts, 0.8)
+    keys = TextKeys.build(texts)                                  # each text normalised and shingled once
+    classes = Sets.from_lists([[i] for i in range(args.corpus)])  # one class per text
     base_rss = _peak_rss_mb()
     cfg = GuardConfig(depth=args.range_max, lo=0, hi=args.range_max, margin=0.95, per_example=args.k)
     t0 = time.perf_counter()
     pairs = set()
     for s in range(0, len(q), args.batch):                              # the stage's batches
         p = pos[s:s + args.batch]
-        m, _ = mine_arrays(q[s:s + args.batch], corpus, p, cfg,
-                           same_class=lambda r, c, p=p: not classes[p[r]].isdisjoint(classes[c]),
-                           near_dup=lambda r, c, p=p: dup(int(p[r]), c, "en"))
+
+        def guards(r, c, p=p):                                          # the stage's vectorised pair guards
+            return (keys.near_dup(p[r], c, np.ones(len(r), bool), 0.8),
+                    common(classes, p[r], classes, c) > 0)
+        m, _ = mine_arrays(q[s:s + args.batch], corpus, p, cfg, pairs=guards)
         pairs.update(zip((m.q + s).tolist(), m.cand.tolist()))
     wall = time.perf_counter() - t0
     out.put({"wall_s": wall, "peak_rss_mb": _peak_rss_mb(), "data_rss_mb": base_rss, "negatives": len(pairs),
@@ -147,11 +149,11 @@ def run_e2e(args, out) -> None:
         cfg = MineConfig(model=path, top_k=args.range_max, rank_window=(0, args.range_max), margin=0.95,
                          per_example=args.k, progress=False)
         t0 = time.perf_counter()
-        s = mine(cat, cfg, "bench", model=model)
+        s = mine(cat, cfg, model=model)
         res["compass_wall_s"] = time.perf_counter() - t0
         res["compass_negatives"] = s["negatives"]
         t0 = time.perf_counter()
-        s2 = mine(cat, MineConfig(**{**cfg.__dict__, "per_example": args.k - 1}), "bench2", model=model)
+        s2 = mine(cat, MineConfig(**{**cfg.model_dump(), "per_example": args.k - 1}), model=model)
         res["compass_cached_wall_s"] = time.perf_counter() - t0
         res["compass_cached_encoded"] = s2["encoded"]
         cat.close()
