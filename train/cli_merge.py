@@ -60,24 +60,42 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", help="Folder to write the FP8 export to.")],
         scheme: Annotated[str, typer.Option("--scheme", help="dynamic: FP8 weights per channel, "
                                                               "activations per token at run time.")] = "dynamic",
-        dtype: Annotated[str, typer.Option("--dtype", help="Unquantised tensors: keep | bfloat16.")] = "keep",
+        dtype: Annotated[str, typer.Option("--dtype", help="Unquantised tensors: bfloat16 | keep (keep: a float32 "
+                                                            "model's export is larger than BF16 and fails the "
+                                                            "gate).")] = "bfloat16",
         gate_texts: Annotated[Optional[Path], typer.Option("--gate-texts", help="JSONL of {lang, text} for the "
                                                                               "fidelity gate.")] = None,
-        eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="Eval tasks: gate also on the macro "
-                                                                      "metric (<= 1% relative drop).")] = None,
+        eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="Eval tasks: gate also per language on "
+                                                                      "nDCG@10 / accuracy (at most 1 point "
+                                                                      "lost).")] = None,
+        vllm_python: Annotated[Optional[Path], typer.Option("--vllm-python", help="Python of a venv with vLLM (e.g. "
+                                                                                  ".venv-vllm/bin/python): serve "
+                                                                                  "the export through LLM.embed "
+                                                                                  "and record the parity.")] = None,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
         device: DeviceOpt = "auto",
         precision: PrecisionOpt = "auto",
     ) -> None:
-        """FP8 (compressed-tensors, vLLM-loadable) export with a CPU fidelity gate; exits 1 below the gate."""
+        """FP8 (compressed-tensors, vLLM-ready) export with a fidelity gate; exits 1 below the gate."""
         from compass.train.fp8_export import GATE_MEAN_COS, GATE_MIN_COS, export_fp8
+        from compass.train.vllm_serve import parity_line
 
         info = export_fp8(model, out, scheme=scheme, dtype=dtype, gate_texts=gate_texts, tasks_dir=eval_dir,
-                          overwrite=overwrite, device=device, precision=precision)
+                          overwrite=overwrite, device=device, precision=precision, vllm_python=vllm_python,
+                          echo=lambda line: typer.echo(line, err=True))
         g, s = info["gate"], info["sizes"]
         typer.echo(f"gate PASSED: mean cosine {g['mean_cos']:.5f} (>= {GATE_MEAN_COS}), min {g['min_cos']:.5f} "
-                   f"(>= {GATE_MIN_COS}) on {g['n_texts']} texts")
-        if g.get("rel_drop") is not None:
-            typer.echo(f"macro {g['macro_original']:.4f} -> {g['macro_fp8']:.4f} ({100 * g['rel_drop']:+.2f}% drop)")
+                   f"(>= {GATE_MIN_COS}) on {g['n_texts']} texts; size {g['size_ratio']:.2f}x BF16 (< 1)")
+        for key, c in g.get("task_change", {}).items():
+            typer.echo(f"{key}: {c['original']:.2f} -> {c['fp8']:.2f} ({c['change']:+.2f} points)")
         typer.echo(f"size: {s['fp8'] / 1e6:.1f} MB FP8 vs {s['bf16'] / 1e6:.1f} MB BF16 "
                    f"({s['fp8'] / max(s['bf16'], 1):.2f}x), original {s['original'] / 1e6:.1f} MB -> {out}")
+        for problem in info["serving"]["problems"]:
+            typer.echo(f"vLLM will not match: {problem}", err=True)
+        p = info.get("vllm_parity")
+        if p:
+            typer.echo(f"vLLM {p['vllm']} ({p['device']}) original vs sentence-transformers: "
+                       f"{parity_line(p['original_vs_st'])}")
+            typer.echo(f"vLLM {p['vllm']} ({p['device']}) FP8 export vs compass's FP8 simulation: "
+                       f"{parity_line(p['fp8_vs_simulation'])}")
+        typer.echo(f"serve: {info['serving']['command']}")
