@@ -8,6 +8,9 @@ Anchors are encoded as queries (`encode_query`) and candidates as documents (`en
 query/document prompts (e5: "query: " / "passage: ") embeds the same text differently in the two roles, so
 the encoder key is the fingerprint plus a hash of the prompt the role applies (`role_key`); a model without
 prompts has one key, the bare fingerprint, for both roles (the rows it cached before prompts existed stay valid).
+
+`EncodeStage` ("encode" in the stage registry) fills the cache: pending = the distinct texts of its sources with
+no vector under its role's key.
 """
 
 from __future__ import annotations
