@@ -304,8 +304,8 @@ def _summary(recipe: Recipe, results: list[StepResult], echo, dry_run: bool) -> 
         total, cpu = sum(r.seconds for r in ran), sum(r.cpu_seconds for r in ran)
         echo("time per step (wall / CPU s): " + ", ".join(f"{r.id} {r.seconds:.0f}/{r.cpu_seconds:.0f}" for r in ran)
              + f"; total {total:.0f} s wall, {cpu:.0f} s CPU")
-    if recipe.report and recipe.report.exists():
-        echo(f"report: {recipe.report}")
+    if recipe.report and recipe.report.exists() and not any(r.id == "report" and r.action == "ran" for r in results):
+        echo(f"report: {recipe.report}")   # (compass report prints it when it runs)
     echo(f"catalog: {recipe.catalog}")
 
 
