@@ -114,7 +114,7 @@ def _pending_batches(cat: Catalog, batch_size: int) -> Iterator[list[dict]]:
     commits each batch of splits on the catalog's own connection (a new query there would end the stream)."""
     reader = cat.con.cursor()
     try:
-        stream = reader.execute(_PENDING_SQL).fetch_record_batch(batch_size)
+        stream = reader.execute(_PENDING_SQL).to_arrow_reader(batch_size)
         for batch in stream:
             if batch.num_rows:
                 yield batch.to_pylist()
