@@ -290,21 +290,6 @@ def verify_export(original: str | Path, export_dir: str | Path, gate_texts: str 
                        f"marked {FAILED_MARKER}: do not serve it (keep the BF16 model or exclude the failing layers)")
 
 
-def _vllm_ready_copy(original: Path, model, tmp: Path) -> Path:
-    """The original folder as vLLM should read it, in tmp: its files copied, weights linked, vLLM config written
-    (the user's folder is left as it is)."""
-    dst = tmp / "original"
-    for f in original.rglob("*"):
-        if f.is_file():
-            (dst / f.relative_to(original)).parent.mkdir(parents=True, exist_ok=True)
-            if f.suffix in (".safetensors", ".bin"):
-                (dst / f.relative_to(original)).symlink_to(f.resolve())
-            else:
-                shutil.copy2(f, dst / f.relative_to(original))
-    vllm_serve.write_vllm_config(dst, model)
-    return dst
-
-
 def measure_vllm_parity(python: str | Path, original: str | Path, export_dir: str | Path,
                         gate_texts: str | Path | None = None) -> dict:
     """Serve the original model and the FP8 export through vLLM's offline LLM.embed (with `python`, vLLM's venv;
@@ -316,7 +301,7 @@ def measure_vllm_parity(python: str | Path, original: str | Path, export_dir: st
     orig = _load_st(original, "cpu", torch.float32)
     pairs = vllm_serve.prompted(orig, texts)
     with tempfile.TemporaryDirectory(prefix="compass-parity-") as tmp:
-        ready = _vllm_ready_copy(Path(original), orig, Path(tmp))
+        ready = vllm_serve.vllm_ready_copy(Path(original), orig, Path(tmp) / "original")
         res = vllm_serve.vllm_embed(python, {"original": ready, "fp8": export_dir}, vllm_serve.vllm_inputs(orig, pairs))
     ref = vllm_serve.st_embed(orig, pairs)
     sim = vllm_serve.st_embed(load_fp8(export_dir, "cpu", torch.float32), pairs)

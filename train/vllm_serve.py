@@ -95,6 +95,23 @@ def write_vllm_config(folder: str | Path, model) -> dict:
     return info
 
 
+def vllm_ready_copy(folder: Path, model, dst: Path) -> Path:
+    """`folder` as vLLM should read it, at `dst`: its files copied, weights linked, vLLM config written (for a
+    folder compass did not write, which it must leave as it is)."""
+    import shutil
+
+    for f in folder.rglob("*"):
+        if f.is_file():
+            target = dst / f.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if f.suffix in (".safetensors", ".bin"):
+                target.symlink_to(f.resolve())
+            else:
+                shutil.copy2(f, target)
+    write_vllm_config(dst, model)
+    return dst
+
+
 def serve_command(folder: str | Path) -> str:
     """The command that serves the folder as an embedding model (vLLM >= 0.10; older: --task embed)."""
     return f"vllm serve {Path(folder).resolve()} --runner pooling"
