@@ -9,7 +9,7 @@ A recipe (see recipes/demo.yaml):
       - split: {test: 0.1, dev: 0.05}
       - train: {out: "{out}/model", max_steps: 100}
       - eval: {id: eval-base, model: minilm}   # `id` names a step when a kind repeats (default: the kind)
-    report: "{out}/report.html"        # written at the end by `compass report` when installed; false: none
+    report: "{out}/report.html"        # `compass report` at the end; false: none; a `report` step replaces it
 
 Skipping, like make: each step's key is a hash of its kind, options and the key of the step before it, so a
 changed option re-runs that step and every later one. A step is skipped when a finished `recipe:KIND` run record
