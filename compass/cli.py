@@ -38,7 +38,8 @@ app = typer.Typer(
     name="compass",
     help="Build multilingual e-commerce embedding models for Southeast Asia, data first.\n\n"
          "Pipeline: init -> ingest -> generate -> filter -> split -> mine -> train -> eval -> merge / export-fp8 "
-         "-> publish. Everything lives in one DuckDB catalog (--catalog, default ./compass.duckdb).",
+         "-> publish; `compass run RECIPE.yaml` chains them, skipping finished steps. Everything lives in one "
+         "DuckDB catalog (--catalog, default ./compass.duckdb).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
