@@ -41,7 +41,7 @@ from compass.errors import CompassError
 from compass.filters.mine_cache import (EncodeStage, EncoderKeys, EncoderStage, encoder_keys, insert_ignore,
                                         load_encoder, vec_array)
 from compass.filters.mine_pool import DEFAULT_RULE, TASK_RULES, Pool, PoolKey, load_pool, rules_params, task_rule
-from compass.filters.mine_search import GUARDS, GuardConfig, Sets, common, hash_strings, select_negatives, stream_topk
+from compass.filters.mine_search import GUARDS, GuardConfig, Sets, hash_strings, select_negatives, share, stream_topk
 from compass.ids import params_hash, text_hash
 from compass.registry import stages
 from compass.runner import execute
@@ -292,7 +292,7 @@ class MineStage(EncoderStage):
             t = np.flatnonzero(p >= 0)
             if len(t):
                 nd[t] |= tk.near_dup(p[t], c[t], spaced[r[t]], cfg.near_dup, pool.clusters)
-            cl = common(row_keys, r, pool.classes, c) > 0 if cfg.class_guard else np.zeros(len(r), bool)
+            cl = share(row_keys, r, pool.classes, c) if cfg.class_guard else np.zeros(len(r), bool)
             return nd, cl
         return guards
 

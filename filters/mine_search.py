@@ -117,15 +117,65 @@ class Sets:
 
 
 def common(a: Sets, ai: np.ndarray, b: Sets, bi: np.ndarray) -> np.ndarray:
-    """(m,) how many keys set a[ai[t]] and set b[bi[t]] share, for every pair t."""
+    """(m,) how many keys set a[ai[t]] and set b[bi[t]] share, for every pair t (exact)."""
     out = np.zeros(len(ai), np.int64)
     oa, va = a.gather(ai)
     ob, vb = b.gather(bi)
-    if len(oa) and len(ob):
-        hit = (pl.DataFrame({"o": oa, "v": va}).join(pl.DataFrame({"o": ob, "v": vb}), on=["o", "v"])
-               .group_by("o").len())
-        out[hit["o"].to_numpy()] = hit["len"].to_numpy()
+    if not (len(oa) and len(ob)):
+        return out
+    if len(ai) < 2**31 and max(int(va.max()), int(vb.max())) < 2**32 and min(int(va.min()), int(vb.min())) >= 0:
+        # small keys (dense ids): (pair, key) packed in one int64 and sorted; keys are unique within a set, so
+        # a key repeated within one pair is a shared key (measured: half the CPU of a polars join)
+        k = np.sort(np.concatenate([(oa.astype(np.int64) << 32) | va.astype(np.int64),
+                                    (ob.astype(np.int64) << 32) | vb.astype(np.int64)]))
+        return np.bincount(k[1:][k[1:] == k[:-1]] >> 32, minlength=len(ai)).astype(np.int64)
+    hit = pl.DataFrame({"o": oa, "v": va}).join(pl.DataFrame({"o": ob, "v": vb}), on=["o", "v"]).group_by("o").len()
+    out[hit["o"].to_numpy()] = hit["len"].to_numpy()
     return out
+
+
+WIDTH = 8  # keys per set compared by broadcasting; pairs with a longer (prefix of a) set go to `common`
+
+
+def _padded(s: Sets, items: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(m, WIDTH) the first min(lens, WIDTH) keys of each item, and which of them are real."""
+    w = np.arange(WIDTH)
+    valid = w[None, :] < np.minimum(lens, WIDTH)[:, None]
+    if not len(s.val):
+        return np.zeros((len(items), WIDTH), s.val.dtype), valid
+    return s.val[np.where(valid, s.off[items][:, None] + w[None, :], 0)], valid
+
+
+def share(a: Sets, ai: np.ndarray, b: Sets, bi: np.ndarray, la: np.ndarray | None = None,
+          lb: np.ndarray | None = None) -> np.ndarray:
+    """(m,) do the first la[t] keys of a[ai[t]] and the first lb[t] keys of b[bi[t]] (default: all) share one?
+
+    Why not `common` alone: a polars join per batch of pairs cost more than the guard loop it replaced (it was
+    the largest CPU cost of mining after the port). Small sets, the usual case (a text's classes, a title's
+    shingle prefix), are compared by broadcasting (m, WIDTH, WIDTH); only pairs with a longer one take the join."""
+    la = a.size(ai) if la is None else np.minimum(la, a.size(ai))
+    lb = b.size(bi) if lb is None else np.minimum(lb, b.size(bi))
+    va, ma = _padded(a, ai, la)
+    vb, mb = _padded(b, bi, lb)
+    hit = ((va[:, :, None] == vb[:, None, :]) & ma[:, :, None] & mb[:, None, :]).any(axis=(1, 2))
+    t = np.flatnonzero(~hit & ((la > WIDTH) | (lb > WIDTH)))
+    if len(t):
+        hit[t] = common(_prefix(a, ai[t], la[t]), np.arange(len(t)), _prefix(b, bi[t], lb[t]), np.arange(len(t))) > 0
+    return hit
+
+
+def _prefix(s: Sets, items: np.ndarray, lens: np.ndarray) -> Sets:
+    """The first lens[t] keys of each item, as a Sets over 0..len(items)-1."""
+    lens = np.minimum(lens, s.size(items))
+    start = np.repeat(s.off[items] - (np.cumsum(lens) - lens), lens)
+    return Sets(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), s.val[start + np.arange(int(lens.sum()))])
+
+
+def prefix_len(size: np.ndarray, threshold: float) -> np.ndarray:
+    """Prefix filter for Jaccard (Chaudhuri et al. 2006; Bayardo et al. 2007): with each set's keys in one global
+    order (here: sorted hashes), J(A, B) >= t implies that the first |A| - ceil(t|A|) + 1 keys of A and the first
+    |B| - ceil(t|B|) + 1 of B share one. The epsilon only lengthens a prefix (always safe) against float noise."""
+    return np.where(size > 0, size - np.ceil(threshold * size - 1e-9).astype(np.int64) + 1, 0)
 
 
 @dataclass
@@ -148,6 +198,7 @@ class TextKeys:
             lists = [sorted(shingles(t, lang)) for t in texts]
             lens = np.fromiter(map(len, lists), np.int64, len(lists))
             flat = hash_strings([s for x in lists for s in x]) if lens.sum() else np.zeros(0, np.uint64)
+            flat = pl.Series(flat).rank("dense").to_numpy().astype(np.int64)   # dense ids: `common` packs them
             sh[sp] = Sets.from_pairs(np.repeat(np.arange(len(texts)), lens), flat, len(texts))
         return cls(norm, sh)
 
@@ -158,15 +209,20 @@ class TextKeys:
         As `compass.text.is_near_duplicate`, plus a shared dedup cluster (when the dedup stage clustered them)."""
         dup = self.norm[i] == self.norm[j]
         if clusters is not None:
-            dup |= common(clusters, i, clusters, j) > 0
+            dup |= share(clusters, i, clusters, j)
         if threshold is not None:
             for sp, sets in self.shingles.items():
                 t = np.flatnonzero(~dup & (spaced == sp))
-                if len(t):
-                    inter = common(sets, i[t], sets, j[t])
-                    union = sets.size(i[t]) + sets.size(j[t]) - inter
-                    jac = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
-                    dup[t] = jac >= threshold
+                if not len(t):
+                    continue
+                si, sj = sets.size(i[t]), sets.size(j[t])
+                dup[t] = (si == 0) & (sj == 0)                                  # Jaccard of two empty sets: 1
+                # only pairs whose prefixes share a shingle can reach the threshold: the exact count for those
+                u = np.flatnonzero(share(sets, i[t], sets, j[t], prefix_len(si, threshold), prefix_len(sj, threshold)))
+                if len(u):
+                    inter = common(sets, i[t[u]], sets, j[t[u]])
+                    union = si[u] + sj[u] - inter
+                    dup[t[u]] = np.where(union == 0, 1.0, inter / np.maximum(union, 1)) >= threshold
         return dup
 
 
@@ -220,7 +276,7 @@ def _from_callables(same_class, near_dup) -> PairGuards | None:
 def select_negatives(scores: np.ndarray, idx: np.ndarray, pos_idx: np.ndarray, pos_score: np.ndarray,
                      cfg: GuardConfig, same_class: Callable[[int, int], bool] | None = None,
                      near_dup: Callable[[int, int], bool] | None = None, pairs: PairGuards | None = None,
-                     columns: int = 32) -> Mined:
+                     columns: int = 16) -> Mined:
     """Walk each query's candidates best first, keep the first `per_example` that pass every guard.
 
     scores, idx: (b, k) from `stream_topk` with k >= depth + 1 (room for the positive); pos_idx (b,) corpus index

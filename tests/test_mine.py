@@ -215,6 +215,29 @@ def test_vectorised_near_dup_equals_the_shared_definition():
             want = [is_near_duplicate(texts[a], texts[b], lang, thr if thr is not None else 2.0) for a, b in zip(i, j)]
             assert got.tolist() == want, (thr, lang)
     assert keys.near_dup(np.array([0]), np.array([4]), np.array([True]), None).tolist() == [True]
+    # long texts: prefixes longer than the broadcast width take the exact path
+    long = [" ".join(f"w{k}" for k in range(40)), " ".join(f"w{k}" for k in range(38)) + " x y",
+            " ".join(f"w{k}" for k in range(0, 80, 2))]
+    keys = TextKeys.build(long)
+    i, j = (a.ravel() for a in np.meshgrid(np.arange(3), np.arange(3), indexing="ij"))
+    for thr in (0.9, 0.8, 0.3):
+        want = [is_near_duplicate(long[a], long[b], "en", thr) for a, b in zip(i, j)]
+        assert keys.near_dup(i, j, np.ones(9, bool), thr).tolist() == want, thr
+
+
+def test_set_overlaps_equal_python_sets():
+    from compass.filters.mine_search import Sets, common, share
+
+    rng = np.random.default_rng(0)
+    sets = [set(rng.integers(0, 40, rng.integers(0, 20)).tolist()) for _ in range(60)]
+    s = Sets.from_lists(sets)
+    ai, bi = rng.integers(0, 60, 500), rng.integers(0, 60, 500)
+    assert common(s, ai, s, bi).tolist() == [len(sets[a] & sets[b]) for a, b in zip(ai, bi)]
+    assert share(s, ai, s, bi).tolist() == [bool(sets[a] & sets[b]) for a, b in zip(ai, bi)]
+    la, lb = rng.integers(0, 20, 500), rng.integers(0, 20, 500)
+    first = [sorted(x) for x in sets]
+    assert share(s, ai, s, bi, la, lb).tolist() == [bool(set(first[a][:x]) & set(first[b][:y]))
+                                                   for a, b, x, y in zip(ai, bi, la, lb)]
 
 
 @pytest.mark.slow
