@@ -6,6 +6,7 @@
 #   2. vLLM: serve the BF16 folder and the FP8 export as embedding models (offline LLM.embed): embeddings/s ratio, cosine;
 #   3. transformer-engine: the model's nn.Linear layers swapped for te.Linear under fp8_autocast: embeddings/s, cosine.
 # Each section is skipped with a clear message when its package is missing; ratios come from one run, one GPU.
+# benchmarks/gpu_serve.sh is the fuller serving benchmark (e5 small/base/large shapes, torchao, latency, offline).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -178,10 +178,9 @@ def torch_engines(name: str, folder: str, args, budget: Budget, device: str) -> 
                       filter_fn=lambda mod, fqn: isinstance(mod, torch.nn.Linear) and "pooler" not in fqn)
             fn = torch.compile(lambda i, m: mean_pool(hf8, i, m), dynamic=False)
             out["torchao-fp8"] = timed(fn, ids, mask, sync, args.batches)
-            del hf8
     for r in out.values():
         r.update(cosine(r.pop("embeddings"), ref))
-    del st, hf
+    torch._dynamo.reset()  # compiled graphs hold the models: the next size needs the GPU memory
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return {"out": out, "ref": ref, "ids": feats["input_ids"]}
@@ -310,6 +309,11 @@ def run(args) -> None:
             if vllm_python and budget.allows(f"{name} export", 60):
                 fp8, ready = export(name, folder, work, device), vllm_ready(folder, work / f"ready-{name}")
             plan.append((name, label, ready, fp8, res))
+        import gc
+
+        gc.collect()
+        if on_cuda:  # vLLM sizes its cache from the free GPU memory: hand back what this process cached
+            torch.cuda.empty_cache()
         # vLLM last: the figures the issue asks first (base and up) before e5-small
         for name, label, folder, fp8, res in sorted(plan, key=lambda p: p[0] == "small"):
             for engine, path, dtype in (("vllm-bf16", folder, "bfloat16"), ("vllm-fp8", fp8, "auto")):

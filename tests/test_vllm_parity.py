@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from compass.errors import CompassError
-from compass.train.fp8_export import export_fp8, load_fp8, load_gate_texts
+from compass.train.fp8_export import export_fp8, load_gate_texts
 from compass.train.vllm_serve import (PARITY_MEAN, PARITY_MIN, cosine_figures, prompted, st_embed, vllm_inputs,
                                       write_vllm_config)
 from support import tiny_encoder
@@ -160,3 +160,19 @@ def test_server_embeddings_match_sentence_transformers(trained, tmp_path):
     assert [n for n, _ in pairs] == ["document"] * len(TEXTS + [LONG]) + ["query"] * len(TEXTS + [LONG])
     _check(cosine_figures(e2, ref), "/v2/embed input_type vs sentence-transformers")
     assert torch.nn.functional.cosine_similarity(e1[-1:], ref[-1:]).item() > 0.9999  # the long query, truncated
+
+
+def test_gpu_serve_benchmark_smoke_on_cpu():
+    """benchmarks/gpu_serve.py end to end on a CPU (--smoke, vLLM off): a random model of the tiny shape, BF16
+    sentence-transformers timed, the GPU-only engines skipped with their reason. It checks the script, not a GPU."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_serve.py"
+    proc = subprocess.run([sys.executable, str(script), "run", "--smoke", "--device", "cpu", "--no-vllm",
+                           "--sizes", "small"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["model"], r["engine"]) for r in rows] == [("e5-small (random)", "st-bf16")]
+    assert rows[0]["emb_per_s"] > 0 and rows[0]["p50_ms"] > 0 and rows[0]["cos_mean"] == pytest.approx(1.0)
+    assert "SKIPPED torchao-fp8" in proc.stdout and "| e5-small (random) | st-bf16 |" in proc.stdout
