@@ -61,8 +61,9 @@ def anchors(n_cand: int, n_anchor: int, seed: int = 0) -> tuple[np.ndarray, np.n
 
 
 def _guards(pos: np.ndarray):
-    # class = candidate index // 3 (three listings per item): refuse the positive's siblings
-    return lambda r, c: c // 3 == pos[r] // 3
+    # class = candidate index // 3 (three listings per item): refuse the positive's siblings; vectorised over
+    # (row, candidate) pairs, as the stage's guards are
+    return lambda r, c: (np.zeros(len(r), bool), c // 3 == pos[r] // 3)
 
 
 def run_stream(args, out) -> None:
@@ -88,7 +89,7 @@ def run_stream(args, out) -> None:
     found = 0
     for b in range(0, len(q), 2048):                                     # the stage's batches
         sl = slice(b, b + 2048)
-        m = select_negatives(scores[sl], idx[sl], pos[sl], ps[sl], cfg, same_class=_guards(pos[sl]))
+        m = select_negatives(scores[sl], idx[sl], pos[sl], ps[sl], cfg, pairs=_guards(pos[sl]))
         found += len(m.q)
     out.put({"wall_s": time.perf_counter() - t0, "search_s": search_s, "peak_rss_mb": _peak_rss_mb(),
              "chunks": used, "of_chunks": n_chunks, "negatives": found})
@@ -109,7 +110,7 @@ def run_memory(args, out) -> None:
     for b in range(0, len(q), 2048):
         sl = slice(b, b + 2048)
         p = np.where(keep[sl], pos[sl], -1)
-        m, _ = mine_arrays(q[sl], corpus, p, cfg, same_class=_guards(pos[sl]), block=args.block)
+        m, _ = mine_arrays(q[sl], corpus, p, cfg, pairs=_guards(pos[sl]), block=args.block)
         found += len(m.q)
     out.put({"wall_s": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(), "chunks": used, "of_chunks": n_chunks,
              "negatives": found})
