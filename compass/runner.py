@@ -85,6 +85,11 @@ def run(catalog: Catalog | str | os.PathLike | None, stage: Stage | str | type[S
 def execute(cat: Catalog, stage: Stage, rec: Run | None, *, langs: list[str] | None = None,
             progress: bool = True) -> RunSummary:
     """Run `stage` inside an open run record `rec` (None: rows carry no run id, for tests and benchmarks)."""
+    if stage.executor:
+        import importlib
+
+        mod, fn = stage.executor.split(":")
+        return getattr(importlib.import_module(mod), fn)(cat, stage, rec, langs=langs, progress=progress)
     t0 = time.perf_counter()
     stage.run_id = rec.id if rec is not None else None
     summary = RunSummary(rec.id if rec is not None else None, stage.name, stage.params_hash)

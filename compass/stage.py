@@ -66,6 +66,9 @@ class Stage(ABC):
     batch_size: ClassVar[int] = 2000
     unit: ClassVar[str] = "rows"
     volatile: ClassVar[frozenset[str]] = frozenset()  # config fields that do not change the output
+    # A stage fed by something other than a catalog selection (an LLM backend streaming answers) names the
+    # function that replaces the runner's loop, as "module:function" with `execute`'s signature.
+    executor: ClassVar[str | None] = None
 
     def __init__(self, config: BaseModel | dict | None = None, **overrides: Any):
         if config is None:

@@ -130,6 +130,7 @@ class LLMGenerate(Stage):
     writes = {"generations": ("request_id",), "examples": ("id",)}
     unit = "req"
     volatile = frozenset({"write_every", "write_seconds"})
+    executor = "compass.datagen.llm_run:execute_stream"  # fed by the backend, not by a catalog selection
 
     def __init__(self, config=None, **overrides: Any):
         super().__init__(config, **overrides)
@@ -141,9 +142,8 @@ class LLMGenerate(Stage):
         self.max_model_len: int | None = None
 
     def select(self, langs=None):
-        raise CompassError("stage generate streams from its LLM backend: run it with "
-                           "compass.datagen.generate.generate(cat, config) (or compass.datagen.llm_run."
-                           "execute_stream), not with a catalog selection")
+        raise CompassError("stage generate streams from its LLM backend: its executor (execute_stream) plans "
+                           "the requests; compass.run(cat, 'generate', config) calls it")
 
     def prepare(self, cat: Catalog, langs: list[str] | None = None) -> None:
         if self.planned is None:
