@@ -25,7 +25,7 @@ class LongAnchors(Stage):
 
     name: ClassVar[str] = "toy_len"
     Config = LenConfig
-    writes = {"decisions": ("example_id", "stage")}
+    writes = {"decisions": ("example_id", "stage", "params_hash")}
     batch_size: ClassVar[int] = 3
     volatile = frozenset({"batch_rows"})
     fail_after: int | None = None
@@ -83,7 +83,7 @@ def test_run_streams_batches_records_lineage_and_resumes(cat_with_examples):
 def test_a_changed_parameter_is_processed_again(cat_with_examples):
     compass.run(cat_with_examples, LongAnchors, {"max_chars": 40}, progress=False)
     s = compass.run(cat_with_examples, LongAnchors, {"max_chars": 20}, progress=False)
-    assert s.read == 10 and s.info == {"rejected": 7}
+    assert s.read == 10 and s.info == {"rejected": 7} and s.written == {"decisions": 10}
 
 
 def test_a_killed_run_keeps_complete_batches_and_resumes(cat_with_examples):
