@@ -64,7 +64,8 @@ def write_card(out: Path, info: dict) -> None:
     lines += [f"## Fidelity gate ({info.get('gate_device', 'cpu')}, {info.get('gate_precision', 'fp32')}; FP8 weights "
               "and activations simulated by compressed-tensors)", "",
               "| figure | value | gate |", "|---|---|---|",
-              f"| mean cosine to the original ({gate['n_texts']} texts) | {gate['mean_cos']:.5f} | >= {th['mean_cos']} |",
+              f"| mean cosine to the original ({gate['n_texts']} texts) | {gate['mean_cos']:.5f} | "
+              f">= {th['mean_cos']} |",
               f"| min cosine | {gate['min_cos']:.5f} | >= {th['min_cos']} |",
               f"| size vs a BF16 copy | {ratio:.2f}x | < {th.get('max_size_ratio', 1.0):g} |"]
     for key, c in (gate.get("task_change") or {}).items():

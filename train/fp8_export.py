@@ -308,7 +308,8 @@ def measure_vllm_parity(python: str | Path, original: str | Path, export_dir: st
     e0, e8 = res["models"]["original"]["embeddings"], res["models"]["fp8"]["embeddings"]
     return {"vllm": res["vllm"], "device": res["device"], "dtype": "float32", "api": "LLM.embed",
             "prompts": sorted({n for n, _ in pairs if n}), "max_model_len": res["models"]["fp8"]["max_model_len"],
-            "original_vs_st": vllm_serve.cosine_figures(e0, ref), "fp8_vs_simulation": vllm_serve.cosine_figures(e8, sim),
+            "original_vs_st": vllm_serve.cosine_figures(e0, ref),
+            "fp8_vs_simulation": vllm_serve.cosine_figures(e8, sim),
             "fp8_vs_original_st": vllm_serve.cosine_figures(e8, ref)}
 
 

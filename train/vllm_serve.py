@@ -142,8 +142,8 @@ def vllm_embed(python: str | Path, models: dict[str, str | Path], texts: list[st
         _write(job, {"models": [{"name": k, "path": str(Path(v).resolve())} for k, v in models.items()],
                      "texts": texts, "dtype": dtype})
         try:
-            proc = subprocess.run([os.path.abspath(python), str(WORKER), str(job), str(out)], capture_output=True, text=True,
-                                  env={**os.environ, **VLLM_ENV}, timeout=timeout, cwd=tmp)
+            proc = subprocess.run([os.path.abspath(python), str(WORKER), str(job), str(out)], capture_output=True,
+                                  text=True, env={**os.environ, **VLLM_ENV}, timeout=timeout, cwd=tmp)
         except subprocess.TimeoutExpired as e:
             raise CompassError(f"vLLM did not finish embedding in {timeout:.0f}s ({python})") from e
         result = json.loads(out.read_text()) if out.is_file() else {}
