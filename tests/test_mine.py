@@ -492,3 +492,23 @@ def test_training_and_publishing_resolve_the_same_latest_negative_set(tmp_path):
         con.execute("DELETE FROM negatives WHERE set_id LIKE 'tie-%'")
     assert for_training(cat, "latest") == for_publish(cat, "latest") == "older"
     assert for_training(cat, "older") == for_publish(cat, "older") == "older"
+
+
+@pytest.mark.slow
+def test_the_stages_run_alone_through_the_runner(tmp_path):
+    import compass
+    from compass.errors import CompassError
+
+    path = tmp_path / "c.duckdb"
+    _catalog(path).close()
+    cfg = {"model": MODEL, "top_k": 10, "rank_window": [0, 10], "cross_lingual": True}
+    with pytest.raises(CompassError, match="run the encode stage first"):
+        compass.run(path, "mine", cfg, progress=False)
+    enc = compass.run(path, "encode", {"model": MODEL, "sources": ["anchors", "positives"]}, progress=False)
+    assert enc.written["embedding_cache"] == len({t for e in EXAMPLES for t in (e["anchor"], e["positive"])})
+    s = compass.run(path, "mine", cfg, progress=False)
+    assert s.read == len(EXAMPLES) and s.written["mined_examples"] == len(EXAMPLES) and s.written["negatives"] > 0
+    assert s.info["refused"]["class"] >= 2
+    assert compass.run(path, "mine", cfg, progress=False).nothing_to_do
+    assert compass.run(path, "encode", {"model": MODEL, "sources": ["anchors", "positives"]}, progress=False
+                       ).nothing_to_do
