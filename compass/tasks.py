@@ -98,6 +98,8 @@ _ALL: tuple[Task, ...] = (
 for _t in _ALL:
     tasks.register(_t)
 
+# Small stable ids (registration order) for losses that pack the task into an integer label (CAM).
+TASK_IDS: dict[str, int] = {t.name: i for i, t in enumerate(_ALL)}
 STRUCTURED_TASKS: tuple[str, ...] = tuple(t.name for t in _ALL if t.route == "structured")
 LEGACY_STRUCTURED_TASKS = ("query2title", "title2category", "attr_query2title", "desc2title")  # before shopper queries
 # Template task -> pair task. search_query answers are item queries, the same pair task as the structured route's.

@@ -129,7 +129,7 @@ def test_equals_mnrl_without_shared_classes(kind, num_neg, symmetric, bert):
     directions = ("query_to_doc", "doc_to_query") if symmetric else ("query_to_doc",)
     mnrl = MultipleNegativesRankingLoss(model, scale=20.0, directions=directions, partition_mode="per_direction")
     # A task policy that names tasks absent from the batch must change nothing either.
-    cam = CAMLoss(model, temperature=0.05, symmetric=symmetric, task_policy={"title2category": {"translation"}})
+    cam = CAMLoss(model, temperature=0.05, symmetric=symmetric, task_policy={"title2category": {"title2title"}})
     ref, got = loss_and_grads(model, mnrl, features, labels), loss_and_grads(model, cam, features, labels)
     assert ref[0] > 0 and any(g.abs().sum() > 0 for g in ref[1].values())
     assert_same(got, ref, atol=1e-12, rtol=1e-10)
@@ -179,8 +179,8 @@ def tricky_labels():
         ("cat/shirt", "query2title", "pos-a", ("neg-0", "cat/shoe")),
         ("cat/shirt", "title2category", "pos-b", ("neg-1", "cat/bag")),  # shares class with 0
         ("cat/phone", "query2title", "pos-a", ("neg-2", "cat/case")),  # same positive text as 0
-        (None, "translation", "pos-c", ("neg-3", None)),  # classless: masks nothing by class
-        (None, "translation", "pos-d", ("neg-4", "cat/phone")),  # hard negative valid for anchor 2
+        (None, "title2title", "pos-c", ("neg-3", None)),  # classless: masks nothing by class
+        (None, "title2title", "pos-d", ("neg-4", "cat/phone")),  # hard negative valid for anchor 2
         ("cat/shoe", "query2title", "pos-e", ("neg-5", "cat/shoe")),  # own hard negative shares class: kept
         ("cat/bag", "title2category", "pos-f", ("neg-6", "cat/x")),
         ("cat/watch", "review2title", "pos-g", ("pos-f", "cat/y")),  # hard negative text == positive of 6
@@ -219,7 +219,7 @@ def test_mask_entries():
     n, k = 8, 1
     c_class = torch.cat([labels[:, 0], labels[:, 3]])
     c_text = torch.cat([labels[:, 2], labels[:, 4]])
-    policy = torch.zeros(7, 7, dtype=torch.bool)
+    policy = torch.zeros(len(T), len(T), dtype=torch.bool)
     policy[T["query2title"], T["title2category"]] = policy[T["review2title"], T["title2category"]] = True
     idx = torch.arange(n)
     m = cam_mask(
@@ -236,9 +236,9 @@ def test_mask_entries():
     assert m[5, n + 0] and not m[1, n + 0]  # example 0's hard negative (cat/shoe) is valid for anchor 5 only
     assert m[6, n + 7]  # a hard negative whose text is anchor 6's positive
     assert m[0, 6] and m[5, 6] and m[7, 6]  # policy: category-label candidates for query/review anchors
-    assert not m[3, 6]  # translation anchors have no policy
+    assert not m[3, 6]  # title2title anchors have no policy here
     big = torch.zeros(70, 70, dtype=torch.bool)  # past 62 tasks the policy is looked up by a 2-D gather instead
-    big[:7, :7] = policy
+    big[: len(T), : len(T)] = policy
     m_big = cam_mask(
         labels[:, 0], labels[:, 1], labels[:, 2], idx,
         c_class, labels[:, 1].repeat(1 + k), c_text, idx.repeat(1 + k), policy=big,
@@ -296,8 +296,8 @@ def test_stable_int64_and_label_layout():
     expect = int.from_bytes(hashlib.sha256("kemeja".encode()).digest()[:8], "big", signed=True)
     assert stable_int64("kemeja") == expect == stable_int64("kemeja")
     assert -(2**63) <= stable_int64("x") < 2**63
-    lab = encode_cam_label("c", "translation", "p", [("n1", "c1"), ("n2", None)], task_ids=T)
-    assert lab == [stable_int64("c"), T["translation"], stable_int64("p"), stable_int64("c1"), NO_CLASS,
+    lab = encode_cam_label("c", "title2title", "p", [("n1", "c1"), ("n2", None)], task_ids=T)
+    assert lab == [stable_int64("c"), T["title2title"], stable_int64("p"), stable_int64("c1"), NO_CLASS,
                    stable_int64("n1"), stable_int64("n2")]  # fmt: skip
     assert encode_cam_label("", "query2title", "p", [])[0] == NO_CLASS
     with pytest.raises(CompassError, match="task_ids"):

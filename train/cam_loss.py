@@ -24,22 +24,15 @@ from sentence_transformers.util import all_gather, all_gather_with_grad, cos_sim
 from torch import Tensor, nn
 
 from compass.errors import CompassError
+from compass.tasks import TASK_IDS
 
 # Class id meaning "no equivalence class known": never matches anything, so it never masks.
 NO_CLASS = 0
 # Sentinels standing in for NO_CLASS inside cam_mask, different on the two sides so they never match each other.
 _NEVER_ANCHOR, _NEVER_CANDIDATE = -(2**63), -(2**63) + 1
-# Canonical task ids; a trainer may pass its own mapping to both encode_cam_label and CAMLoss.
-DEFAULT_TASK_IDS: dict[str, int] = {
-    "query2title": 0,
-    "title2category": 1,
-    "attr_question2title": 2,
-    "translation": 3,
-    "question2title": 4,
-    "review2title": 5,
-    "title_rewrite": 6,
-    "category_query2title": 7,
-}
+# Canonical task ids (compass.tasks, the one task vocabulary); a trainer may pass its own mapping to both
+# encode_cam_label and CAMLoss.
+DEFAULT_TASK_IDS: dict[str, int] = dict(TASK_IDS)
 # A sensible policy for the trainer to opt into: a bare category label is a meaningless negative for any free-text
 # anchor (CAMLoss itself defaults to no policy, so that its behaviour is exactly what its arguments say).
 DEFAULT_TASK_POLICY: dict[str, set[str]] = {t: {"title2category"} for t in DEFAULT_TASK_IDS if t != "title2category"}
