@@ -179,7 +179,12 @@ class Catalog:
         deadline = time.monotonic() + wait
         while True:
             try:
-                return self._connect(self.path, read_only=False)
+                con = self._connect(self.path, read_only=False)
+                # DuckDB checkpoints every 16 MiB of WAL, and each checkpoint rewrites the primary-key indexes
+                # whole: O(table) per checkpoint, O(n^2) over a long stage (benchmarks/insert_rows.py). A larger
+                # WAL between checkpoints (it is still replayed after a crash, and checkpointed on close) cuts that.
+                con.execute("SET checkpoint_threshold = '256MB'")
+                return con
             except _Locked as e:
                 if time.monotonic() >= deadline:
                     who = f" (PID {e.pid})" if e.pid else ""

@@ -33,7 +33,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
-from compass.catalog.db import Catalog, registered
+from compass.catalog.db import Catalog
 from compass.ids import params_hash
 
 class NoConfig(BaseModel):
@@ -131,17 +131,12 @@ Writer = Callable[[duckdb.DuckDBPyConnection, pl.DataFrame], int]
 
 
 def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, key: list[str]) -> int:
-    """Bulk insert `frame` into `table`, skipping rows whose `key` already exists; returns rows added."""
-    if frame.is_empty():
-        return 0
-    frame = frame.unique(subset=key, keep="first", maintain_order=True)
-    cols = ", ".join(frame.columns)
-    cond = " AND ".join(f"t.{k} = f.{k}" for k in key)
-    with registered(con, "_incoming", frame):
-        before = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming f "
-                    f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {cond})")
-        return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] - before
+    """Bulk insert `frame` into `table`, skipping rows whose `key` already exists; returns rows added.
+
+    (compass.catalog.writes.insert_rows: the count comes from the INSERT itself, not two count(*) of the table.)"""
+    from compass.catalog.writes import insert_rows
+
+    return insert_rows(con, table, frame, list(key))
 
 
 def drive(cat: Catalog, stage: Any, pending: pl.DataFrame, write: Writer, batch_size: int = 2000,
