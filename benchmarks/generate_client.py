@@ -26,12 +26,13 @@ from support.vllm_server import VLLMServer, build_tiny_model  # noqa: E402
 
 
 def plan(tmp: Path, model: str, n: int, max_tokens: int):
+    from conftest import PRODUCTS_TH, write_jsonl
+
     from compass.catalog.db import Catalog
     from compass.catalog.ingest import ingest_file
     from compass.datagen.backends import Sampling
     from compass.datagen.plan import plan_grounded
     from compass.prompts.library import bundled_library
-    from conftest import PRODUCTS_TH, write_jsonl
 
     cat = Catalog(tmp / "bench.duckdb", create=True)
     ingest_file(cat, write_jsonl(tmp / "th.jsonl", PRODUCTS_TH), "th", "TH", None, "fail", "bench")

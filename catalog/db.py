@@ -24,10 +24,11 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import duckdb
 
@@ -96,7 +97,7 @@ def registered(con: duckdb.DuckDBPyConnection, name: str, data: Any) -> Iterator
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 @dataclass
@@ -239,7 +240,7 @@ class Catalog:
             shutil.rmtree(self.snapshot.parent, ignore_errors=True)  # our own temporary copy
             self.snapshot = None
 
-    def __enter__(self) -> "Catalog":
+    def __enter__(self) -> Catalog:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -13,8 +13,16 @@ from pathlib import Path
 import pyarrow as pa
 
 from compass.catalog.db import Catalog, registered
-from compass.catalog.ingest_rows import (MAX_ATTR_DEPTH, MAX_ATTRIBUTES, MAX_CATEGORY, MAX_DESCRIPTION, MAX_ID,
-                                         MAX_TITLE, records, validate)
+from compass.catalog.ingest_rows import (
+    MAX_ATTR_DEPTH,
+    MAX_ATTRIBUTES,
+    MAX_CATEGORY,
+    MAX_DESCRIPTION,
+    MAX_ID,
+    MAX_TITLE,
+    records,
+    validate,
+)
 from compass.catalog.ingest_versions import CONTENT_HASH_SQL, write_versions
 from compass.errors import CompassError
 from compass.ids import content_id

@@ -12,8 +12,8 @@ import io
 import json
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from compass.errors import CompassError
 

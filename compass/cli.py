@@ -19,9 +19,17 @@ from rich.markup import escape
 
 from compass import __version__
 from compass.catalog.db import Catalog, init_catalog
-from compass.cli_common import (CatalogOpt, console, missing_extra, print_json, print_table, show_defaults,
-                                wide_help_when_piped)
+from compass.cli_common import (
+    CatalogOpt,
+    console,
+    missing_extra,
+    print_json,
+    print_table,
+    show_defaults,
+    wide_help_when_piped,
+)
 from compass.errors import CompassError
+
 
 class _Group(typer.core.TyperGroup):
     """The `compass` group: every subcommand it hands out shows its defaults (cli_common.show_defaults)."""
@@ -96,8 +104,8 @@ def ingest(
     catalog: CatalogOpt = None,
 ) -> None:
     """Ingest product catalog files. Fields: id, title*, category*, attributes, description, price, currency."""
-    from compass.catalog.ingest import ingest_files
     from compass.catalog.bundled import sample_files
+    from compass.catalog.ingest import ingest_files
 
     if samples:
         if files:

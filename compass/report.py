@@ -300,7 +300,7 @@ def build_context(c: Catalog, artefacts=()) -> dict:
     sections = [overview, *funnel_secs, _generation_section(c, charts), _negatives_section(c, charts), training,
                 evaluation, _lineage_section(runs, art)]
     return {"sections": sections, "catalog": str(c.path), "catalog_name": Path(c.path).name, "version": __version__,
-            "written_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "written_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def default_out(catalog: str | os.PathLike | None) -> Path:

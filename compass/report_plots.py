@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B279A2", "#FF9DA6", "#9D755D",
            "#BAB0AC"]

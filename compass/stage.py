@@ -25,8 +25,9 @@ worker). Drop reasons are data (decision rows), never log lines.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import duckdb
 import polars as pl
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 
 from compass.catalog.db import Catalog
 from compass.ids import params_hash
+
 
 class NoConfig(BaseModel):
     """For stages without parameters."""

@@ -7,7 +7,7 @@ those that exist, so a stage adds its funnel without touching the core.
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from compass.catalog.db import Catalog
 from compass.errors import CompassError

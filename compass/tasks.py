@@ -18,8 +18,9 @@ LLM task); datagen, splits and mining read the rules from here.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from compass.registry import Registry
 

@@ -53,7 +53,7 @@ class GenerateConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _backend_options(self) -> "GenerateConfig":
+    def _backend_options(self) -> GenerateConfig:
         from compass.datagen.backends import backend_options
 
         if not self.model:

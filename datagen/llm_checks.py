@@ -3,8 +3,8 @@ most common server messages of failed requests (one clear line when every reques
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from compass.catalog.db import Catalog
 from compass.datagen.backends import Backend

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import duckdb
 import polars as pl

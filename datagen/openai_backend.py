@@ -21,7 +21,8 @@ import random
 import re
 import threading
 import time
-from typing import Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
+from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -126,7 +127,7 @@ class OpenAIBackend:
     Options = OpenAIOptions
 
     @classmethod
-    def from_options(cls, model: str, o: OpenAIOptions) -> "OpenAIBackend":
+    def from_options(cls, model: str, o: OpenAIOptions) -> OpenAIBackend:
         return cls(model, base_url=o.base_url, concurrency=o.concurrency, timeout=o.timeout,
                    max_retries=o.max_retries, backoff_base=o.backoff)
 

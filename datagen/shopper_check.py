@@ -11,8 +11,16 @@ import re
 from pathlib import Path
 
 from compass.datagen.shopper import (
-    Shopper, _replace_variants, casefold_variants, leaf_words, neighbours, punctuation_variants, strip_variants,
-    typo_variants, unit_variants, word_order_variants,
+    Shopper,
+    _replace_variants,
+    casefold_variants,
+    leaf_words,
+    neighbours,
+    punctuation_variants,
+    strip_variants,
+    typo_variants,
+    unit_variants,
+    word_order_variants,
 )
 from compass.datagen.shopper_rules import RULES_DIR, parse_rule_file
 

@@ -11,7 +11,8 @@ is not observable offline.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,7 +34,7 @@ class VLLMBackend:
     Options = VLLMOptions
 
     @classmethod
-    def from_options(cls, model: str, o: VLLMOptions) -> "VLLMBackend":
+    def from_options(cls, model: str, o: VLLMOptions) -> VLLMBackend:
         return cls(model, batch_size=o.batch_size, engine_args=o.engine_args)
 
     def __init__(self, model: str, *, batch_size: int = 256, engine_args: dict | None = None,

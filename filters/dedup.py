@@ -28,8 +28,18 @@ import polars as pl
 
 from compass.catalog.db import Catalog, registered
 from compass.filters.base import Filter, FilterConfig, Verdict, pending_selection, pending_where
-from compass.filters.dedup_signatures import (FIELDS, LINK_KEY, SIG_KEY, decode, link_rows, shingling, sig_params,
-                                              sign, signature_rows, sql_hex)
+from compass.filters.dedup_signatures import (
+    FIELDS,
+    LINK_KEY,
+    SIG_KEY,
+    decode,
+    link_rows,
+    shingling,
+    sig_params,
+    sign,
+    signature_rows,
+    sql_hex,
+)
 from compass.filters.minhash import EMPTY, estimate, first_seen, permutations, signatures
 from compass.registry import stages
 from compass.stage import Selection

@@ -24,11 +24,11 @@ import polars as pl
 from pydantic import field_validator
 
 from compass.errors import CompassError
-from compass.jsonl import iter_jsonl
 from compass.filters.base import OK, Filter, FilterConfig, Verdict
 from compass.filters.dedup import NearDupIndex
 from compass.filters.langid import LangId
 from compass.filters.minhash import EMPTY, permutations, signatures
+from compass.jsonl import iter_jsonl
 from compass.registry import stages
 from compass.text import normalized_hash, shingles
 

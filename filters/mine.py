@@ -38,8 +38,15 @@ from pydantic import BaseModel, ConfigDict
 
 from compass.catalog.db import Catalog, Run
 from compass.errors import CompassError
-from compass.filters.mine_cache import (EncodeStage, EncoderKeys, EncoderStage, encoder_keys, insert_ignore,
-                                        load_encoder, vec_array)
+from compass.filters.mine_cache import (
+    EncoderKeys,
+    EncoderStage,
+    EncodeStage,
+    encoder_keys,
+    insert_ignore,
+    load_encoder,
+    vec_array,
+)
 from compass.filters.mine_pool import DEFAULT_RULE, TASK_RULES, Pool, PoolKey, load_pool, rules_params, task_rule
 from compass.filters.mine_search import GUARDS, GuardConfig, Sets, hash_strings, select_negatives, share, stream_topk
 from compass.ids import params_hash, text_hash
@@ -156,7 +163,7 @@ class MineStage(EncoderStage):
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._set_id: str | None = None
 
-    def use(self, model=None, encoder: EncoderKeys | None = None) -> "MineStage":
+    def use(self, model=None, encoder: EncoderKeys | None = None) -> MineStage:
         self._set_id = None
         return super().use(model, encoder)
 

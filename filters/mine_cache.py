@@ -19,9 +19,10 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterator, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import polars as pl
@@ -257,7 +258,7 @@ class EncoderStage(Stage):
     model: ClassVar = None                  # a loaded SentenceTransformer; `use` sets one per instance
     _encoder: ClassVar[EncoderKeys | None] = None
 
-    def use(self, model=None, encoder: EncoderKeys | None = None) -> "EncoderStage":
+    def use(self, model=None, encoder: EncoderKeys | None = None) -> EncoderStage:
         """Share an already loaded model (and its keys, to skip hashing the weights again)."""
         self.model, self._encoder = model, encoder
         return self

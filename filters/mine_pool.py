@@ -20,18 +20,18 @@ the default margin and rank window (`--margin` / `--rank-window` left at auto).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import polars as pl
 import torch
 
 from compass.catalog.db import Catalog, registered
-from compass.tasks import category_class, item_class  # the class rules, in one place
 from compass.errors import CompassError
 from compass.filters.mine_cache import duckdb_memory
 from compass.filters.mine_search import Sets, TextKeys
+from compass.tasks import category_class, item_class  # the class rules, in one place
 
 
 @dataclass(frozen=True)

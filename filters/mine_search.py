@@ -11,8 +11,8 @@ is not a dependency of compass; at the sizes a catalog holds per pool the chunke
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 import polars as pl
@@ -94,13 +94,13 @@ class Sets:
     val: np.ndarray   # (nnz,) int64 / uint64
 
     @classmethod
-    def from_pairs(cls, owner: np.ndarray, val: np.ndarray, n: int) -> "Sets":
+    def from_pairs(cls, owner: np.ndarray, val: np.ndarray, n: int) -> Sets:
         f = pl.DataFrame({"o": owner.astype(np.int64), "v": val}).unique().sort("o", "v")
         counts = np.bincount(f["o"].to_numpy(), minlength=n)
         return cls(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), f["v"].to_numpy())
 
     @classmethod
-    def from_lists(cls, lists: list, dtype=np.int64) -> "Sets":
+    def from_lists(cls, lists: list, dtype=np.int64) -> Sets:
         lens = np.fromiter((len(x) for x in lists), np.int64, len(lists))
         val = np.fromiter((v for x in lists for v in x), dtype, int(lens.sum()))
         return cls.from_pairs(np.repeat(np.arange(len(lists)), lens), val, len(lists))
@@ -190,7 +190,7 @@ class TextKeys:
     shingles: dict[bool, Sets]
 
     @classmethod
-    def build(cls, texts: list[str], spaced: Iterable[bool] = (True,)) -> "TextKeys":
+    def build(cls, texts: list[str], spaced: Iterable[bool] = (True,)) -> TextKeys:
         norm = hash_strings([normalize(t) for t in texts])
         sh = {}
         for sp in sorted(set(spaced)):

@@ -293,7 +293,7 @@ def test_cached_refuses_static():
 
 
 def test_stable_int64_and_label_layout():
-    expect = int.from_bytes(hashlib.sha256("kemeja".encode()).digest()[:8], "big", signed=True)
+    expect = int.from_bytes(hashlib.sha256(b"kemeja").digest()[:8], "big", signed=True)
     assert stable_int64("kemeja") == expect == stable_int64("kemeja")
     assert -(2**63) <= stable_int64("x") < 2**63
     lab = encode_cam_label("c", "title2title", "p", [("n1", "c1"), ("n2", None)], task_ids=T)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import run_cli
 
 from compass.catalog import Catalog, init_catalog, migrations, scrub
 from compass.errors import CompassError
-from conftest import run_cli
 
 
 def test_init_records_every_migration(tmp_path):

@@ -8,8 +8,9 @@ from conftest import run_cli
 
 
 def _commands() -> list[list[str]]:
-    from compass.cli import app
     import typer.main
+
+    from compass.cli import app
 
     group = typer.main.get_command(app)
     out = []

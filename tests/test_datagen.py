@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import random
 
+from conftest import run_cli
+
 from compass.catalog.db import Catalog
 from compass.datagen.answers import grounded_pairs, parse_answer
 from compass.datagen.openai_backend import OpenAIBackend, retry_after_seconds
 from compass.datagen.plan import plan_grounded
 from compass.prompts.library import bundled_library
-from conftest import run_cli
 
 SCHEMA = bundled_library().get("search_query/budget_shopper/th").schema
 PRODUCT = {"id": "p1", "lang": "th", "title": "Nike Air Max 270 สีดำ", "attributes": '{"brand": "Nike", "model": "Air Max 270"}'}
@@ -67,11 +68,12 @@ def test_plan_is_deterministic_and_dry_run_sends_nothing(tmp_path, catalog, prod
 
 def test_structured_stage_picks_up_new_changed_and_reparametrised_products(tmp_path):
     """The structured stage's pending rule: products whose current version has no record for these params."""
+    from conftest import PRODUCTS_TH, write_jsonl
+
     import compass
     from compass.catalog.ingest import ingest_file
     from compass.datagen.structured_run import structured
     from compass.runner import finished_run
-    from conftest import PRODUCTS_TH, write_jsonl
 
     f = write_jsonl(tmp_path / "th.jsonl", PRODUCTS_TH)
     with Catalog(tmp_path / "c.duckdb", create=True) as cat:

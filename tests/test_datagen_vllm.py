@@ -19,7 +19,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from conftest import PRODUCTS_TH, run_cli, write_jsonl
 from support.fault_proxy import FAULTS, FaultProxy, bucket, expected_outcome
 from support.vllm_server import ENGINE_ARGS, ENV, VLLMServer, build_tiny_model, vllm_python

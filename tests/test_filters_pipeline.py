@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SAMPLES, run_cli, write_jsonl
+from test_filters_dedup import add
 
 from compass.catalog.db import Catalog
 from compass.errors import CompassError
 from compass.filters.base import run_filter
 from compass.filters.leakage import Leakage, LeakageConfig, load_eval_texts
-from conftest import SAMPLES, run_cli, write_jsonl
-from test_filters_dedup import add
 
 LANG_MARKET = {"th": "TH", "vi": "VN", "id": "ID", "ms": "MY", "fil": "PH", "my": "MM", "km": "KH", "lo": "LA",
                "en": "SG"}

@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from compass.errors import CompassError
-from compass.train.fp8_export import (FAILED_MARKER, GATE_MEAN_COS, export_fp8, load_fp8, load_gate_texts,
-                                      run_gate, verify_export)
+from compass.train.fp8_export import (
+    FAILED_MARKER,
+    GATE_MEAN_COS,
+    export_fp8,
+    load_fp8,
+    load_gate_texts,
+    run_gate,
+    verify_export,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +120,6 @@ def test_export_loads_in_sentence_transformers(exported, minilm):
 
 def test_eval_gate_and_corrupted_scale_fails(exported, minilm, tmp_path):
     from safetensors.torch import load_file, save_file
-
     from sentence_transformers import SentenceTransformer
 
     out, _ = exported

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_train import small_catalog  # noqa: F401 (fixture)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_train.py"

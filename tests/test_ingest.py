@@ -13,7 +13,6 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import PRODUCTS_TH, run_cli, write_jsonl
 
 from compass.catalog import Catalog

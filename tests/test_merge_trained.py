@@ -6,9 +6,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import run_cli
+from safetensors.torch import load_file
 from test_train import small_catalog  # noqa: F401  (fixture)
 
 

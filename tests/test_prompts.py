@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 from jsonschema import Draft202012Validator
 
 from compass.errors import CompassError
@@ -16,7 +17,6 @@ from compass.langs import LANGS
 from compass.prompts.grid import assign, spread
 from compass.prompts.library import bundled_library, data_json, load_library, product_context, templates_dir
 from compass.prompts.lint import lint, write_lock
-from conftest import run_cli
 
 PERSONAS = ["budget_shopper", "gift_buyer", "comparison_shopper", "seller_listing", "cs_agent"]
 TASKS = ["search_query", "product_question", "short_review", "title_rewrite", "attribute_qa"]

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from compass.catalog.db import Catalog
 from conftest import PRODUCTS_TH, REPO, run_cli, write_jsonl
 
+from compass.catalog.db import Catalog
 from compass.errors import CompassError
 from compass.recipe import load, run
 

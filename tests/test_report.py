@@ -10,11 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import run_cli, write_jsonl
 
 from compass.catalog.db import Catalog
 from compass.report import summary_lines, write_report
 from compass.report_data import generation
-from conftest import run_cli, write_jsonl
 
 SECTIONS = ["overview", "funnel", "rejects", "generation", "negatives", "training", "evaluation", "lineage"]
 STAGE_SECTIONS = ["funnel", "rejects", "generation", "negatives", "training", "evaluation"]

@@ -12,6 +12,7 @@ from collections import Counter
 
 import polars as pl
 import pytest
+from conftest import SAMPLES, run_cli, write_jsonl
 
 from compass.catalog.db import Catalog
 from compass.datagen.shopper import Shopper, word_order_variants
@@ -19,7 +20,6 @@ from compass.datagen.shopper_check import check_folder, rule_checks
 from compass.datagen.shopper_rules import RULES_DIR, Rates, load_rules, parse_rule_file
 from compass.datagen.structured import StructuredPairs, attr_query, query_fragment
 from compass.errors import CompassError
-from conftest import SAMPLES, run_cli, write_jsonl
 
 LANGS = ("th", "vi", "id", "ms", "fil", "my", "km", "lo", "en")
 SCRIPT_BLOCKS = {"th": (0x0E00, 0x0E7F), "lo": (0x0E80, 0x0EFF), "my": (0x1000, 0x109F), "km": (0x1780, 0x17FF)}

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from compass.catalog.db import Catalog
 from compass.errors import CompassError
 from compass.ids import content_id
 from compass.train.splits import SplitPolicy, assign_splits, split_sizes
-from conftest import run_cli
 
 CATS = ["Fashion > Shoes", "Beauty > Sunscreen", "Phones > Cases"]
 

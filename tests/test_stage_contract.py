@@ -74,8 +74,9 @@ def test_quality_shards_equal_the_whole():
 
 
 def test_leakage_shards_equal_the_whole(tmp_path):
-    from compass.filters.leakage import Leakage
     from conftest import write_jsonl
+
+    from compass.filters.leakage import Leakage
 
     (tmp_path / "ev" / "vi_query2product").mkdir(parents=True)
     write_jsonl(tmp_path / "ev" / "vi_query2product" / "queries.jsonl",
@@ -151,11 +152,12 @@ def test_structured_shards_equal_the_whole():
 def test_llm_parse_step_shards_equal_the_whole(tmp_path):
     """The generate stage's process (answer -> parsed JSON -> pairs, class ids, lineage) over a batch of results:
     valid, duplicate-only, invalid, truncated and failed answers to a real plan."""
+    from conftest import PRODUCTS_TH, write_jsonl
+
     from compass.catalog.db import Catalog
+    from compass.catalog.ingest import ingest_file
     from compass.datagen.backends import LLMResult
     from compass.datagen.llm_run import LLMGenerate, result_frame
-    from compass.catalog.ingest import ingest_file
-    from conftest import PRODUCTS_TH, write_jsonl
 
     with Catalog(tmp_path / "c.duckdb", create=True) as cat:
         ingest_file(cat, write_jsonl(tmp_path / "th.jsonl", PRODUCTS_TH), "th", "TH", None, "fail", "r")
@@ -223,9 +225,10 @@ def test_encode_shards_equal_the_whole(tmp_path):
 
 @pytest.mark.slow
 def test_mine_shards_equal_the_whole(tmp_path):
+    from test_mine import _cfg
+
     from compass.filters.mine import MineStage, encode_stages
     from compass.runner import execute
-    from test_mine import _cfg
 
     _, model, enc, cat = _mine_setup(tmp_path)
     keyed = {"negatives": ("set_id", "example_id", "rank"), "mined_examples": ("set_id", "example_id"),

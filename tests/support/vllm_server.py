@@ -50,7 +50,7 @@ class VLLMServer:
         self.log = log
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 240.0) -> "VLLMServer":
+    def start(self, timeout: float = 240.0) -> VLLMServer:
         self._log = open(self.log, "w")
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **ENV}, start_new_session=True)
@@ -77,7 +77,7 @@ class VLLMServer:
         if getattr(self, "_log", None):
             self._log.close()
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
