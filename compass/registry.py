@@ -72,6 +72,7 @@ MODULES: list[str] = [
     "compass.filters.dedup",
     "compass.filters.leakage",
     "compass.filters.mine",  # the encode and mine stages
+    "compass.train.splits",
 ]
 _loaded = False
 

@@ -245,3 +245,15 @@ def test_mine_shards_equal_the_whole(tmp_path):
         whole = assert_shards_equal_whole(lambda stage=stage: stage, frame, keyed)
         assert whole["mined_examples"].height == frame.height and whole["negatives"].height > 0
         stage.close()
+
+
+def test_split_shards_equal_the_whole():
+    from compass.train.splits import Split
+
+    rows = [{"id": f"e{i}", "class_id": f"c{i % 4}", "translation_group": "g1" if i % 5 == 0 else None,
+             "pid": f"p{i % 7}" if i % 3 else None, "p_lang": "th",
+             "p_attributes": '{"brand": "Nike", "model": "AF1"}' if i % 7 == 1 else None} for i in range(40)]
+    frame = pl.DataFrame(rows, schema_overrides={"translation_group": pl.Utf8, "pid": pl.Utf8})
+    whole = assert_shards_equal_whole(lambda: Split(test=0.25, dev=0.25, seed=3), frame,
+                                      {"splits": ("example_id",), "split_policies": ("policy_hash",)})
+    assert len(set(whole["splits"]["split"])) >= 2  # the fixture reaches more than one side

@@ -27,15 +27,28 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import polars as pl
+from pydantic import BaseModel, ConfigDict
 
-from compass.catalog.db import Catalog
-from compass.catalog.writes import insert_rows
+from compass.catalog.db import Catalog, Run
 from compass.errors import CompassError
 from compass.ids import params_hash
+from compass.registry import stages
+from compass.runner import execute
+from compass.stage import Selection, Stage
 from compass.tasks import item_class
 
 GROUPING = "product-v1"
 SPLITS = ("train", "dev", "test")
+
+
+class SplitConfig(BaseModel):
+    """The split stage's parameters (a SplitPolicy as a pydantic config)."""
+
+    model_config = ConfigDict(extra="forbid")
+    test: float = 0.05
+    dev: float = 0.05
+    seed: int = 0
+    grouping: str = GROUPING
 
 
 @dataclass(frozen=True)
@@ -107,21 +120,6 @@ def _memory_limit(cat: Catalog, limit: str) -> Iterator[None]:
         cat.con.execute(f"SET memory_limit = '{old}'")
 
 
-def _pending_batches(cat: Catalog, batch_size: int) -> Iterator[list[dict]]:
-    """The pending rows, streamed `batch_size` at a time (never all of them in Python).
-
-    Read through a second connection to the same database: its query keeps one snapshot while the caller
-    commits each batch of splits on the catalog's own connection (a new query there would end the stream)."""
-    reader = cat.con.cursor()
-    try:
-        stream = reader.execute(_PENDING_SQL).to_arrow_reader(batch_size)
-        for batch in stream:
-            if batch.num_rows:
-                yield batch.to_pylist()
-    finally:
-        reader.close()
-
-
 def _assign(rows: list[dict], policy: SplitPolicy, run_id: str | None) -> pl.DataFrame:
     # Examples of one product share its group: parse its attributes and hash its group once per batch.
     group_memo: dict[tuple, str] = {}
@@ -143,6 +141,41 @@ def _assign(rows: list[dict], policy: SplitPolicy, run_id: str | None) -> pl.Dat
         "policy_hash": [policy.hash] * len(rows), "run_id": [run_id] * len(rows),
     }, schema={"example_id": pl.Utf8, "split": pl.Utf8, "group_id": pl.Utf8, "policy_hash": pl.Utf8,
                "run_id": pl.Utf8})
+
+
+@stages.register
+class Split(Stage):
+    """Gives each pending example its side. Shardable: the side is a function of the row alone (its group)."""
+
+    name = "split"
+    Config = SplitConfig
+    writes = {"splits": ("example_id",), "split_policies": ("policy_hash",)}
+    batch_size = 20000
+
+    @property
+    def policy(self) -> SplitPolicy:
+        return SplitPolicy(**self.config.model_dump())
+
+    def select(self, langs: list[str] | None = None) -> Selection:
+        return Selection(_PENDING_SQL)  # every language: a group spans languages through translations
+
+    def prepare(self, cat: Catalog) -> None:
+        active = active_policy(cat)
+        if active is not None and active != self.policy:
+            raise CompassError(f"the catalog's splits were made with test={active.test} dev={active.dev} "
+                               f"seed={active.seed}: run the split stage with the same values, or "
+                               "`compass split --reset` to redo every split")
+
+    def process(self, batch: pl.DataFrame) -> dict[str, pl.DataFrame]:
+        p = self.policy
+        return {"splits": _assign(batch.to_dicts(), p, self.run_id),
+                # the policy row (one per catalog, idempotent): later examples are split by the same rule
+                "split_policies": pl.DataFrame([{"policy_hash": p.hash, "test": p.test, "dev": p.dev, "seed": p.seed,
+                                                 "grouping": p.grouping, "run_id": self.run_id}],
+                                               schema_overrides={"run_id": pl.Utf8})}
+
+    def summarize(self, outputs: dict[str, pl.DataFrame]) -> dict:
+        return {s: int(n) for s, n in outputs["splits"].group_by("split").len().iter_rows()}
 
 
 def active_policy(cat: Catalog) -> SplitPolicy | None:
@@ -174,12 +207,12 @@ def assign_splits(cat: Catalog, policy: SplitPolicy | None = None, run_id: str |
             con.execute("INSERT INTO split_policies (policy_hash, test, dev, seed, grouping, run_id) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
                         [policy.hash, policy.test, policy.dev, policy.seed, policy.grouping, run_id])
-    added = 0
-    # Streamed: Python holds one batch, DuckDB at most DUCKDB_MEMORY, whatever the catalog's size.
+    stage = Split(SplitConfig(**asdict(policy)))
+    stage.batch_size = batch_size
+    # Streamed by the runner: Python holds one batch, DuckDB at most DUCKDB_MEMORY, whatever the catalog's size.
     with _memory_limit(cat, DUCKDB_MEMORY):
-        for rows in _pending_batches(cat, batch_size):
-            with cat.transaction() as con:
-                added += insert_rows(con, "splits", _assign(rows, policy, run_id), ["example_id"])
+        summary = execute(cat, stage, Run(run_id, "split", {}) if run_id else None, progress=False)
+    added = summary.written.get("splits", 0)
     counts = {r["split"]: r["n"] for r in cat.query("SELECT split, count(*) AS n FROM splits GROUP BY split")}
     return {"added": added, "policy": asdict(policy), "policy_hash": policy.hash,
             **{s: int(counts.get(s, 0)) for s in SPLITS}}
