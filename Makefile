@@ -42,6 +42,7 @@ demo: install
 	$(BIN)/compass run recipes/demo.yaml --out $(OUT)
 
 test: install-test vllm-env
+	$(BIN)/ruff check .
 	COMPASS_VLLM_VENV=$(CURDIR)/$(VLLM_VENV) $(BIN)/pytest -q
 
 test-fast: install-test

@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
                 trainer, info, times = timed_trainer(spec, VARIANTS[n], f"{tmp}/{n.replace(' ', '_')}-{r}")
                 trainer.train()
                 steps = [t for t in times[1:] if "t2" in t]  # first step is warm-up
-                med = lambda k: statistics.median(k(t) for t in steps)  # noqa: E731
+                # called within this iteration only; the default binds this iteration's steps all the same
+                med = lambda k, steps=steps: statistics.median(k(t) for t in steps)  # noqa: E731
                 rows[n].append({"step_s": med(lambda t: t["t2"] - t["t0"]), "cpu_s": med(lambda t: t["c2"] - t["c0"]),
                                 "forward_s": med(lambda t: t["fwd"]),
                                 "backward_s": med(lambda t: t["t1"] - t["t0"] - t["fwd"]),
@@ -157,8 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         cpu = [x["cpu_s"] for x in rs]
         cpu_ratio = [x["cpu_s"] / b["cpu_s"] for x, b in zip(rs, rows.get("before", rs))]
         print(f"| {n} | {rs[0]['trainable'] / 1e6:.1f}M | {statistics.median(st):.2f} ({min(st):.2f}-{max(st):.2f}) | "
-              f"{statistics.median(x['forward_s'] for x in rs):.2f} | {statistics.median(x['backward_s'] for x in rs):.2f}"
-              f" | {statistics.median(x['optimizer_s'] for x in rs):.2f} | {statistics.median(ratio):.2f} | "
+              f"{statistics.median(x['forward_s'] for x in rs):.2f} | "
+              f"{statistics.median(x['backward_s'] for x in rs):.2f} | "
+              f"{statistics.median(x['optimizer_s'] for x in rs):.2f} | {statistics.median(ratio):.2f} | "
               f"{statistics.median(cpu):.1f} ({min(cpu):.1f}-{max(cpu):.1f}) | {statistics.median(cpu_ratio):.2f} |")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")

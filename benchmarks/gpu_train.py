@@ -173,8 +173,9 @@ def run(args) -> None:
     mini = args.mini_batch_size or (8 if args.smoke else 256)
     steps = args.steps or (5 if args.smoke else 30)
     precision = "bf16"
+    smoke = " (SMOKE: tiny model on CPU, figures mean nothing)" if args.smoke else ""
     print(f"device {torch.cuda.get_device_name(device) if on_cuda else 'cpu'}, torch {torch.__version__}, batch "
-          f"{batch}, {steps} steps, {precision}{' (SMOKE: tiny model on CPU, figures mean nothing)' if args.smoke else ''}",
+          f"{batch}, {steps} steps, {precision}{smoke}",
           flush=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="compass-gpu-") as tmp:

@@ -290,7 +290,8 @@ def port_benchmark(n: int, rev: str, repeat: int) -> dict:
         for _ in range(repeat):                        # alternate: load on a shared machine comes and goes
             for side in ("old", "new"):
                 runs[side].append(_child_args(_port_side, (side, f"{tmp}/src.duckdb", f"{tmp}/static", rev)))
-    same = all(r[p + "_rows"] == runs["old"][0][p + "_rows"] for r in runs["old"] + runs["new"] for p in ("cold", "warm"))
+    same = all(r[p + "_rows"] == runs["old"][0][p + "_rows"]
+               for r in runs["old"] + runs["new"] for p in ("cold", "warm"))
     out = {"examples": n, "rev": rev, "identical_negatives": same, "load_avg": os.getloadavg()[0]}
     for phase in ("cold", "warm"):
         for metric in ("wall_s", "cpu_s"):

@@ -183,8 +183,9 @@ def run_size(n: int, stages: list[str], work: Path, results: dict, redo: bool) -
                "load_avg": os.getloadavg()[0], "at": time.strftime("%Y-%m-%d %H:%M:%S"), "tree": tree()}
         results[key] = res
         (work / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-        print(f"  {key:16s} CPU {res['cpu_s']:8.1f} s  wall {res['wall_s']:8.1f} s  peak RSS {res['peak_rss_mb']:7.0f} MB"
-              f"  catalog {res['catalog_mb']:7.0f} MB  (load {res['load_avg']:.1f})", flush=True)
+        print(f"  {key:16s} CPU {res['cpu_s']:8.1f} s  wall {res['wall_s']:8.1f} s  "
+              f"peak RSS {res['peak_rss_mb']:7.0f} MB  catalog {res['catalog_mb']:7.0f} MB  "
+              f"(load {res['load_avg']:.1f})", flush=True)
 
 
 def table(results: dict) -> str:

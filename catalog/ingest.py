@@ -99,7 +99,8 @@ WITH raw AS (
              ELSE attributes::VARCHAR END AS attributes,
         description ->> '$' AS description,
         CASE WHEN json_type(price) IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN TRY_CAST(price ->> '$' AS DOUBLE)
-             WHEN json_type(price) = 'VARCHAR' THEN TRY_CAST(nullif(replace(trim(price ->> '$'), ',', ''), '') AS DOUBLE)
+             WHEN json_type(price) = 'VARCHAR'
+                  THEN TRY_CAST(nullif(replace(trim(price ->> '$'), ',', ''), '') AS DOUBLE)
         END AS price,
         nullif(upper(trim(currency ->> '$')), '') AS currency,
         currency ->> '$' AS raw_currency, price ->> '$' AS raw_price, title ->> '$' AS raw_title,

@@ -48,7 +48,8 @@ def write_versions(con: duckdb.DuckDBPyConnection, stage: str, run_id: str | Non
                             FROM {stage} s WHERE s.id = products.id
                               AND products.id IN (SELECT id FROM _ingest_changed)""")
         # The statement's own count, rather than count(*) before and after (two scans of products).
-        new = con.execute(f"INSERT INTO products ({cols}, content_hash) SELECT {', '.join('s.' + c for c in VERSION_COLUMNS)}, "
+        src = ", ".join("s." + c for c in VERSION_COLUMNS)
+        new = con.execute(f"INSERT INTO products ({cols}, content_hash) SELECT {src}, "
                           f"s.content_hash FROM {stage} s ANTI JOIN products p ON p.id = s.id").fetchone()[0]
         return int(new), int(changed)
     finally:

@@ -96,7 +96,8 @@ def ingest(
     lang: Annotated[Optional[str], typer.Option(help="Language of the listings: th, vi, id, ms, fil, my, km, lo, "
                                                      "en.")] = None,
     market: Annotated[Optional[str], typer.Option(help="ISO 3166 market code, e.g. TH, VN, ID, MY, PH.")] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="jsonl | csv | parquet (default: from suffix).")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format",
+                                               help="jsonl | csv | parquet (default: from suffix).")] = None,
     on_error: Annotated[str, typer.Option(help="fail: write nothing if any row is bad; skip: write good rows, "
                                                "report bad ones.")] = "fail",
     samples: Annotated[bool, typer.Option("--samples", help="Ingest the bundled sample catalogs (9 languages, "

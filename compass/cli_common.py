@@ -19,7 +19,8 @@ CatalogOpt = Annotated[
     typer.Option("--catalog", envvar="COMPASS_CATALOG", show_default=False,
                  help="Catalog file (default: ./compass.duckdb, or $COMPASS_CATALOG)."),
 ]
-LangsOpt = Annotated[Optional[str], typer.Option("--langs", help="Comma-separated languages, e.g. th,vi (default: all).")]
+LangsOpt = Annotated[Optional[str],
+                     typer.Option("--langs", help="Comma-separated languages, e.g. th,vi (default: all).")]
 
 # Not a terminal (a pipe, a log, CI): rich would assume 80 columns and squeeze tables into ellipses.
 _WIDTH = None if sys.stdout.isatty() else 200
@@ -55,7 +56,8 @@ def wide_help_when_piped() -> None:
         import typer.rich_utils
 
         typer.rich_utils.MAX_WIDTH = _WIDTH
-console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)  # progress and tables for people go to stderr; data (--json, --csv) to stdout
+# Progress and tables for people go to stderr; data (--json, --csv) to stdout.
+console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
 
 
 def print_json(obj: Any) -> None:
@@ -83,8 +85,8 @@ _AGGREGATE_EXTRAS = ("all", "test")
 
 @functools.cache
 def _extras() -> dict[str, tuple[str, list[str]]]:
-    """{normalised distribution name: (its name, [extras that install it])}, from pyproject.toml in a checkout (the source
-    of truth), else from the installed package's metadata."""
+    """{normalised distribution name: (its name, [extras that install it])}, from pyproject.toml in a checkout
+    (the source of truth), else from the installed package's metadata."""
     reqs: list[tuple[str, str]] = []
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     if pyproject.is_file():

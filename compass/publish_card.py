@@ -98,7 +98,8 @@ def collect_provenance(cat: Catalog, langs: list[str], opts, res) -> dict:
         f"WHERE id IN ({pub}) GROUP BY ALL ORDER BY route, task, template_id, template_version", pp)
     prov["filters"] = [dict(r, run_ids=sorted(r["run_ids"] or [])) for r in cat.query(
         "SELECT d.stage, d.params_hash, d.enforced, count(DISTINCT d.example_id) AS checked, count(DISTINCT "
-        "d.example_id) FILTER (WHERE NOT d.keep) AS rejected, list(DISTINCT d.run_id) AS run_ids FROM decisions d JOIN examples e ON e.id = d.example_id "
+        "d.example_id) FILTER (WHERE NOT d.keep) AS rejected, list(DISTINCT d.run_id) AS run_ids "
+        "FROM decisions d JOIN examples e ON e.id = d.example_id "
         f"WHERE e.lang IN ({lp}) GROUP BY ALL ORDER BY d.stage, d.params_hash, d.enforced", langs)]
     prov["reject_reasons"] = cat.query(
         "SELECT d.stage, concat_ws(':', split_part(d.reason, ':', 1), nullif(split_part(d.reason, ':', 2), '')) "
@@ -185,7 +186,8 @@ def _funnel(cat: Catalog, langs: list[str], stages: list[str], res) -> list[dict
         row = {"lang": lang, "generated": cat.scalar("SELECT count(*) FROM examples WHERE lang = ?", [lang])}
         for s in stages:
             row[f"rejected:{s}"] = cat.scalar(
-                "SELECT count(DISTINCT e.id) FROM decisions d JOIN examples e ON e.id = d.example_id WHERE e.lang = ? AND "
+                "SELECT count(DISTINCT e.id) FROM decisions d JOIN examples e ON e.id = d.example_id "
+                "WHERE e.lang = ? AND "
                 "d.stage = ? AND NOT d.keep AND d.enforced", [lang, s])
         row["kept"] = cat.scalar("SELECT count(*) FROM kept_examples WHERE lang = ?", [lang])
         row["no_split"] = res.unassigned.get(lang, 0)

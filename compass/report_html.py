@@ -10,6 +10,8 @@ import jinja2
 
 GENERATOR = "compass report"
 
+# A template line that starts with `{%-` or `{#- #}` continues the line before (Jinja strips the line break):
+# short source lines, the same page.
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -69,22 +71,28 @@ pre { background: var(--bg); padding: 10px; overflow-x: auto; font-size: 12px; m
 {% for n in s.notes %}<p class="note">{{ n }}</p>{% endfor %}
 {% if s.summary %}<div class="summary">{{ s.summary | join("\\n") }}</div>{% endif %}
 {% for c in s.charts %}
-<figure class="chart" data-chart="{{ c.name }}">{{ c.svg | safe }}{% if c.caption %}<figcaption>{{ c.caption }}</figcaption>{% endif %}</figure>
+<figure class="chart" data-chart="{{ c.name }}">{{ c.svg | safe }}
+{%- if c.caption %}<figcaption>{{ c.caption }}</figcaption>{% endif %}</figure>
 {% endfor %}
 {% if s.reasons %}
 <h3>Rejected examples, {{ s.samples }} per reason</h3>
-<table class="reasons"><tr><th>stage</th><th>reason</th><th>rejected</th><th>languages</th><th>sampled examples (anchor → positive)</th></tr>
+<table class="reasons"><tr><th>stage</th><th>reason</th><th>rejected</th><th>languages</th>
+{#- #}<th>sampled examples (anchor → positive)</th></tr>
 {% for r in s.reasons %}<tr><td>{{ r.stage }}</td><td><code>{{ r.reason }}</code></td><td class="num">{{ r.count }}</td>
 <td>{{ r.langs | join(", ") }}</td><td><ul class="examples">{% for e in r.examples %}
 <li><span class="ex-a">{{ e.anchor | truncate(90) }}</span> → {{ e.positive | truncate(90) }}
-<span class="ex-meta">{{ e.lang }}/{{ e.task }}{% if e.duplicate_of %} · duplicate of “{{ e.duplicate_of | truncate(60) }}”{% elif e.full_reason != r.reason %} · {{ e.full_reason | truncate(60) }}{% endif %}{% if e.score is not none %} · score {{ "%.3g" | format(e.score) }}{% endif %}</span></li>
+<span class="ex-meta">{{ e.lang }}/{{ e.task }}
+{%- if e.duplicate_of %} · duplicate of “{{ e.duplicate_of | truncate(60) }}”
+{%- elif e.full_reason != r.reason %} · {{ e.full_reason | truncate(60) }}{% endif %}
+{%- if e.score is not none %} · score {{ "%.3g" | format(e.score) }}{% endif %}</span></li>
 {% endfor %}</ul></td></tr>{% endfor %}
 </table>
 {% endif %}
 {% for t in s.tables %}
 <h3>{{ t.title }}</h3>
 <div class="scroll"><table><tr>{% for c in t.cols %}<th>{{ c }}</th>{% endfor %}</tr>
-{% for row in t.rows %}<tr>{% for c in t.cols %}{% set v = row.get(c) %}<td class="{{ 'num' if v is number else '' }}">{{ fmt(v) }}</td>{% endfor %}</tr>
+{% for row in t.rows %}<tr>{% for c in t.cols %}{% set v = row.get(c) %}
+{#- #}<td class="{{ 'num' if v is number else '' }}">{{ fmt(v) }}</td>{% endfor %}</tr>
 {% endfor %}</table></div>
 {% endfor %}
 {% for p in s.pre %}<h3>{{ p.title }}</h3><pre>{{ p.text }}</pre>{% endfor %}

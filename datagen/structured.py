@@ -80,7 +80,8 @@ def attr_query(row: dict, rng: random.Random) -> str | None:
     """Brand plus one or two attribute values, as attribute-driven searches look ("Nike black 42")."""
     attrs = row.get("attributes")
     attrs = json.loads(attrs) if isinstance(attrs, str) else (attrs or {})
-    vals = [str(v) for k, v in sorted(attrs.items()) if k not in ("brand", "model") and isinstance(v, (str, int, float))]
+    vals = [str(v) for k, v in sorted(attrs.items())
+            if k not in ("brand", "model") and isinstance(v, (str, int, float))]
     if not vals:
         return None
     picked = rng.sample(vals, k=min(len(vals), rng.randint(1, 2)))

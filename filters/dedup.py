@@ -226,7 +226,7 @@ class Dedup(Filter):
         verdicts: list[Verdict] = [(True, "ok", None)] * batch.height
         members, sig_rows, link_rows_ = [], [], []
         for field in self.fields():
-            scopes = [f"{l}/{t}" for l, t in zip(langs, tasks)] if field == "anchor" else langs
+            scopes = [f"{lang}/{t}" for lang, t in zip(langs, tasks)] if field == "anchor" else langs
             hashes, sigs, new = self._signatures(batch, field)
             if new:
                 sig_rows.append(new[0])

@@ -57,7 +57,7 @@ def sign(texts: list[str], langs: list[str], num_perm: int, seed: int, perms: np
     """(hashes, shinglings, (n, num_perm) uint32 signatures, {(hash, shingling): signature} of each distinct
     text). A text that occurs twice is shingled and signed once."""
     hashes = [normalized_hash(t) for t in texts]
-    kinds = [shingling(l) for l in langs]
+    kinds = [shingling(lang) for lang in langs]
     first: dict[tuple[str, str], int] = {}
     for i, key in enumerate(zip(hashes, kinds)):
         first.setdefault(key, i)

@@ -131,7 +131,7 @@ class Leakage(Filter):
     def _sigs(self, texts: list[str]) -> np.ndarray:
         c = self.config
         langs = script_lang(texts)
-        return signatures([shingles(t, l) for t, l in zip(texts, langs)], c.num_perm, c.seed, self._perms)
+        return signatures([shingles(t, lang) for t, lang in zip(texts, langs)], c.num_perm, c.seed, self._perms)
 
     def setup(self) -> None:
         if self._index is not None:

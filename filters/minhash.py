@@ -23,8 +23,8 @@ from datasketch.minhash import _fmix
 
 SCHEME = "affine32"
 EMPTY = np.uint32(0xFFFFFFFF)  # datasketch's value for a permutation that saw no shingle
-_CHUNK = 1 << 15
-_MIX = np.random.default_rng(0x5EA).integers(1, 2**63, size=512, dtype=np.uint64) | np.uint64(1)  # shingles per permutation block: (32768 x 128) uint32 = 16 MiB
+_CHUNK = 1 << 15  # shingles per permutation block: (32768 x 128) uint32 = 16 MiB
+_MIX = np.random.default_rng(0x5EA).integers(1, 2**63, size=512, dtype=np.uint64) | np.uint64(1)
 
 
 def permutations(num_perm: int = 128, seed: int = 1) -> np.ndarray:

@@ -36,7 +36,8 @@ def stats_section(cat: Catalog, by: list[str]) -> dict | None:
         "WHERE NOT d.keep AND d.enforced GROUP BY ALL ORDER BY count DESC, reason LIMIT 15")
     sel = ", ".join(cols)
     by_group = cat.query(
-        f"WITH r AS (SELECT DISTINCT e.id, {g}, {_FAMILY} AS reason FROM decisions d JOIN examples e ON e.id = d.example_id "
+        f"WITH r AS (SELECT DISTINCT e.id, {g}, {_FAMILY} AS reason "
+        f"FROM decisions d JOIN examples e ON e.id = d.example_id "
         f"WHERE NOT d.keep AND d.enforced), c AS (SELECT {sel}, reason, count(*) AS count FROM r "
         f"GROUP BY {sel}, reason) SELECT * FROM c QUALIFY row_number() OVER (PARTITION BY {sel} "
         f"ORDER BY count DESC, reason) <= 3 ORDER BY {sel}, count DESC")

@@ -166,7 +166,7 @@ class Library:
             if bad:
                 raise CompassError(f"{name} {bad[0]!r}: not a {route} {name[2:-1]}; use any of {', '.join(known)}")
         out = []
-        for tid, t in sorted(self.templates.items()):
+        for _tid, t in sorted(self.templates.items()):
             if t.route != route or (langs and t.lang["lang"] not in langs):
                 continue
             if (tasks and t.task["task"] not in tasks) or (personas and t.persona["persona"] not in personas):

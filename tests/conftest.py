@@ -39,10 +39,12 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 PRODUCTS_TH = [
-    {"id": "th-1", "title": "[ส่งฟรี] Samsung Galaxy A55 5G 8/256GB สีดำ ของแท้ 100%", "category": "มือถือและอุปกรณ์ > สมาร์ทโฟน",
+    {"id": "th-1", "title": "[ส่งฟรี] Samsung Galaxy A55 5G 8/256GB สีดำ ของแท้ 100%",
+     "category": "มือถือและอุปกรณ์ > สมาร์ทโฟน",
      "attributes": {"brand": "Samsung", "model": "Galaxy A55", "color": "ดำ"},
      "description": "สมาร์ทโฟนจอใหญ่ 6.6 นิ้ว แบตอึด 5000mAh กล้องชัด", "price": 12990, "currency": "THB"},
-    {"id": "th-2", "title": "รองเท้าผ้าใบ Nike Air Force 1 สีขาว ไซส์ 42 พร้อมส่ง", "category": "แฟชั่นผู้ชาย > รองเท้า > รองเท้าผ้าใบ",
+    {"id": "th-2", "title": "รองเท้าผ้าใบ Nike Air Force 1 สีขาว ไซส์ 42 พร้อมส่ง",
+     "category": "แฟชั่นผู้ชาย > รองเท้า > รองเท้าผ้าใบ",
      "attributes": {"brand": "Nike", "model": "Air Force 1", "size": "42"},
      "description": "รองเท้าผ้าใบหนังแท้ ใส่สบาย เข้ากับทุกชุด", "price": 3200, "currency": "THB"},
     {"id": "th-3", "title": "ครีมกันแดด Biore UV Aqua Rich SPF50+ 50g ลดราคา", "category": "ความงาม > ดูแลผิวหน้า > กันแดด",

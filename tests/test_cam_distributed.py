@@ -15,7 +15,8 @@ from compass.errors import CompassError
 from compass.train.cam_loss import CachedCAMLoss, CAMLoss, encode_cam_label
 from compass.train.distributed import launch
 
-VOCAB = "kemeja batik pria sepatu lari wanita tas kulit ponsel casing áo thun quần giày baju kasut beg relo case".split()
+VOCAB = ("kemeja batik pria sepatu lari wanita tas kulit ponsel casing "
+         "áo thun quần giày baju kasut beg relo case").split()
 POLICY = {"query2title": {"title2category"}}
 # 8 examples, rank 0 gets 0-3 and rank 1 gets 4-7. Cross-rank masks: 1 and 6 share a class, 2 and 5 have the same
 # positive text, example 7's hard negative carries anchor 0's class, example 4 is a category-label task.

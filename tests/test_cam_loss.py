@@ -39,7 +39,8 @@ def make_texts(n: int, seed: int = 0) -> list[str]:
     g = torch.Generator().manual_seed(seed)
     out, seen = [], set()
     while len(out) < n:
-        t = " ".join(WORDS[i] for i in torch.randint(len(WORDS), (int(torch.randint(3, 8, (1,), generator=g)),), generator=g))
+        length = int(torch.randint(3, 8, (1,), generator=g))
+        t = " ".join(WORDS[i] for i in torch.randint(len(WORDS), (length,), generator=g))
         if t not in seen:
             seen.add(t)
             out.append(t)
@@ -103,7 +104,8 @@ def distinct_batch(n: int, num_neg: int, seed: int = 0):
     anchors, positives = texts[:n], texts[n : 2 * n]
     negs = [texts[(2 + k) * n : (3 + k) * n] for k in range(num_neg)]
     labels = [
-        encode_cam_label(f"class-{i}", "query2title", positives[i], [(negs[k][i], f"neg-{i}-{k}") for k in range(num_neg)])
+        encode_cam_label(f"class-{i}", "query2title", positives[i],
+                         [(negs[k][i], f"neg-{i}-{k}") for k in range(num_neg)])
         for i in range(n)
     ]
     return [anchors, positives, *negs], labels
@@ -163,7 +165,8 @@ def reference_loss(anchors, cands, labels, num_neg, scale, symmetric, policy, sa
     c = torch.nn.functional.normalize(cands, dim=-1)
     total = 0.0
     for i in range(n):
-        row = [scale * (a[i] @ c[j]) for j in range(len(c_cls)) if not masked(i, c_cls[j], c_task[j], c_txt[j], c_own[j])]
+        row = [scale * (a[i] @ c[j]) for j in range(len(c_cls))
+               if not masked(i, c_cls[j], c_task[j], c_txt[j], c_own[j])]
         fwd = torch.logsumexp(torch.stack(row), 0)
         if symmetric:  # positive i against every anchor j, anchor j dropped when positive i is masked for j
             back = [scale * (a[j] @ c[i]) for j in range(n) if not masked(j, a_cls[i], a_task[i], a_txt[i], i)]
@@ -280,7 +283,8 @@ def test_cached_equals_plain(bert, symmetric):
     plain = loss_and_grads(bert, CAMLoss(bert, **kw), features, labels)
     cached = loss_and_grads(bert, CachedCAMLoss(bert, mini_batch_size=3, **kw), features, labels)
     assert_same(cached, plain, atol=1e-10, rtol=1e-8)
-    unmasked = loss_and_grads(bert, CAMLoss(bert, symmetric=symmetric, mask_same_class=False, mask_same_text=False), features, labels)
+    unmasked = loss_and_grads(bert, CAMLoss(bert, symmetric=symmetric, mask_same_class=False, mask_same_text=False),
+                              features, labels)
     assert not torch.allclose(plain[0], unmasked[0])  # the masks were active
 
 

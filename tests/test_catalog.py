@@ -68,7 +68,8 @@ def test_failed_transaction_leaves_catalog_unchanged(tmp_path):
     with Catalog(path) as cat:
         with pytest.raises(RuntimeError):
             with cat.transaction() as con:
-                con.execute("INSERT INTO products (id, lang, market, title, category) VALUES ('p', 'th', 'TH', 't', 'c')")
+                con.execute("INSERT INTO products (id, lang, market, title, category) "
+                            "VALUES ('p', 'th', 'TH', 't', 'c')")
                 raise RuntimeError("boom")
         assert cat.scalar("SELECT count(*) FROM products") == 0
 
@@ -263,7 +264,8 @@ def _flip_a_data_block(path: Path, tmp_path: Path) -> Path:
 
 def test_checksum_error_in_a_used_block_is_one_line_and_check_says_which_table(tmp_path):
     bad = _flip_a_data_block(_big_catalog(tmp_path), tmp_path)
-    for args in (["sql", "SELECT * FROM products"], ["sql", "SELECT * FROM products ORDER BY id DESC LIMIT 1", "--write"]):
+    for args in (["sql", "SELECT * FROM products"],
+                 ["sql", "SELECT * FROM products ORDER BY id DESC LIMIT 1", "--write"]):
         r = run_cli(*args, catalog=bad, check=False)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr

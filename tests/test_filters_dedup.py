@@ -42,7 +42,7 @@ def plain(texts_shingles, threshold=0.8, num_perm=128):
 
 
 def test_bulk_signatures_equal_datasketch():
-    sh = [shingles(t, l) for l, t in TEXTS]
+    sh = [shingles(t, lang) for lang, t in TEXTS]
     mins, _ = plain(sh)
     assert np.array_equal(signatures(sh), np.stack([m.hashvalues for m in mins]))
     assert np.array_equal(signatures(sh, num_perm=64, seed=7),

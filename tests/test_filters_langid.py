@@ -47,7 +47,8 @@ CASES = [
     # Malay-English and Taglish code-switching are kept.
     ("ms", "desc2title", "Beg tangan ni memang cantik, quality pun ok, recommended seller",
      "Beg Tangan Wanita Kulit Asli Hitam", True, "langid:idms_ambiguous"),
-    ("fil", "desc2title", TITLE["fil"], "Sapatos Nike Air Max 90 Itim Original - Sulit Deal", True, "langid:code_switch"),
+    ("fil", "desc2title", TITLE["fil"], "Sapatos Nike Air Max 90 Itim Original - Sulit Deal", True,
+     "langid:code_switch"),
     ("fil", "desc2title", VI_SENTENCE, TITLE["fil"], False, "langid:wrong_lang:vi"),
     ("my", "query2title", "ဖိနပ် အနက်ရောင်", TITLE["my"], True, "langid:script_ok"),
     ("my", "query2title", "ဖိနပ္ အနက္ေရာင္", TITLE["my"], False, "langid:zawgyi"),  # Zawgyi-encoded

@@ -18,7 +18,8 @@ from compass.filters.leakage import Leakage, LeakageConfig, load_eval_texts
 LANG_MARKET = {"th": "TH", "vi": "VN", "id": "ID", "ms": "MY", "fil": "PH", "my": "MM", "km": "KH", "lo": "LA",
                "en": "SG"}
 VI_PRODUCTS = [
-    {"id": "vi-1", "title": "Giày thể thao nam Nike Air Max 90 màu đen chính hãng", "category": "Giày dép nam > Giày thể thao",
+    {"id": "vi-1", "title": "Giày thể thao nam Nike Air Max 90 màu đen chính hãng",
+     "category": "Giày dép nam > Giày thể thao",
      "attributes": {"brand": "Nike", "model": "Air Max 90", "color": "đen"},
      "description": "Giày thể thao nam êm chân, đế cao su chống trượt, phù hợp chạy bộ mỗi ngày.", "price": 2500000,
      "currency": "VND"},
@@ -172,7 +173,8 @@ def test_leakage_against_several_folders_names_every_matching_task(tmp_path, cat
     write_jsonl(a / "queries.jsonl", [{"text": "quạt điện panasonic"}])
     (b / "query2product").mkdir(parents=True)
     write_jsonl(b / "query2product" / "corpus.jsonl", [{"title": "Quạt điện Panasonic", "text": ""}])
-    write_jsonl(b / "reviews.jsonl", [{"text": "Quạt điện Panasonic  "}, {"text": "giao hàng nhanh, đóng gói cẩn thận"}])
+    write_jsonl(b / "reviews.jsonl",
+                [{"text": "Quạt điện Panasonic  "}, {"text": "giao hàng nhanh, đóng gói cẩn thận"}])
     with Catalog(catalog) as cat:
         ids = add(cat, [("vi", "query2title", "quạt", "Quạt điện Panasonic"),
                         ("vi", "query2title", "giao hàng nhanh, đóng gói cẩn thận lắm", "Nồi cơm điện")])

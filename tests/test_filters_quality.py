@@ -9,7 +9,8 @@ from compass.filters.quality import Quality, QualityConfig, repeated_share
 GOOD = [
     ("th", "query2title", "รองเท้าผ้าใบ ผู้ชาย", "รองเท้าผ้าใบ Nike Air Max 90 สีดำ ของแท้ ส่งฟรี"),
     ("vi", "title2category", "Điện thoại Samsung Galaxy A54 5G 128GB", "Điện thoại & Phụ kiện > Điện thoại"),
-    ("id", "query2title", "kertas thermal 57x30", "( ISI 30 Roll) Kertas Print Kasir thermal paper Roll 57 x 30 / 57x30"),
+    ("id", "query2title", "kertas thermal 57x30",
+     "( ISI 30 Roll) Kertas Print Kasir thermal paper Roll 57 x 30 / 57x30"),
     ("ms", "attr_query2title", "Maggi 30 paket", "[Promosi] Maggi Mi Segera Kari Letup 30 pek Hantar Hari Ini"),
     ("fil", "query2title", "WLtoys 144001", "WLtoys RC Car 144001 1:24 Mura Lang"),
     ("my", "query2title", "ဝိတ်တုံး 3kg", "မူရင်းပစ္စည်း Bowflex SelectTech 552 ဝိတ်တုံး 3kg | အိမ်အရောက်ပို့"),
@@ -21,12 +22,14 @@ GOOD = [
 
 BAD = [
     ("vi", "query2title", "{{ query }}", "Giày thể thao nam Nike", "quality:template_leftover"),
-    ("en", "query2title", "As an AI language model, I cannot browse products", "Nike Air Max 90", "quality:template_leftover"),
+    ("en", "query2title", "As an AI language model, I cannot browse products", "Nike Air Max 90",
+     "quality:template_leftover"),
     ("th", "query2title", "assistant: รองเท้าผ้าใบ", "รองเท้าผ้าใบ Nike", "quality:template_leftover"),
     ("id", "query2title", '{"query": "sepatu lari pria"}', "Sepatu Lari Pria Nike", "quality:json_debris"),
     ("ms", "query2title", 'kasut larian\\n lelaki', "Kasut Larian Lelaki Nike", "quality:json_debris"),
     ("en", "query2title", "nike shoes www.cheapnike.com", "Nike Air Max 90", "quality:url"),
-    ("fil", "desc2title", "Order na kayo sa https://shop.example/nike habang may stock pa", "Nike Air Max 90", "quality:url"),
+    ("fil", "desc2title", "Order na kayo sa https://shop.example/nike habang may stock pa", "Nike Air Max 90",
+     "quality:url"),
     ("th", "desc2title", "สนใจสั่งซื้อโทร 081-234-5678 ส่งฟรีทั่วประเทศ", "รองเท้าผ้าใบ Nike", "quality:phone"),
     ("vi", "desc2title", "Liên hệ +84 912 345 678 để được tư vấn", "Giày thể thao nam Nike", "quality:phone"),
     ("en", "query2title", "a", "Nike Air Max 90", "quality:too_short"),

@@ -209,7 +209,8 @@ def test_refusals(tmp_path, minilm):
 
 
 def test_finetuned_minilm_exports_through_cli(tmp_path, minilm):
-    """A MiniLM trained a few steps (stand-in for a compass-trained transformer) exports through `compass export-fp8`."""
+    """A MiniLM trained a few steps (stand-in for a compass-trained transformer) exports through
+    `compass export-fp8`."""
     import typer
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss

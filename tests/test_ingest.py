@@ -39,7 +39,8 @@ def test_ingest_twice_adds_nothing_the_second_time(catalog, products_file):
 
 
 def test_broken_line_3_fails_naming_line_3_and_writes_nothing(catalog, tmp_path):
-    f = write_jsonl(tmp_path / "bad.jsonl", [PRODUCTS_TH[0], PRODUCTS_TH[1], '{"title": "x", "category": ', PRODUCTS_TH[2]])
+    f = write_jsonl(tmp_path / "bad.jsonl",
+                    [PRODUCTS_TH[0], PRODUCTS_TH[1], '{"title": "x", "category": ', PRODUCTS_TH[2]])
     proc = run_cli("ingest", str(f), "--lang", "th", "--market", "TH", catalog=catalog, check=False)
     assert proc.returncode == 1
     assert f"{f}:3: invalid JSON" in proc.stderr

@@ -45,7 +45,8 @@ def test_endpoints_are_exact(dtype):
 @pytest.mark.parametrize("t", [0.1, 0.25, 0.5, 0.9])
 def test_angle_is_t_times_theta_and_norm_linear(t):
     g = torch.Generator().manual_seed(1)
-    a, b = torch.randn(64, 32, generator=g, dtype=torch.float64), 3 * torch.randn(64, 32, generator=g, dtype=torch.float64)
+    a = torch.randn(64, 32, generator=g, dtype=torch.float64)
+    b = 3 * torch.randn(64, 32, generator=g, dtype=torch.float64)
     m = slerp(a, b, t)
     theta = _angle(a, b)
     assert theta > 0.5  # random high-dimensional vectors are far from colinear: the spherical path is taken
@@ -115,8 +116,8 @@ def _static(tmp_path, name, seed, vocab=WORDS, dim=16):
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     g = torch.Generator().manual_seed(seed)
-    st = SentenceTransformer(modules=[StaticEmbedding(tok, embedding_weights=torch.randn(len(vocab), dim, generator=g))],
-                             device="cpu")
+    weights = torch.randn(len(vocab), dim, generator=g)
+    st = SentenceTransformer(modules=[StaticEmbedding(tok, embedding_weights=weights)], device="cpu")
     st.save(str(tmp_path / name))
     return tmp_path / name
 

@@ -27,7 +27,7 @@ def test_merge_and_sweep_models_trained_by_compass(tmp_path, small_catalog):  # 
 
     tasks = tmp_path / "tasks" / "cls"
     tasks.mkdir(parents=True)
-    rows = [{"text": t, "label": l} for t, l in [("รองเท้า ผ้าใบ", "shoe"), ("giày thể thao", "shoe"),
+    rows = [{"text": t, "label": label} for t, label in [("รองเท้า ผ้าใบ", "shoe"), ("giày thể thao", "shoe"),
                                                  ("kemeja pria", "shirt"), ("เสื้อ ยืด", "shirt")] * 3]
     for split in ("train", "test"):
         (tasks / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -86,7 +86,8 @@ def test_guards_refuse_false_negatives_and_keep_the_hard_one(tmp_path, model):
     assert texts[0] == HARD_NEG and negs[0]["rank"] <= 3, texts
     # ... and the four texts really are the query's nearest neighbours (other than its positive)
     corpus = [e["positive"] for e in EXAMPLES[1:]]
-    sims = model.encode([QUERY["anchor"]], normalize_embeddings=True) @ model.encode(corpus, normalize_embeddings=True).T
+    sims = (model.encode([QUERY["anchor"]], normalize_embeddings=True)
+            @ model.encode(corpus, normalize_embeddings=True).T)
     assert {corpus[i] for i in np.argsort(-sims[0])[:4]} == {SAME_PRODUCT, TRANSLATION, NEAR_DUP, HARD_NEG}
     assert not {POSITIVE, SAME_PRODUCT, TRANSLATION, NEAR_DUP} & set(texts)
     assert negs[0]["positive_score"] > negs[0]["score"] and len(negs) == 5

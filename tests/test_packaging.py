@@ -28,9 +28,8 @@ def test_wheel_maps_subpackages_and_ships_data(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     code = ("import compass.datagen.structured, compass.catalog.db, compass.filters, compass.train, compass.prompts;"
             "from compass.catalog import migrations; from compass.catalog.bundled import sample_files;"
-            "import compass.catalog.db as d; assert str(d.__file__).startswith(%r), d.__file__;"
-            "assert len(migrations()) >= 4 and all(p.exists() for p, _, _ in sample_files()); print('ok')"
-            % str(site))
+            f"import compass.catalog.db as d; assert str(d.__file__).startswith({str(site)!r}), d.__file__;"
+            "assert len(migrations()) >= 4 and all(p.exists() for p, _, _ in sample_files()); print('ok')")
     env = {**os.environ, "PYTHONPATH": str(site)}
     # PYTHONPATH puts the unpacked wheel before the editable install's finder, from a folder outside the repo
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)

@@ -117,7 +117,7 @@ def demo_catalog(tmp_path, secret_env) -> Path:
                         [json.dumps({"k": 3, "guards": {"same_class": True, "margin": 0.95},
                                      "hf_token": SECRETS["HF_TOKEN"]}), mrun.id])
             kept = [e for e in ex if e["id"] not in rejected | {dup}]
-            for i, e in enumerate(kept):
+            for e in kept:
                 others = [o["anchor"] for o in kept if o["lang"] == e["lang"] and o["class_id"] != e["class_id"]][:2]
                 for r, txt in enumerate(others):
                     con.execute("INSERT INTO negatives (set_id, example_id, rank, negative_text, run_id) VALUES "

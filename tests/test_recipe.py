@@ -55,7 +55,8 @@ def test_unknown_step_key_names_file_line_and_nearest(cheap):
 
 
 def test_unknown_step_kind_and_top_key_name_the_nearest(cheap):
-    with pytest.raises(CompassError, match=r"r.yaml:6: steps\[2\].splt: unknown step 'splt' \(did you mean 'split'\?\)"):
+    with pytest.raises(CompassError,
+                       match=r"r.yaml:6: steps\[2\].splt: unknown step 'splt' \(did you mean 'split'\?\)"):
         load(_recipe(cheap.parent, cheap.read_text().replace("- split:", "- splt:")))
     with pytest.raises(CompassError, match=r"r.yaml:1: outt: unknown key 'outt' \(did you mean 'out'\?\)"):
         load(_recipe(cheap.parent, cheap.read_text().replace("out:", "outt:")))
@@ -153,7 +154,8 @@ def test_whole_chain_then_nothing_to_do(tmp_path):
 
     files = []
     for lang, market in (("th", "TH"), ("vi", "VN")):
-        files.append(f"  - ingest: {{id: ingest-{lang}, files: [{write_jsonl(tmp_path / f'{lang}.jsonl', small_products(lang, 20))}], "
+        src = write_jsonl(tmp_path / f"{lang}.jsonl", small_products(lang, 20))
+        files.append(f"  - ingest: {{id: ingest-{lang}, files: [{src}], "
                      f"lang: {lang}, market: {market}}}")
     recipe = _recipe(tmp_path, f"out: {tmp_path / 'o'}\nreport: false\nsteps:\n" + "\n".join(files) + """
   - generate: {route: structured}

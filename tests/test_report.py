@@ -147,7 +147,9 @@ def look_in_chromium(chromium: str, html: Path, shot: Path) -> dict:
         charts = page.evaluate("""() => [...document.querySelectorAll('figure.chart')].map(f => {
             const svg = f.querySelector('svg'), box = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
             const marks = svg ? [...svg.querySelectorAll('[id^="mark-"]')] : [];
-            const drawn = marks.filter(m => { const b = m.getBoundingClientRect(); return b.width > 0 || b.height > 0; });
+            const drawn = marks.filter(m => {
+                const b = m.getBoundingClientRect(); return b.width > 0 || b.height > 0;
+            });
             return {name: f.dataset.chart, section: f.closest('section').id, width: box.width, height: box.height,
                     marks: marks.length, drawn: drawn.length};
         })""")

@@ -80,7 +80,7 @@ def test_the_checker_catches_an_example_the_rule_does_not_produce(tmp_path):
 def test_every_family_has_rules_with_examples_in_some_language():
     families = Counter()
     for lang in LANGS:
-        for file, key, *_ in rule_checks(lang):
+        for _file, key, *_ in rule_checks(lang):
             families[key.split(".")[0]] += 1
     for fam in ("strip_marks", "abbreviations", "code_switch", "brands", "units", "typos", "word_order",
                 "casefold", "punctuation", "category_query"):

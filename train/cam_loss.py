@@ -247,7 +247,8 @@ class CAMLoss(nn.Module):
         """Gather (if asked) and lay out the global batch: candidates (Bw*(1+K), D) as
         [positives of all ranks, neg_1 of all ranks, ...], exactly MultipleNegativesRankingLoss's order."""
         if len(embeddings) < 2:
-            raise CompassError(f"CAMLoss needs (anchor, positive, negatives...) columns, got {len(embeddings)} column(s)")
+            raise CompassError(f"CAMLoss needs (anchor, positive, negatives...) columns, "
+                               f"got {len(embeddings)} column(s)")
         num_neg = len(embeddings) - 2
         anchors, docs = embeddings[0], list(embeddings[1:])
         local_size = anchors.size(0)

@@ -176,7 +176,8 @@ def describe_negatives(data: TrainingData) -> list[str]:
     if c.get("fewer_negatives"):
         lines.append(f"{c['fewer_negatives']} of {c['examples']} rows have fewer than {k} mined negatives (the miner "
                      f"refused every candidate, e.g. by margin or class): they train with what they have, as pairs "
-                     f"against in-batch negatives when none, in batches of their own: {fmt(c['fewer_negatives_per_task'])}")
+                     f"against in-batch negatives when none, in batches of their own: "
+                     f"{fmt(c['fewer_negatives_per_task'])}")
     return lines
 
 

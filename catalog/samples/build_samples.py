@@ -127,7 +127,8 @@ class LangBuilder:
             elif r < 0.7:
                 sid = f"SKU-{self.rng.randint(100000, 999999)}"
             else:
-                sid = f"{self.lang.upper()}{self.rng.randint(1000, 9999)}-{self.rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}{self.rng.randint(10, 99)}"
+                sid = (f"{self.lang.upper()}{self.rng.randint(1000, 9999)}-"
+                       f"{self.rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}{self.rng.randint(10, 99)}")
             if sid not in self.ids:
                 self.ids.add(sid)
                 return sid
@@ -226,8 +227,10 @@ class LangBuilder:
             t = self.title(key, a["brand"], a["model"], noun, base["_specs"], base["_colour"])
             if t != base["title"]:
                 break
-        return {"id": self.new_id(), "title": t, "category": base["category"], "attributes": dict(a), "description": desc,
-                "price": round_price(base["_usd"] * self.rng.uniform(0.85, 1.2), style, rate, self.rng), "currency": currency}
+        return {"id": self.new_id(), "title": t, "category": base["category"], "attributes": dict(a),
+                "description": desc,
+                "price": round_price(base["_usd"] * self.rng.uniform(0.85, 1.2), style, rate, self.rng),
+                "currency": currency}
 
     def build(self) -> list[dict]:
         local = self.v.get("local", {})
