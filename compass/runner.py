@@ -13,8 +13,11 @@ record someone else opened, for commands that run several stages under one recor
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -65,16 +68,46 @@ def run_config(stage: Stage, langs: list[str] | None = None) -> dict[str, Any]:
     return {"stage": stage.name, "params": stage.params(), "params_hash": stage.params_hash, "langs": langs}
 
 
+EXECUTORS = ("local", "ray")
+# What `execute` uses when its caller names no executor: `compass run --executor ray` sets it for the commands a
+# recipe calls (they reach the runner through their own code, which knows nothing of executors).
+_default: dict[str, str | None] = {"executor": "local", "address": None}
+
+
+def _check_executor(executor: str) -> None:
+    if executor not in EXECUTORS:
+        from compass.errors import CompassError
+
+        raise CompassError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+
+
+@contextlib.contextmanager
+def use_executor(executor: str = "local", address: str | None = None) -> Iterator[None]:
+    """Inside the block, `execute` runs shardable stages on `executor` ('ray': at Ray `address`) by default."""
+    _check_executor(executor)
+    before = dict(_default)
+    _default.update(executor=executor, address=address)
+    try:
+        yield
+    finally:
+        _default.update(before)
+
+
 def run(catalog: Catalog | str | os.PathLike | None, stage: Stage | str | type[Stage],
         config: BaseModel | dict | None = None, *, langs: list[str] | None = None, progress: bool = True,
-        **overrides: Any) -> RunSummary:
-    """Run `stage` over its pending input in `catalog`, under a new run record; returns what it did."""
+        executor: str | None = None, address: str | None = None, **overrides: Any) -> RunSummary:
+    """Run `stage` over its pending input in `catalog`, under a new run record; returns what it did.
+
+    `executor="ray"` runs a shardable stage as Ray Data tasks (compass.ray_executor; `address`: the cluster,
+    None for the one already connected or a new local one); the catalog is written by this process only."""
     st = build_stage(stage, config, **overrides)
+    if executor is not None:
+        _check_executor(executor)
     owned = not isinstance(catalog, Catalog)
     cat = Catalog(catalog) if owned else catalog
     try:
         with cat.run(st.name, run_config(st, langs)) as rec:
-            summary = execute(cat, st, rec, langs=langs, progress=progress)
+            summary = execute(cat, st, rec, langs=langs, progress=progress, executor=executor, address=address)
             rec.summary.update(summary.as_dict())
         return summary
     finally:
@@ -83,9 +116,19 @@ def run(catalog: Catalog | str | os.PathLike | None, stage: Stage | str | type[S
 
 
 def execute(cat: Catalog, stage: Stage, rec: Run | None, *, langs: list[str] | None = None,
-            progress: bool = True) -> RunSummary:
+            progress: bool = True, executor: str | None = None, address: str | None = None) -> RunSummary:
     """Run `stage` inside an open run record `rec` (None: rows carry no run id, for tests and benchmarks)."""
+    if executor is None:
+        executor, address = _default["executor"], address or _default["address"]
+    _check_executor(executor)
+    if executor == "ray":
+        from compass.ray_executor import require_ray
+
+        require_ray()
     if stage.executor:
+        if executor == "ray":
+            print(f"stage {stage.name} has its own executor ({stage.executor}): running on the driver",
+                  file=sys.stderr, flush=True)
         import importlib
 
         mod, fn = stage.executor.split(":")
@@ -99,6 +142,13 @@ def execute(cat: Catalog, stage: Stage, rec: Run | None, *, langs: list[str] | N
         summary.nothing_to_do = True
         return summary
     stage.prepare(cat)
+    if executor == "ray":
+        from compass.ray_executor import execute_ray
+
+        if execute_ray(cat, stage, sel, summary, progress=progress, address=address):
+            summary.nothing_to_do = summary.read == 0
+            summary.seconds = round(time.perf_counter() - t0, 3)
+            return summary
     stage.setup()
     # A second connection to the same database streams the selection while the first commits each batch: DuckDB's
     # MVCC gives the reader the snapshot it started with, so what this run writes never reappears as pending.
@@ -110,10 +160,10 @@ def execute(cat: Catalog, stage: Stage, rec: Run | None, *, langs: list[str] | N
             batch = pl.from_arrow(rb)
             if not isinstance(batch, pl.DataFrame) or batch.is_empty():
                 continue
-            _commit(cat, stage, stage.process(batch), summary)
+            commit(cat, stage, stage.process(batch), summary)
             summary.read += batch.height
             bar.update(batch.height)
-        _commit(cat, stage, stage.finish(), summary)
+        commit(cat, stage, stage.finish(), summary)
     finally:
         bar.close()
         reader.close()
@@ -122,7 +172,7 @@ def execute(cat: Catalog, stage: Stage, rec: Run | None, *, langs: list[str] | N
     return summary
 
 
-def _commit(cat: Catalog, stage: Stage, outputs: dict[str, pl.DataFrame], summary: RunSummary) -> None:
+def commit(cat: Catalog, stage: Stage, outputs: dict[str, pl.DataFrame], summary: RunSummary) -> None:
     if not outputs:
         return
     with cat.transaction() as con:
@@ -167,4 +217,4 @@ def process_shards(stage: Stage, frame: pl.DataFrame, shards: int) -> dict[str, 
     return {t: pl.concat(fs, how="vertical_relaxed") for t, fs in parts.items()}
 
 
-__all__ = ["RunSummary", "run", "execute", "build_stage", "finished_run", "process_shards"]
+__all__ = ["RunSummary", "run", "execute", "use_executor", "build_stage", "finished_run", "process_shards"]

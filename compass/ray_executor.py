@@ -1,0 +1,205 @@
+"""The Ray Data executor: a shardable stage's batches run on a Ray cluster; the catalog stays with the driver.
+
+`compass.run(cat, stage, config, executor="ray", address=...)` (or `compass run RECIPE --executor ray`) goes
+through the same runner as the local executor (run record, pending selection, prepare, summary); only the loop
+over batches changes:
+
+1. the driver streams the stage's pending selection into Parquet shards of `stage.batch_size` rows in a temp
+   folder (each row tagged with its shard and its position, so the order is never lost);
+2. `ray.data.read_parquet(folder).map_batches(ShardWorker, ...)`: one actor per CPU builds the stage once
+   (`setup()`), runs `process` on each shard (a polars frame) and writes every output table as Parquet, one file
+   per shard part and table, named by shard and first row;
+3. the driver reads those outputs back in shard order and commits each shard in one transaction through
+   `stage.write` (idempotent on the keys), as the local executor commits each batch.
+
+Why Parquet both ways rather than Arrow objects in Ray's object store: DuckDB has one writer (the driver), and
+files make a retried task harmless (a rerun rewrites the same file atomically) and keep the driver's memory to
+one shard. A worker killed mid-shard is restarted by Ray (actor restarts and task retries) and redoes the shard;
+a killed driver resumes from the catalog like the local executor (committed shards are no longer pending).
+
+A global stage (`shardable = False`: dedup clustering, split policy state) and a stage that cannot be shipped
+(not picklable after `prepare`) say so in one line and run on the driver.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from compass.catalog.db import Catalog
+from compass.errors import CompassError
+from compass.stage import Selection, Stage
+
+EXTRA_HINT = "pip install 'compass-embed[ray]'"
+CONNECT_TIMEOUT_S = 5.0
+SHARD, ROW = "__compass_shard", "__compass_row"   # added to each exported row; dropped before `process`
+ACTOR_CPUS = 0.5
+MAX_RETRIES = 3                                      # a killed worker's shard is redone this many times
+
+
+def require_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise CompassError(f"the ray executor needs Ray Data, which is not installed: {EXTRA_HINT}") from None
+    return ray
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def connect(address: str | None = None) -> Any:
+    """Connect to Ray: the session already open, else `address` ('auto', 'HOST:PORT', 'ray://HOST:PORT'), else
+    a new local cluster. An address that does not answer fails in seconds, naming it (ray.init would wait)."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray
+    if address in (None, "", "local"):
+        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        return ray
+    if address != "auto":
+        hostport = address.split("://", 1)[-1]
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise CompassError(f"Ray address {address!r}: expected HOST:PORT (as `ray start --head` prints), "
+                               f"ray://HOST:PORT or auto")
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as e:
+            raise CompassError(f"Ray cluster at {address} does not answer ({e}): start it with `ray start --head` "
+                               f"there, or fix --address") from None
+    try:
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    except (ConnectionError, RuntimeError, TimeoutError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CompassError(f"Ray cluster at {address} does not answer ({first}): start one with `ray start "
+                           f"--head`, or fix --address") from None
+    return ray
+
+
+class ShardWorker:
+    """One per Ray actor: the stage, set up once; each call processes the shards in its batch."""
+
+    def __init__(self, stage: Stage, out: str):
+        self.stage, self.out = stage, Path(out)
+        self.stage.setup()
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        frame = pl.from_arrow(batch)
+        done: dict[str, list] = {"shard": [], "first": [], "rows": []}
+        for (shard,), part in frame.group_by(SHARD, maintain_order=True):
+            part = part.sort(ROW)
+            first = int(part[ROW][0])
+            outputs = self.stage.process(part.drop(SHARD, ROW))
+            for table, out in outputs.items():
+                path = self.out / f"{int(shard):07d}.{first:012d}.{table}.parquet"
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                out.write_parquet(tmp)
+                os.replace(tmp, path)   # a retried shard rewrites the same file whole, never half of it
+            done["shard"].append(int(shard))
+            done["first"].append(first)
+            done["rows"].append(part.height)
+        return pa.table(done, schema=pa.schema([("shard", pa.int64()), ("first", pa.int64()), ("rows", pa.int64())]))
+
+
+def export_shards(cat: Catalog, sel: Selection, batch_size: int, folder: Path) -> int:
+    """Stream the selection into folder/shard-NNNNNNN.parquet, `batch_size` rows each; returns the shard count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    reader = cat.con.cursor()   # a second connection: the snapshot the selection started with (see runner)
+    n, row = 0, 0
+    try:
+        for rb in reader.execute(sel.sql, sel.params).to_arrow_reader(batch_size):
+            if rb.num_rows == 0:
+                continue
+            t = pa.Table.from_batches([rb])
+            t = t.append_column(SHARD, pa.array([n] * rb.num_rows, pa.int64()))
+            t = t.append_column(ROW, pa.array(range(row, row + rb.num_rows), pa.int64()))
+            pq.write_table(t, folder / f"shard-{n:07d}.parquet")
+            n, row = n + 1, row + rb.num_rows
+    finally:
+        reader.close()
+    return n
+
+
+def _picklable(stage: Stage) -> str | None:
+    import ray.cloudpickle as cp
+
+    try:
+        cp.dumps(stage)
+    except Exception as e:  # noqa: BLE001 - whatever pickling raises, the answer is "run it on the driver"
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
+
+
+def execute_ray(cat: Catalog, stage: Stage, sel: Selection, summary: Any, *, progress: bool = True,
+                address: str | None = None, concurrency: int | None = None) -> bool:
+    """Run a prepared stage's batches on Ray and commit them (see the module docstring); False when the stage
+    must run on the driver instead (the runner then runs it locally)."""
+    from compass.runner import commit
+
+    if not stage.shardable:
+        _say(f"stage {stage.name} is global: running on the driver")
+        return False
+    why = _picklable(stage)
+    if why:
+        _say(f"stage {stage.name} cannot be shipped to Ray workers ({why}): running on the driver")
+        return False
+    ray = connect(address)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.execution_options.preserve_order = True   # results arrive in shard order: commits stream behind them
+    with tempfile.TemporaryDirectory(prefix=f"compass-ray-{stage.name}-") as tmp:
+        src, out = Path(tmp) / "in", Path(tmp) / "out"
+        src.mkdir()
+        out.mkdir()
+        shards = export_shards(cat, sel, stage.batch_size, src)
+        if shards == 0:
+            commit(cat, stage, stage.finish(), summary)
+            return True
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        pool = concurrency or max(1, min(cpus, shards))
+        # One actor per CPU, each reserving less than a CPU: actors holding every CPU starve Ray Data's own
+        # file-listing and read tasks, and the pipeline never starts (seen on 2 CPUs).
+        ds = ray.data.read_parquet(str(src), override_num_blocks=shards).map_batches(
+            ShardWorker, fn_constructor_kwargs={"stage": stage, "out": str(out)}, batch_size=None,
+            batch_format="pyarrow", concurrency=pool, num_cpus=ACTOR_CPUS, max_restarts=MAX_RETRIES,
+            max_task_retries=MAX_RETRIES)
+        # Results arrive in input order, so a shard is complete once a later one shows up: commit it then (a
+        # killed driver keeps every committed shard, as the local executor keeps its batches).
+        parts: dict[int, set[int]] = {}
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for shard, first, rows in zip(*(batch[c].to_pylist() for c in ("shard", "first", "rows"))):
+                parts.setdefault(shard, set()).add(first)
+                summary.read += rows
+            for shard in sorted(parts)[:-1]:
+                _commit_shard(cat, stage, out, shard, sorted(parts.pop(shard)), summary)
+        for shard in sorted(parts):
+            _commit_shard(cat, stage, out, shard, sorted(parts[shard]), summary)
+        commit(cat, stage, stage.finish(), summary)
+    return True
+
+
+def _commit_shard(cat: Catalog, stage: Stage, out: Path, shard: int, firsts: list[int], summary: Any) -> None:
+    """One transaction per shard: its parts' outputs, in input order, through the stage's own `write`."""
+    from compass.runner import commit
+
+    tables: dict[str, list[pl.DataFrame]] = {}
+    for first in firsts:
+        for path in sorted(out.glob(f"{shard:07d}.{first:012d}.*.parquet")):
+            tables.setdefault(path.name.split(".")[2], []).append(pl.read_parquet(path))
+    commit(cat, stage, {t: pl.concat(fs, how="vertical_relaxed") for t, fs in tables.items()}, summary)
+
+
+__all__ = ["connect", "execute_ray", "export_shards", "require_ray", "ShardWorker"]

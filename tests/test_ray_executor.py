@@ -1,0 +1,170 @@
+"""The Ray Data executor (compass.ray_executor) gives the catalog the local executor gives, table by table, on a
+real local Ray cluster (2 CPUs, 127.0.0.1, started here); a worker killed mid-stage is retried by Ray."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import compass
+from compass.catalog.db import Catalog, init_catalog
+from compass.errors import CompassError
+from compass.runner import RunSummary, build_stage, execute, run_config
+
+ray = pytest.importorskip("ray")
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+
+SAMPLES = Path(__file__).resolve().parents[1] / "catalog" / "samples"
+VOLATILE = {"run_id", "created_at", "started_at", "finished_at", "updated_at"}
+# What each stage writes, compared table by table; the key orders the rows.
+TABLES = {"examples": ["id"], "example_transforms": ["example_id"], "decisions": ["example_id", "stage", "params_hash"],
+          "minhash_signatures": ["text_hash", "shingling"], "example_signatures": ["example_id", "field"],
+          "dedup_members": None, "splits": ["example_id"], "split_policies": ["policy_hash"]}
+CHAIN = [("structured", {"seed": 3}), ("langid", {}), ("quality", {}), ("dedup_signatures", {}), ("dedup", {}),
+         ("split", {"test": 0.2, "dev": 0.1, "seed": 3})]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",
+             log_to_driver=False)
+    # The test's own stage (below) is shipped by value: workers cannot import the tests folder.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """Two languages of the bundled samples (163 products each), ingested once, copied per test."""
+    from compass.catalog.ingest import ingest_files
+
+    path = tmp_path_factory.mktemp("base") / "c.duckdb"
+    init_catalog(path)
+    with Catalog(path) as cat:
+        ingest_files(cat, [(SAMPLES / "th.jsonl", "th", "TH"), (SAMPLES / "vi.jsonl", "vi", "VN")])
+    return path
+
+
+def _copy(base: Path, to: Path) -> Path:
+    to.mkdir(parents=True, exist_ok=True)
+    shutil.copy(base, to / "c.duckdb")
+    return to / "c.duckdb"
+
+
+def table(path: Path, name: str) -> pl.DataFrame:
+    with Catalog(path, read_only=True) as cat:
+        frame = cat.frame(f"SELECT * FROM {name}")
+    frame = frame.drop([c for c in frame.columns if c in VOLATILE])
+    return frame.sort(TABLES.get(name) or frame.columns)
+
+
+def assert_same_catalogs(a: Path, b: Path) -> dict[str, int]:
+    sizes = {}
+    for name in TABLES:
+        ta, tb = table(a, name), table(b, name)
+        assert ta.columns == tb.columns, name
+        assert ta.equals(tb), f"{name}: the ray executor's rows differ from the local executor's"
+        sizes[name] = ta.height
+    return sizes
+
+
+def test_an_address_that_does_not_answer_fails_fast_naming_it(tmp_path):
+    import socket
+    import time
+
+    from compass.ray_executor import connect
+
+    if ray.is_initialized():
+        pytest.skip("a Ray session is open in this process")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()                       # a port nobody listens on
+    t0 = time.monotonic()
+    with pytest.raises(CompassError, match=f"Ray cluster at 127.0.0.1:{port} does not answer"):
+        connect(f"127.0.0.1:{port}")
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(CompassError, match="expected HOST:PORT"):
+        connect("nowhere")
+
+
+def test_unknown_executor_is_refused(base, tmp_path):
+    with pytest.raises(CompassError, match="unknown executor 'spark': use one of local, ray"):
+        compass.run(_copy(base, tmp_path), "quality", executor="spark", progress=False)
+
+
+def test_ray_executor_gives_the_local_catalog_table_by_table(cluster, base, tmp_path, capsys):
+    local, remote = _copy(base, tmp_path / "local"), _copy(base, tmp_path / "ray")
+    for name, cfg in CHAIN:
+        ref, st = build_stage(name, cfg), build_stage(name, cfg)
+        if name == "structured":
+            # The same batches on both sides: an example's created_at is its batch's commit, and dedup keeps the
+            # first seen in (created_at, id) order. Which batch a row lands in is otherwise free.
+            ref.batch_size = st.batch_size = 100
+        else:
+            st.batch_size = 200    # several shards, cut elsewhere than the local executor's batches
+        a = compass.run(local, ref, progress=False)
+        b = compass.run(remote, st, executor="ray", progress=False)
+        assert (b.read, b.written, b.info, b.params_hash) == (a.read, a.written, a.info, a.params_hash), name
+        assert a.read > 0, name
+    assert "stage dedup is global: running on the driver" in capsys.readouterr().err
+    sizes = assert_same_catalogs(local, remote)
+    assert sizes["examples"] > 1000 and sizes["decisions"] > 2 * sizes["examples"] and sizes["splits"] > 1000
+    with Catalog(remote, read_only=True) as cat:   # each row carries the run record it was written under
+        runs = cat.query("SELECT command, status, id FROM runs ORDER BY started_at")
+        assert [r["command"] for r in runs] == [n for n, _ in CHAIN] and {r["status"] for r in runs} == {"ok"}
+        langid_run = runs[1]["id"]
+        assert cat.scalar("SELECT count(DISTINCT run_id) FROM decisions WHERE stage = 'langid'") == 1
+        assert cat.scalar("SELECT any_value(run_id) FROM decisions WHERE stage = 'langid'") == langid_run
+    again = compass.run(remote, "langid", executor="ray", progress=False)
+    assert again.nothing_to_do
+
+
+class DiesOnce:
+    """Wraps a stage: the first `process` call on any worker kills that worker's process (os._exit, no cleanup),
+    once per test (a marker file remembers it); Ray restarts the actor and redoes the shard."""
+
+    def __init__(self, inner, marker: str):
+        self.inner, self.marker = inner, marker
+
+    def __getattr__(self, name):
+        if name.startswith("__") or "inner" not in self.__dict__:   # pickling probes dunders on a bare object
+            raise AttributeError(name)
+        return getattr(self.__dict__["inner"], name)
+
+    def process(self, batch):
+        if not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(1)
+        return self.inner.process(batch)
+
+
+def test_a_killed_worker_is_retried_and_the_catalog_is_the_same(cluster, base, tmp_path):
+    from compass.ray_executor import execute_ray
+
+
+    local, remote = _copy(base, tmp_path / "local"), _copy(base, tmp_path / "ray")
+    for path in (local, remote):
+        compass.run(path, "structured", {"seed": 3}, executor="local", progress=False)
+    a = compass.run(local, "quality", progress=False)
+    marker = tmp_path / "died"
+    st = build_stage("quality")
+    st.batch_size = 150
+    with Catalog(remote) as cat, cat.run(st.name, run_config(st)) as rec:
+        st.run_id = rec.id
+        sel = st.select(None)
+        st.prepare(cat)
+        summary = RunSummary(rec.id, st.name, st.params_hash)
+        assert execute_ray(cat, DiesOnce(st, str(marker)), sel, summary, progress=False)
+    assert marker.exists() and int(marker.read_text()) != os.getpid()   # a worker died, not this process
+    assert (summary.read, summary.written, summary.info) == (a.read, a.written, a.info)
+    assert_same_catalogs(local, remote)
+    with Catalog(remote) as cat:
+        assert execute(cat, st, None, executor="ray", progress=False).nothing_to_do
