@@ -217,12 +217,17 @@ def run_recipe(
                                                             "nothing.")] = False,
     catalog: Annotated[Optional[Path], typer.Option("--catalog", help="Catalog file.",
                                                     show_default="the recipe's `catalog`")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="local, or ray: shardable stages run as Ray Data "
+                                                             "tasks (needs the ray extra).")] = "local",
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster: auto (the one `ray start` "
+                                                                     "joined), HOST:PORT or ray://HOST:PORT.",
+                                                   show_default="a new local Ray")] = None,
 ) -> None:
     """Run a recipe: its steps in order, skipping those already finished with the same parameters."""
     from compass.recipe import run
 
     run(recipe, out=out, catalog=catalog, from_step=from_step, force=force or [], dry_run=dry_run,
-        echo=lambda line: console.print(line, markup=False, highlight=False))
+        echo=lambda line: console.print(line, markup=False, highlight=False), executor=executor, address=address)
 
 
 def _register_modules() -> None:

@@ -210,8 +210,23 @@ def _clear_model(folder: Path) -> None:
 
 def run(path: str | Path, *, out: str | Path | None = None, catalog: str | Path | None = None,
         from_step: str | None = None, force: list[str] | tuple[str, ...] = (), dry_run: bool = False,
-        echo: Callable[[str], None] = print) -> list[StepResult]:
-    """Run a recipe; returns what happened to each step (and the report). See the module docstring."""
+        echo: Callable[[str], None] = print, executor: str = "local", address: str | None = None) -> list[StepResult]:
+    """Run a recipe; returns what happened to each step (and the report). See the module docstring.
+
+    `executor="ray"` runs every shardable stage the steps reach on Ray (at `address`; see compass.ray_executor):
+    the same catalog, so step keys and skipping do not depend on it."""
+    from compass.runner import use_executor
+
+    with use_executor(executor, address):
+        if executor == "ray" and not dry_run:
+            from compass.ray_executor import connect
+
+            connect(address)    # Ray missing or an address that does not answer: said before any step runs
+        return _run(path, out=out, catalog=catalog, from_step=from_step, force=force, dry_run=dry_run, echo=echo)
+
+
+def _run(path: str | Path, *, out: str | Path | None, catalog: str | Path | None, from_step: str | None,
+         force: list[str] | tuple[str, ...], dry_run: bool, echo: Callable[[str], None]) -> list[StepResult]:
     from compass.catalog.db import _now, init_catalog
     from compass.recipe_steps import call
 

@@ -95,6 +95,12 @@ def test_an_address_that_does_not_answer_fails_fast_naming_it(tmp_path):
         connect("nowhere")
 
 
+def test_ray_missing_names_the_extra(base, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)       # what `import ray` meets where Ray is not installed
+    with pytest.raises(CompassError, match=r"pip install 'compass-embed\[ray\]'"):
+        compass.run(_copy(base, tmp_path), "quality", executor="ray", progress=False)
+
+
 def test_unknown_executor_is_refused(base, tmp_path):
     with pytest.raises(CompassError, match="unknown executor 'spark': use one of local, ray"):
         compass.run(_copy(base, tmp_path), "quality", executor="spark", progress=False)
@@ -114,7 +120,8 @@ def test_ray_executor_gives_the_local_catalog_table_by_table(cluster, base, tmp_
         b = compass.run(remote, st, executor="ray", progress=False)
         assert (b.read, b.written, b.info, b.params_hash) == (a.read, a.written, a.info, a.params_hash), name
         assert a.read > 0, name
-    assert "stage dedup is global: running on the driver" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "stage dedup is global: running on the driver" in err and "cannot be shipped" not in err
     sizes = assert_same_catalogs(local, remote)
     assert sizes["examples"] > 1000 and sizes["decisions"] > 2 * sizes["examples"] and sizes["splits"] > 1000
     with Catalog(remote, read_only=True) as cat:   # each row carries the run record it was written under
@@ -168,3 +175,21 @@ def test_a_killed_worker_is_retried_and_the_catalog_is_the_same(cluster, base, t
     assert_same_catalogs(local, remote)
     with Catalog(remote) as cat:
         assert execute(cat, st, None, executor="ray", progress=False).nothing_to_do
+
+
+def test_a_recipe_on_ray_gives_the_local_catalog(cluster, base, tmp_path, capsys):
+    """`compass run RECIPE --executor ray`, in process (the test's cluster): the commands a recipe calls reach
+    the runner through their own code, and still run their shardable stages on Ray."""
+    from compass.recipe import run
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("steps:\n  - generate: {route: structured}\n  - filter: {stages: [langid, quality, dedup]}\n"
+                      "  - split: {test: 0.2, dev: 0.1}\nreport: false\n", encoding="utf-8")
+    cats = {}
+    for ex in ("local", "ray"):
+        cats[ex] = _copy(base, tmp_path / ex)
+        run(recipe, out=tmp_path / ex, catalog=cats[ex], executor=ex, echo=lambda line: None)
+    err = capsys.readouterr().err
+    assert "stage dedup is global: running on the driver" in err and "cannot be shipped" not in err
+    sizes = assert_same_catalogs(cats["local"], cats["ray"])
+    assert sizes["splits"] == sizes["examples"] > 1000
