@@ -91,6 +91,10 @@ def test_prompts_reach_the_model_and_word_table_stays_frozen(tmp_path, small_cat
 
     result = fit(spec)
     assert result["global_step"] == 2 and result["prompts"]["anchor"] == "query: "
+    # the folder serves in vLLM as it embeds here: token limit and pooling written where vLLM reads them
+    assert result["vllm"]["command"].startswith("vllm serve ") and result["vllm"]["problems"] == []
+    st_cfg = json.loads((tmp_path / "out" / "sentence_bert_config.json").read_text())
+    assert st_cfg["max_seq_length"] > 0
     before = load_file(str(Path(str(with_prompts) + "-hf") / "model.safetensors"))
     after = load_file(str(tmp_path / "out" / "model.safetensors"))
     word = next(k for k in after if k.endswith("word_embeddings.weight"))

@@ -64,6 +64,11 @@ def card_text(cfg, spec: dict, fit: dict, evaluation: dict | None) -> str:
         *([f"Queries take the prompt `{fit['prompts'].get('anchor', '')}` and documents "
            f"`{fit['prompts'].get('positive', '')}` (`encode_query` / `encode_document` add them), as in training.",
            ""] if fit.get("prompts") else []),
+        *([f"Serve it with vLLM (pooling and normalization as here; prepend the prompts yourself on "
+           f"`/v1/embeddings`, or use `/v2/embed` with `input_type`): `{fit['vllm']['command']}`"
+           + ("" if not fit["vllm"].get("problems") else
+              f". vLLM would not reproduce: {'; '.join(fit['vllm']['problems'])}"), ""]
+          if fit.get("vllm") else []),
         "## Training", "",
         _md_table([{"base": cfg.base, "loss": fit.get("loss_class"), "batch": cfg.batch_size,
                     "processes": cfg.nproc, "steps": fit.get("global_step"), "lr": cfg.learning_rate,

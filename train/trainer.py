@@ -202,7 +202,11 @@ def build_trainer(spec: dict, callbacks: list | None = None):
     """The library's trainer over the prepared dataset and base, set up as the config says; (trainer, info)."""
     import datasets
     import torch
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
 
     from compass.devices import precision_name, resolve_precision
     from compass.train.data import NegativeGroupCollator, batch_sampler_factory
@@ -313,6 +317,11 @@ def fit(spec: dict, callbacks: list | None = None) -> dict:
         if "saved_max_seq_length" in info:
             model.max_seq_length = info["saved_max_seq_length"]
         model.save(cfg.out)
+        if cfg.base != "static":  # a transformer: make the folder serve in vLLM exactly as it embeds here
+            from compass.train.vllm_serve import serve_command, write_vllm_config
+
+            vllm = write_vllm_config(cfg.out, model)
+            info["vllm"] = {"command": serve_command(cfg.out), "problems": vllm.get("problems", [])}
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"resumed_from": last, "global_step": trainer.state.global_step, "final_loss": losses[-1] if losses else None,
             "train_runtime_s": output.metrics.get("train_runtime"), "loss_config": loss.get_config_dict()
