@@ -25,8 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from quality_common import TIMINGS, build_catalog, compass, dev_columns, evaluate, model_path, print_table, \
-    summarize, train
+from quality_common import (
+    TIMINGS,
+    build_catalog,
+    compass,
+    dev_columns,
+    evaluate,
+    model_path,
+    print_table,
+    summarize,
+    train,
+)
 
 MINER = "e5-small"
 

@@ -68,7 +68,8 @@ class TrainConfig:
     freeze_embeddings: bool = True  # transformer bases: the word-embedding table is not trained (see fit)
     freeze_layers: int = 0  # transformer bases: also freeze the embedding block and the lowest N layers (see fit)
     max_seq_length: int | None = 128  # transformer bases: token limit while training (the saved model keeps its own)
-    length_chunks: int | None = None  # transformer forward in length-sorted chunks of N rows (None or 0: off; measured slower on CPU, see README)
+    # transformer forward in length-sorted chunks of N rows (None or 0: off; measured slower on CPU, see README)
+    length_chunks: int | None = None
     missing_negatives: str = "pairs"  # pairs | drop: rows with fewer than num_negatives mined negatives
     overwrite: bool = False  # discard checkpoints of another config in OUT
 
@@ -323,7 +324,8 @@ def fit(spec: dict, callbacks: list | None = None) -> dict:
             vllm = write_vllm_config(cfg.out, model)
             info["vllm"] = {"command": serve_command(cfg.out), "problems": vllm.get("problems", [])}
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"resumed_from": last, "global_step": trainer.state.global_step, "final_loss": losses[-1] if losses else None,
+    return {"resumed_from": last, "global_step": trainer.state.global_step,
+            "final_loss": losses[-1] if losses else None,
             "train_runtime_s": output.metrics.get("train_runtime"), "loss_config": loss.get_config_dict()
             if hasattr(loss, "get_config_dict") else {}, "loss_class": type(loss).__name__,
             # the loss curve (and CAM's masked share) per logged step, for the run report
