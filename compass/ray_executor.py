@@ -17,8 +17,10 @@ files make a retried task harmless (a rerun rewrites the same file atomically) a
 one shard. A worker killed mid-shard is restarted by Ray (actor restarts and task retries) and redoes the shard;
 a killed driver resumes from the catalog like the local executor (committed shards are no longer pending).
 
-A global stage (`shardable = False`: dedup clustering, split policy state) and a stage that cannot be shipped
-(not picklable after `prepare`) say so in one line and run on the driver.
+A global stage (`shardable = False`: dedup clustering), a stage that cannot be shipped (not picklable after
+`prepare`, or listed in DRIVER_ONLY) and a stage with its own executor (LLM generation) say so in one line and run
+on the driver. Files a stage reads in `setup` (the fastText model, leakage's eval folders) must exist at the same
+path on every node.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ CONNECT_TIMEOUT_S = 5.0
 SHARD, ROW = "__compass_shard", "__compass_row"   # added to each exported row; dropped before `process`
 ACTOR_CPUS = 0.5
 MAX_RETRIES = 3                                      # a killed worker's shard is redone this many times
+
+
+# Shardable stages that still run on the driver, and why (checked by name: their modules are not Ray's business).
+DRIVER_ONLY = {
+    "mine": "its candidate pools are memory-mapped files in a temp folder of the driver",
+    "encode": "it encodes with the model the driver loaded, on the driver's device",
+}
 
 
 def require_ray() -> Any:
@@ -152,7 +161,7 @@ def execute_ray(cat: Catalog, stage: Stage, sel: Selection, summary: Any, *, pro
     if not stage.shardable:
         _say(f"stage {stage.name} is global: running on the driver")
         return False
-    why = _picklable(stage)
+    why = DRIVER_ONLY.get(stage.name) or _picklable(stage)
     if why:
         _say(f"stage {stage.name} cannot be shipped to Ray workers ({why}): running on the driver")
         return False
@@ -174,8 +183,9 @@ def execute_ray(cat: Catalog, stage: Stage, sel: Selection, summary: Any, *, pro
         # file-listing and read tasks, and the pipeline never starts (seen on 2 CPUs).
         ds = ray.data.read_parquet(str(src), override_num_blocks=shards).map_batches(
             ShardWorker, fn_constructor_kwargs={"stage": stage, "out": str(out)}, batch_size=None,
-            batch_format="pyarrow", concurrency=pool, num_cpus=ACTOR_CPUS, max_restarts=MAX_RETRIES,
-            max_task_retries=MAX_RETRIES)
+            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=ACTOR_CPUS,
+            # Ray Data's default is unbounded: a stage that kills its worker every time would loop forever.
+            max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
         # Results arrive in input order, so a shard is complete once a later one shows up: commit it then (a
         # killed driver keeps every committed shard, as the local executor keeps its batches).
         parts: dict[int, set[int]] = {}

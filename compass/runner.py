@@ -71,7 +71,9 @@ def run_config(stage: Stage, langs: list[str] | None = None) -> dict[str, Any]:
 EXECUTORS = ("local", "ray")
 # What `execute` uses when its caller names no executor: `compass run --executor ray` sets it for the commands a
 # recipe calls (they reach the runner through their own code, which knows nothing of executors).
-_default: dict[str, str | None] = {"executor": "local", "address": None}
+# COMPASS_EXECUTOR / COMPASS_RAY_ADDRESS set it for a whole process (benchmarks drive commands in subprocesses).
+_default: dict[str, str | None] = {"executor": os.environ.get("COMPASS_EXECUTOR") or "local",
+                                   "address": os.environ.get("COMPASS_RAY_ADDRESS") or None}
 
 
 def _check_executor(executor: str) -> None:

@@ -3,6 +3,7 @@ real local Ray cluster (2 CPUs, 127.0.0.1, started here); a worker killed mid-st
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -108,7 +109,13 @@ def test_unknown_executor_is_refused(base, tmp_path):
 
 def test_ray_executor_gives_the_local_catalog_table_by_table(cluster, base, tmp_path, capsys):
     local, remote = _copy(base, tmp_path / "local"), _copy(base, tmp_path / "ray")
-    for name, cfg in CHAIN:
+    ev = tmp_path / "ev"                    # an eval set holding two sample titles: leakage rejects their pairs
+    ev.mkdir()
+    titles = [json.loads(line)["title"] for line in (SAMPLES / "vi.jsonl").read_text(encoding="utf-8").splitlines()[:2]]
+    (ev / "vi_titles.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in titles),
+                                        encoding="utf-8")
+    chain = CHAIN[:3] + [("leakage", {"against": [str(ev)]})] + CHAIN[3:]
+    for name, cfg in chain:
         ref, st = build_stage(name, cfg), build_stage(name, cfg)
         if name == "structured":
             # The same batches on both sides: an example's created_at is its batch's commit, and dedup keeps the
@@ -126,7 +133,8 @@ def test_ray_executor_gives_the_local_catalog_table_by_table(cluster, base, tmp_
     assert sizes["examples"] > 1000 and sizes["decisions"] > 2 * sizes["examples"] and sizes["splits"] > 1000
     with Catalog(remote, read_only=True) as cat:   # each row carries the run record it was written under
         runs = cat.query("SELECT command, status, id FROM runs ORDER BY started_at")
-        assert [r["command"] for r in runs] == [n for n, _ in CHAIN] and {r["status"] for r in runs} == {"ok"}
+        assert [r["command"] for r in runs] == [n for n, _ in chain] and {r["status"] for r in runs} == {"ok"}
+        assert cat.scalar("SELECT count(*) FROM decisions WHERE reason LIKE 'leakage:%'") > 0
         langid_run = runs[1]["id"]
         assert cat.scalar("SELECT count(DISTINCT run_id) FROM decisions WHERE stage = 'langid'") == 1
         assert cat.scalar("SELECT any_value(run_id) FROM decisions WHERE stage = 'langid'") == langid_run

@@ -1,0 +1,116 @@
+"""The Ray Data executor against the local executor, stage by stage, on a generated catalog (benchmarks/scale.py's).
+
+    python benchmarks/ray_executor.py --size 10k --reps 3 --work /tmp/ray-bench [--cpus 2]
+
+One local Ray cluster (`--cpus` CPUs, 127.0.0.1; its start-up is timed apart), then per repetition two copies of
+the same ingested catalog: the chain structured, langid, quality, dedup_signatures, dedup (global: the driver),
+split runs with the local executor on one and with Ray on the other, stage by stage (wall seconds, this process
+and Ray's workers together). Reported per stage: the median of the repetitions and its spread (min-max) for
+each executor, and the ratio Ray / local (the baseline, measured in the same run). Each repetition also checks
+that the two catalogs are identical table by table (rows minus run ids and times). On one small machine parity
+is the expectation: the point of the executor is the same result on more machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CHAIN = [("structured", {}), ("langid", {}), ("quality", {}), ("dedup_signatures", {}), ("dedup", {}),
+         ("split", {"test": 0.1, "dev": 0.05})]
+TABLES = {"examples": ["id"], "decisions": ["example_id", "stage", "params_hash"],
+          "minhash_signatures": ["text_hash", "shingling"], "example_signatures": ["example_id", "field"],
+          "splits": ["example_id"]}
+VOLATILE = {"run_id", "created_at"}
+
+
+def base_catalog(n: int, work: Path) -> Path:
+    from scale import MARKETS, write_catalog
+
+    from compass.catalog.db import Catalog, init_catalog
+    from compass.catalog.ingest import ingest_files
+
+    path = work / f"base-{n}.duckdb"
+    if not path.exists():
+        files = write_catalog(n, work / f"files-{n}")
+        tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        init_catalog(tmp)
+        with Catalog(tmp) as cat:
+            ingest_files(cat, [(f, f.stem, MARKETS[f.stem]) for f in files])
+        tmp.rename(path)
+    return path
+
+
+def same(a: Path, b: Path) -> None:
+    from compass.catalog.db import Catalog
+
+    for name, key in TABLES.items():
+        frames = []
+        for p in (a, b):
+            with Catalog(p, read_only=True) as cat:
+                f = cat.frame(f"SELECT * FROM {name}")
+            frames.append(f.drop([c for c in f.columns if c in VOLATILE]).sort(key))
+        if not frames[0].equals(frames[1]):
+            raise SystemExit(f"{name}: the ray executor's catalog differs from the local one")
+
+
+def main() -> None:
+    from scale import parse_size
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="10k")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--work", type=Path, default=Path("ray-bench"))
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    import compass
+    from compass.runner import build_stage
+
+    n = parse_size(args.size)
+    args.work.mkdir(parents=True, exist_ok=True)
+    base = base_catalog(n, args.work)
+    t0 = time.perf_counter()
+    ray.init(num_cpus=args.cpus, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
+             log_to_driver=False)
+    startup = time.perf_counter() - t0
+    times: dict[str, dict[str, list[float]]] = {name: {"local": [], "ray": []} for name, _ in CHAIN}
+    for rep in range(args.reps):
+        cats = {}
+        for ex in ("local", "ray"):
+            cats[ex] = args.work / f"rep{rep}-{ex}.duckdb"
+            shutil.copy(base, cats[ex])
+        for name, cfg in CHAIN:
+            for ex in ("local", "ray") if rep % 2 == 0 else ("ray", "local"):   # alternate who goes first
+                t = time.perf_counter()
+                compass.run(cats[ex], build_stage(name, cfg), executor=ex, progress=False)
+                times[name][ex].append(time.perf_counter() - t)
+        same(cats["local"], cats["ray"])
+        for p in cats.values():
+            p.unlink()
+        print(f"rep {rep + 1}/{args.reps}: identical catalogs ({', '.join(TABLES)})", flush=True)
+    ray.shutdown()
+    print(f"\n{n} products, {args.cpus} Ray CPUs, median of {args.reps} (min-max), wall s; "
+          f"Ray start-up {startup:.1f} s (not counted)")
+    print("| stage | local | ray | ray / local |\n|---|---|---|---|")
+    total = {"local": 0.0, "ray": 0.0}
+    for name, _ in CHAIN:
+        med = {ex: statistics.median(v) for ex, v in times[name].items()}
+        total = {ex: total[ex] + med[ex] for ex in total}
+        cell = {ex: f"{med[ex]:.1f} ({min(v):.1f}-{max(v):.1f})" for ex, v in times[name].items()}
+        print(f"| {name} | {cell['local']} | {cell['ray']} | {med['ray'] / med['local']:.2f} |")
+    print(f"| chain | {total['local']:.1f} | {total['ray']:.1f} | {total['ray'] / total['local']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
