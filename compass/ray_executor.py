@@ -6,16 +6,17 @@ over batches changes:
 
 1. the driver streams the stage's pending selection into Parquet shards of `stage.batch_size` rows in a temp
    folder (each row tagged with its shard and its position, so the order is never lost);
-2. `ray.data.read_parquet(folder).map_batches(ShardWorker, ...)`: one actor per CPU builds the stage once
-   (`setup()`), runs `process` on each shard (a polars frame) and writes every output table as Parquet, one file
-   per shard part and table, named by shard and first row;
-3. the driver reads those outputs back in shard order and commits each shard in one transaction through
-   `stage.write` (idempotent on the keys), as the local executor commits each batch.
+2. `ray.data.read_parquet("local://folder").map_batches(ShardWorker, ...)`: the shards are read on the driver's
+   node; one actor per CPU, wherever it runs, builds the stage once (`setup()`), runs `process` on each shard (a
+   polars frame) and returns every output table as Parquet bytes, one row per shard part and table;
+3. the driver takes them in shard order and commits each shard in one transaction through `stage.write`
+   (idempotent on the keys), as the local executor commits each batch.
 
-Why Parquet both ways rather than Arrow objects in Ray's object store: DuckDB has one writer (the driver), and
-files make a retried task harmless (a rerun rewrites the same file atomically) and keep the driver's memory to
-one shard. A worker killed mid-shard is restarted by Ray (actor restarts and task retries) and redoes the shard;
-a killed driver resumes from the catalog like the local executor (committed shards are no longer pending).
+Why Parquet, and the object store rather than a shared folder: DuckDB has one writer (the driver); Parquet keeps
+each table's types through the round trip; the object store reaches every node, so a cluster needs no filesystem
+that all nodes share. A worker killed mid-shard is restarted by Ray (actor restarts and task retries) and redoes
+the shard (its lost results are replaced, never doubled); a killed driver resumes from the catalog like the
+local executor (committed shards are no longer pending).
 
 A global stage (`shardable = False`: dedup clustering), a stage that cannot be shipped (not picklable after
 `prepare`, or listed in DRIVER_ONLY) and a stage with its own executor (LLM generation) say so in one line and run
@@ -25,7 +26,7 @@ path on every node.
 
 from __future__ import annotations
 
-import os
+import io
 import socket
 import sys
 import tempfile
@@ -42,7 +43,14 @@ EXTRA_HINT = "pip install 'compass-embed[ray]'"
 CONNECT_TIMEOUT_S = 5.0
 SHARD, ROW = "__compass_shard", "__compass_row"   # added to each exported row; dropped before `process`
 ACTOR_CPUS = 0.5
+RESULT_COLUMNS = ("shard", "first", "rows", "table", "parquet")   # one row per shard part and output table
 MAX_RETRIES = 3                                      # a killed worker's shard is redone this many times
+
+
+def _result_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema(list(zip(RESULT_COLUMNS, (pa.int64(), pa.int64(), pa.int64(), pa.string(), pa.binary()))))
 
 
 # Shardable stages that still run on the driver, and why (checked by name: their modules are not Ray's business).
@@ -95,30 +103,32 @@ def connect(address: str | None = None) -> Any:
 
 
 class ShardWorker:
-    """One per Ray actor: the stage, set up once; each call processes the shards in its batch."""
+    """One per Ray actor: the stage, set up once; each call processes the shards in its batch and returns their
+    outputs as Parquet bytes, one row per (shard part, table): they travel back through Ray's object store, so
+    no node needs a filesystem the driver sees (a retried task's rows replace the lost ones)."""
 
-    def __init__(self, stage: Stage, out: str):
-        self.stage, self.out = stage, Path(out)
+    def __init__(self, stage: Stage):
+        self.stage = stage
         self.stage.setup()
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
         frame = pl.from_arrow(batch)
-        done: dict[str, list] = {"shard": [], "first": [], "rows": []}
+        done: dict[str, list] = {c: [] for c in RESULT_COLUMNS}
         for (shard,), part in frame.group_by(SHARD, maintain_order=True):
             part = part.sort(ROW)
             first = int(part[ROW][0])
             outputs = self.stage.process(part.drop(SHARD, ROW))
-            for table, out in outputs.items():
-                path = self.out / f"{int(shard):07d}.{first:012d}.{table}.parquet"
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                out.write_parquet(tmp)
-                os.replace(tmp, path)   # a retried shard rewrites the same file whole, never half of it
-            done["shard"].append(int(shard))
-            done["first"].append(first)
-            done["rows"].append(part.height)
-        return pa.table(done, schema=pa.schema([("shard", pa.int64()), ("first", pa.int64()), ("rows", pa.int64())]))
+            rows = part.height
+            for table, out in (outputs or {"": None}).items():   # a part without outputs still counts its rows
+                buf = io.BytesIO()
+                if out is not None:
+                    out.write_parquet(buf)
+                for c, v in zip(RESULT_COLUMNS, (int(shard), first, rows, table, buf.getvalue())):
+                    done[c].append(v)
+                rows = 0
+        return pa.table(done, schema=_result_schema())
 
 
 def export_shards(cat: Catalog, sel: Selection, batch_size: int, folder: Path) -> int:
@@ -170,45 +180,46 @@ def execute_ray(cat: Catalog, stage: Stage, sel: Selection, summary: Any, *, pro
     ctx.enable_progress_bars = progress
     ctx.execution_options.preserve_order = True   # results arrive in shard order: commits stream behind them
     with tempfile.TemporaryDirectory(prefix=f"compass-ray-{stage.name}-") as tmp:
-        src, out = Path(tmp) / "in", Path(tmp) / "out"
-        src.mkdir()
-        out.mkdir()
-        shards = export_shards(cat, sel, stage.batch_size, src)
+        shards = export_shards(cat, sel, stage.batch_size, Path(tmp))
         if shards == 0:
             commit(cat, stage, stage.finish(), summary)
             return True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         pool = concurrency or max(1, min(cpus, shards))
-        # One actor per CPU, each reserving less than a CPU: actors holding every CPU starve Ray Data's own
-        # file-listing and read tasks, and the pipeline never starts (seen on 2 CPUs).
-        ds = ray.data.read_parquet(str(src), override_num_blocks=shards).map_batches(
-            ShardWorker, fn_constructor_kwargs={"stage": stage, "out": str(out)}, batch_size=None,
-            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=ACTOR_CPUS,
+        # local://: the shards are read on the driver's node (the only one that has them) and reach the actors,
+        # wherever they run, through the object store. One actor per CPU, each reserving less than a CPU: actors
+        # holding every CPU starve Ray Data's own file-listing and read tasks, and nothing starts (seen on 2 CPUs).
+        # read_parquet packs small files into one block (one actor would get every shard): cut it back into
+        # shard-sized blocks, in order, so each shard is a task of its own.
+        ds = ray.data.read_parquet(f"local://{tmp}", override_num_blocks=shards).repartition(
+            target_num_rows_per_block=stage.batch_size, strict=True).map_batches(
+            ShardWorker, fn_constructor_kwargs={"stage": stage}, batch_size=None, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=ACTOR_CPUS,
             # Ray Data's default is unbounded: a stage that kills its worker every time would loop forever.
             max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
         # Results arrive in input order, so a shard is complete once a later one shows up: commit it then (a
         # killed driver keeps every committed shard, as the local executor keeps its batches).
-        parts: dict[int, set[int]] = {}
+        parts: dict[int, dict[tuple[int, str], bytes]] = {}
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            for shard, first, rows in zip(*(batch[c].to_pylist() for c in ("shard", "first", "rows"))):
-                parts.setdefault(shard, set()).add(first)
+            for shard, first, rows, table, data in zip(*(batch[c].to_pylist() for c in RESULT_COLUMNS)):
+                parts.setdefault(shard, {})[(first, table)] = data
                 summary.read += rows
             for shard in sorted(parts)[:-1]:
-                _commit_shard(cat, stage, out, shard, sorted(parts.pop(shard)), summary)
+                _commit_shard(cat, stage, parts.pop(shard), summary)
         for shard in sorted(parts):
-            _commit_shard(cat, stage, out, shard, sorted(parts[shard]), summary)
+            _commit_shard(cat, stage, parts[shard], summary)
         commit(cat, stage, stage.finish(), summary)
     return True
 
 
-def _commit_shard(cat: Catalog, stage: Stage, out: Path, shard: int, firsts: list[int], summary: Any) -> None:
+def _commit_shard(cat: Catalog, stage: Stage, outputs: dict[tuple[int, str], bytes], summary: Any) -> None:
     """One transaction per shard: its parts' outputs, in input order, through the stage's own `write`."""
     from compass.runner import commit
 
     tables: dict[str, list[pl.DataFrame]] = {}
-    for first in firsts:
-        for path in sorted(out.glob(f"{shard:07d}.{first:012d}.*.parquet")):
-            tables.setdefault(path.name.split(".")[2], []).append(pl.read_parquet(path))
+    for (_, table), data in sorted(outputs.items()):
+        if table:
+            tables.setdefault(table, []).append(pl.read_parquet(io.BytesIO(data)))
     commit(cat, stage, {t: pl.concat(fs, how="vertical_relaxed") for t, fs in tables.items()}, summary)
 
 
