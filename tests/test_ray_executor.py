@@ -16,6 +16,7 @@ import compass
 from compass.catalog.db import Catalog, init_catalog
 from compass.errors import CompassError
 from compass.runner import RunSummary, build_stage, execute, run_config
+from compass.stage import Stage
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
@@ -100,6 +101,26 @@ def test_ray_missing_names_the_extra(base, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)       # what `import ray` meets where Ray is not installed
     with pytest.raises(CompassError, match=r"pip install 'compass-embed\[ray\]'"):
         compass.run(_copy(base, tmp_path), "quality", executor="ray", progress=False)
+
+
+def own_loop(cat, stage, rec, langs=None, progress=True):
+    """A stage's own executor (as LLM generation has): what it returns is the run's summary."""
+    return RunSummary(rec.id, stage.name, stage.params_hash, read=7)
+
+
+class OwnLoop(Stage):
+    name = "toy_own_loop"
+    executor = "test_ray_executor:own_loop"
+
+    def process(self, batch):
+        raise AssertionError("the runner's loop must not run a stage with its own executor")
+
+
+def test_a_stage_with_its_own_executor_runs_on_the_driver_and_says_so(base, tmp_path, capsys):
+    s = compass.run(_copy(base, tmp_path), OwnLoop(), executor="ray", progress=False)
+    assert s.read == 7
+    assert ("stage toy_own_loop has its own executor (test_ray_executor:own_loop): running on the driver"
+            in capsys.readouterr().err)
 
 
 def test_unknown_executor_is_refused(base, tmp_path):
