@@ -24,11 +24,11 @@ ROWS = [
     ("prod/1", "query2title", "kemeja batik pria", ("sepatu lari", "prod/9")),
     ("cat/shirt", "title2category", "baju", ("tas kulit", "cat/bag")),
     ("prod/2", "query2title", "ponsel casing", ("relo case", "prod/8")),
-    ("prod/3", "translation", "áo thun", ("quần", "prod/7")),
+    ("prod/3", "title2title", "áo thun", ("quần", "prod/7")),
     ("cat/shoe", "title2category", "kasut", ("beg", "cat/bag2")),
     ("prod/4", "query2title", "ponsel casing", ("giày", "prod/6")),
     ("cat/shirt", "title2category", "kemeja", ("wanita", "cat/dress")),
-    ("prod/5", "translation", "thun áo", ("batik kulit", "prod/1")),
+    ("prod/5", "title2title", "thun áo", ("batik kulit", "prod/1")),
 ]
 ANCHORS = ["kemeja pria", "batik kemeja", "casing ponsel", "thun áo", "sepatu kasut", "ponsel", "kemeja wanita", "áo"]
 

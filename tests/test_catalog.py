@@ -172,7 +172,7 @@ def test_readers_see_committed_state_while_a_writer_runs(tmp_path):
         with cat.run("ingest", {}):
             add(500, 0, "th")
             print("ready", flush=True)
-            for i in range(1, 400):   # keeps committing while the readers read
+            for i in range(1, 100000):   # keeps committing while the readers read (until the test kills it)
                 add(10, 100000 + 10 * i, "vi")
                 time.sleep(0.05)
     """)
