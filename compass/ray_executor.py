@@ -27,6 +27,7 @@ path on every node.
 from __future__ import annotations
 
 import io
+import re
 import socket
 import sys
 import tempfile
@@ -200,16 +201,32 @@ def execute_ray(cat: Catalog, stage: Stage, sel: Selection, summary: Any, *, pro
         # Results arrive in input order, so a shard is complete once a later one shows up: commit it then (a
         # killed driver keeps every committed shard, as the local executor keeps its batches).
         parts: dict[int, dict[tuple[int, str], bytes]] = {}
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            for shard, first, rows, table, data in zip(*(batch[c].to_pylist() for c in RESULT_COLUMNS)):
-                parts.setdefault(shard, {})[(first, table)] = data
-                summary.read += rows
-            for shard in sorted(parts)[:-1]:
-                _commit_shard(cat, stage, parts.pop(shard), summary)
+        try:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                for shard, first, rows, table, data in zip(*(batch[c].to_pylist() for c in RESULT_COLUMNS)):
+                    parts.setdefault(shard, {})[(first, table)] = data
+                    summary.read += rows
+                for shard in sorted(parts)[:-1]:
+                    _commit_shard(cat, stage, parts.pop(shard), summary)
+        except Exception as e:
+            raise _user_error(e) from None
         for shard in sorted(parts):
             _commit_shard(cat, stage, parts[shard], summary)
         commit(cat, stage, stage.finish(), summary)
     return True
+
+
+def _user_error(e: BaseException) -> BaseException:
+    """The stage's own CompassError (one line for the CLI) out of Ray's wrappers; anything else as Ray raised it."""
+    seen, cur = set(), e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, CompassError):
+            return CompassError(str(cur))
+        seen.add(id(cur))
+        cur = getattr(cur, "cause", None) or cur.__cause__
+    # Ray keeps a worker's exception chain only as the text of its traceback.
+    found = re.findall(r"^\s*compass\.errors\.CompassError: (.+)$", str(e), flags=re.M)
+    return CompassError(found[-1]) if found else e
 
 
 def _commit_shard(cat: Catalog, stage: Stage, outputs: dict[tuple[int, str], bytes], summary: Any) -> None:

@@ -222,3 +222,23 @@ def test_a_recipe_on_ray_gives_the_local_catalog(cluster, base, tmp_path, capsys
     assert "stage dedup is global: running on the driver" in err and "cannot be shipped" not in err
     sizes = assert_same_catalogs(cats["local"], cats["ray"])
     assert sizes["splits"] == sizes["examples"] > 1000
+
+
+class Refuses(DiesOnce):
+    def process(self, batch):
+        raise CompassError(f"{self.marker}: bad rule file, line 3: fix it")
+
+
+def test_a_stage_error_on_a_worker_reaches_the_driver_as_one_line(cluster, base, tmp_path):
+    from compass.ray_executor import execute_ray
+
+    path = _copy(base, tmp_path)
+    compass.run(path, "structured", {"seed": 3}, progress=False)
+    st = build_stage("quality")
+    with Catalog(path) as cat:
+        sel = st.select(None)
+        summary = RunSummary(None, st.name, st.params_hash)
+        with pytest.raises(CompassError) as err:
+            execute_ray(cat, Refuses(st, "rules.yaml"), sel, summary, progress=False)
+        assert str(err.value) == "rules.yaml: bad rule file, line 3: fix it"
+        assert cat.scalar("SELECT count(*) FROM decisions") == 0
