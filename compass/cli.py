@@ -220,7 +220,7 @@ def run_recipe(
     executor: Annotated[str, typer.Option("--executor", help="local, or ray: shardable stages run as Ray Data "
                                                              "tasks (needs the ray extra).")] = "local",
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster: auto (the one `ray start` "
-                                                                     "joined), HOST:PORT or ray://HOST:PORT.",
+                                                                     "joined) or the head's HOST:PORT.",
                                                    show_default="a new local Ray")] = None,
 ) -> None:
     """Run a recipe: its steps in order, skipping those already finished with the same parameters."""

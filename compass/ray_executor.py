@@ -75,7 +75,7 @@ def _say(line: str) -> None:
 
 
 def connect(address: str | None = None) -> Any:
-    """Connect to Ray: the session already open, else `address` ('auto', 'HOST:PORT', 'ray://HOST:PORT'), else
+    """Connect to Ray: the session already open, else `address` ('auto' or the head's 'HOST:PORT'), else
     a new local cluster. An address that does not answer fails in seconds, naming it (ray.init would wait)."""
     ray = require_ray()
     if ray.is_initialized():
@@ -83,12 +83,15 @@ def connect(address: str | None = None) -> Any:
     if address in (None, "", "local"):
         ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
         return ray
+    if "://" in address:
+        # Ray Client runs the driver's work on the head node, which cannot read the shards this process writes.
+        raise CompassError(f"Ray address {address!r}: Ray Client (ray://) is not supported: run compass on a node "
+                           f"of the cluster (`ray start --address HEAD:PORT` there) with --address auto")
     if address != "auto":
-        hostport = address.split("://", 1)[-1]
-        host, _, port = hostport.rpartition(":")
+        host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
-            raise CompassError(f"Ray address {address!r}: expected HOST:PORT (as `ray start --head` prints), "
-                               f"ray://HOST:PORT or auto")
+            raise CompassError(f"Ray address {address!r}: expected HOST:PORT (as `ray start --head` prints) or "
+                               f"auto")
         try:
             socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
         except OSError as e:

@@ -95,6 +95,8 @@ def test_an_address_that_does_not_answer_fails_fast_naming_it(tmp_path):
     assert time.monotonic() - t0 < 10
     with pytest.raises(CompassError, match="expected HOST:PORT"):
         connect("nowhere")
+    with pytest.raises(CompassError, match="Ray Client .ray://. is not supported"):
+        connect(f"ray://127.0.0.1:{port}")
 
 
 def test_ray_missing_names_the_extra(base, tmp_path, monkeypatch):
