@@ -19,9 +19,17 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    """`autoload=False` for a vocabulary whose entries all register in one module (losses, tasks): a lookup then
+    imports no stage module."""
+
+    def __init__(self, kind: str, autoload: bool = True):
         self.kind = kind
+        self.autoload = autoload
         self._items: dict[str, T] = {}
+
+    def _load(self) -> None:
+        if self.autoload:
+            load_all()
 
     def register(self, obj: T | None = None, *, name: str | None = None) -> Any:
         """`@registry.register` (uses `obj.name`) or `registry.register(obj, name="x")`."""
@@ -36,7 +44,7 @@ class Registry(Generic[T]):
         return add(obj) if obj is not None else add
 
     def get(self, key: str) -> T:
-        load_all()
+        self._load()
         try:
             return self._items[key]
         except KeyError:
@@ -48,19 +56,21 @@ class Registry(Generic[T]):
         return f"unknown {self.kind} {key!r}{hint}: use one of {', '.join(sorted(self._items)) or '(none)'}"
 
     def __contains__(self, key: str) -> bool:
-        load_all()
+        self._load()
         return key in self._items
 
     def __iter__(self) -> Iterator[str]:
-        load_all()
+        self._load()
         return iter(sorted(self._items))
 
     def items(self) -> list[tuple[str, T]]:
-        load_all()
+        self._load()
         return sorted(self._items.items())
 
 
 stages: Registry[type] = Registry("stage")
+# Training losses: name -> factory(model, cfg, task_ids, gather) (they register in compass.train.trainer).
+losses: Registry[Callable] = Registry("loss", autoload=False)
 
 # Modules that register stages (and other vocabularies) at import time. A missing module is a bug: it raises.
 MODULES: list[str] = [

@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from compass.errors import CompassError
 from compass.models import resolve_model
+from compass.registry import losses
+from compass.train.losses import make_loss, task_policy_for  # noqa: F401  (registers the losses)
+from compass.train.model_setup import freeze_lower_layers, training_prompts, transformer_module
 
 if TYPE_CHECKING:  # the catalog (duckdb, polars) is needed to prepare, not to fit (a GPU box may lack them)
     from compass.catalog.db import Catalog
@@ -74,8 +77,8 @@ class TrainConfig:
     overwrite: bool = False  # discard checkpoints of another config in OUT
 
     def __post_init__(self) -> None:
-        if self.loss not in ("cam", "infonce"):
-            raise CompassError(f"--loss {self.loss!r}: use cam or infonce")
+        if self.loss not in losses:
+            raise CompassError(f"--loss {self.loss!r}: {losses.unknown(self.loss)}")
         if self.task_policy not in ("default", "none"):
             raise CompassError(f"--task-policy {self.task_policy!r}: use default or none")
         if self.batch_dedup not in ("anchor", "text"):
@@ -98,91 +101,6 @@ class TrainConfig:
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (STATIC_LR if self.base == "static" else TRANSFORMER_LR)
-
-
-def task_policy_for(task_ids: dict[str, int], policy: str) -> dict[str, set[str]] | None:
-    """'default': a bare category label is a meaningless negative for every anchor that is not a title being
-    categorised (a query's softmax should not be spent pushing it away from "Fashion > Shoes")."""
-    if policy == "none" or "title2category" not in task_ids:
-        return None
-    return {t: {"title2category"} for t in task_ids if t != "title2category"}
-
-
-def make_loss(model, cfg: TrainConfig, task_ids: dict[str, int], gather: bool):
-    if cfg.loss == "infonce":
-        from sentence_transformers.sentence_transformer.losses import (
-            CachedMultipleNegativesRankingLoss,
-            MultipleNegativesRankingLoss,
-        )
-
-        kw: dict[str, Any] = {"scale": 1.0 / cfg.temperature, "gather_across_devices": gather}
-        if cfg.symmetric:
-            kw.update(directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction")
-        if cfg.cached:
-            return CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size, **kw)
-        return MultipleNegativesRankingLoss(model, **kw)
-    from compass.train.cam_loss import CachedCAMLoss, CAMLoss
-
-    kw = {"temperature": cfg.temperature, "symmetric": cfg.symmetric, "gather_across_devices": gather,
-          "task_policy": task_policy_for(task_ids, cfg.task_policy), "task_ids": task_ids}
-    if cfg.cached:
-        return CachedCAMLoss(model, mini_batch_size=cfg.mini_batch_size, **kw)
-    return CAMLoss(model, **kw)
-
-
-def training_prompts(model, columns: list[str]) -> dict[str, str] | None:
-    """Per-column prompts for the trainer: the model's query prompt for the anchor, its document prompt (the first
-    of document / passage / corpus, as ``encode_document`` picks) for the positive and negatives; None when the
-    model has neither (it then trains on the bare texts, as before)."""
-    prompts = getattr(model, "prompts", None) or {}
-    query = prompts.get("query") or None
-    doc = next((prompts[n] for n in ("document", "passage", "corpus") if prompts.get(n)), None)
-    if not query and not doc:
-        return None
-    out = {c: (query if c == "anchor" else doc) for c in columns if c != "label"}
-    return {c: p for c, p in out.items() if p}
-
-
-def transformer_module(model):
-    """The model's first module when it is a transformers-backed one (None for StaticEmbedding)."""
-    first = model[0]
-    return first if hasattr(first, "auto_model") else None
-
-
-def encoder_layers(auto_model) -> list:
-    """The transformer blocks, bottom first, of a BERT/XLM-R-style (encoder.layer) or decoder-style (layers) model."""
-    for path in (("encoder", "layer"), ("layers",), ("model", "layers"), ("transformer", "layer")):
-        obj = auto_model
-        for name in path:
-            obj = getattr(obj, name, None)
-        if obj is not None:
-            return list(obj)
-    raise CompassError(f"--freeze-layers: cannot find the transformer layers of {type(auto_model).__name__} "
-                       "(looked for encoder.layer and layers); train without --freeze-layers")
-
-
-def freeze_lower_layers(auto_model, n: int) -> int:
-    """Freeze the embedding block (word, position, type, LayerNorm) and the lowest n blocks; returns the frozen count.
-
-    Fine-tuning only the top of an encoder keeps the lower layers' general features exactly as pretrained (a
-    standard remedy for forgetting), and backward stops at the first trainable block: with 8 of e5-small's 12
-    blocks frozen, a step's backward covers 4 blocks instead of 12.
-    """
-    layers = encoder_layers(auto_model)
-    if n > len(layers):
-        raise CompassError(f"--freeze-layers {n}: the base has only {len(layers)} layers; give at most {len(layers)}")
-    frozen = [auto_model.get_input_embeddings()]
-    emb_block = getattr(auto_model, "embeddings", None)
-    if emb_block is not None:
-        frozen.append(emb_block)
-    frozen += layers[:n]
-    seen: set[int] = set()
-    for module in frozen:
-        for p in module.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                p.requires_grad_(False)
-    return sum(p.numel() for p in auto_model.parameters() if not p.requires_grad)
 
 
 def fit_device(cfg: TrainConfig) -> str:
