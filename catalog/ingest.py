@@ -261,3 +261,37 @@ def ingest_file(cat: Catalog, path: str | Path, lang: str, market: str, fmt: str
                 on_error: str = "fail", run_id: str | None = None, bulk: bool = True) -> IngestResult:
     """Validate every row of `path`, then insert the new products in one transaction."""
     return ingest_files(cat, [(path, lang, market)], fmt, on_error, run_id, bulk)[0]
+
+
+def ingest(catalog: Catalog | str | Path | None, files: list[str | Path] | None = None, lang: str | None = None,
+           market: str | None = None, fmt: str | None = None, on_error: str = "fail",
+           samples: bool = False) -> tuple[str, list[IngestResult]]:
+    """`compass ingest` as a function: check every file, write all new products in one transaction, under an
+    `ingest` run record (lineage). Returns (run id, one result per file).
+
+    Ingest is a source, not a catalog-fed stage: its input is files, and with on_error='fail' one bad row anywhere
+    must leave the catalog unchanged, so it commits once for the whole command rather than once per batch.
+    """
+    from compass.catalog.bundled import sample_files
+
+    if samples:
+        if files:
+            raise CompassError("give FILES or --samples, not both")
+        jobs = sample_files()
+    else:
+        if not files:
+            raise CompassError("no FILES given: pass product catalog files, or --samples for the bundled ones")
+        if not lang or not market:
+            raise CompassError("--lang and --market are required with FILES (e.g. --lang th --market TH)")
+        jobs = [(f, lang, market) for f in files]
+    cat = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
+    try:
+        with cat.run("ingest", {"files": [str(f) for f, _, _ in jobs], "lang": lang, "market": market,
+                                "format": fmt, "samples": samples, "on_error": on_error}) as run:
+            results = ingest_files(cat, jobs, fmt, on_error, run.id)
+            run.summary.update(new_products=sum(r.rows_new for r in results),
+                               changed_products=sum(r.rows_changed for r in results))
+        return run.id, results
+    finally:
+        if cat is not catalog:
+            cat.close()

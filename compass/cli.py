@@ -105,36 +105,19 @@ def ingest(
     catalog: CatalogOpt = None,
 ) -> None:
     """Ingest product catalog files. Fields: id, title*, category*, attributes, description, price, currency."""
-    from compass.catalog.bundled import sample_files
-    from compass.catalog.ingest import ingest_files
+    from compass.catalog.ingest import ingest as ingest_catalog
 
-    if samples:
-        if files:
-            raise CompassError("give FILES or --samples, not both")
-        jobs = sample_files()
-    else:
-        if not files:
-            raise CompassError("no FILES given: pass product catalog files, or --samples for the bundled ones")
-        if not lang or not market:
-            raise CompassError("--lang and --market are required with FILES (e.g. --lang th --market TH)")
-        jobs = [(f, lang, market) for f in files]
-    with Catalog(catalog) as cat, cat.run("ingest", {"files": [str(f) for f, _, _ in jobs], "lang": lang,
-                                                     "market": market, "format": fmt, "samples": samples,
-                                                     "on_error": on_error}) as run:
-        total_new = total_changed = 0
-        # All files are checked before any is written: one command, one transaction.
-        for f, res in zip([f for f, _, _ in jobs], ingest_files(cat, jobs, fmt, on_error, run.id)):
-            total_new += res.rows_new
-            total_changed += res.rows_changed
-            for p in res.problems:
-                console.print(f"[yellow]skipped[/] {p}", markup=True, highlight=False)
-            skipped = f", {res.problem_count} bad rows skipped" if res.problem_count else ""
-            dup = res.rows_valid - res.rows_new - res.rows_changed
-            changed = f", {res.rows_changed} changed (new versions; the old ones superseded)" if res.rows_changed \
-                else ""
-            console.print(f"{f}: {res.rows_new} new products{changed} ({dup} already in the catalog{skipped})",
-                          highlight=False)
-        run.summary.update(new_products=total_new, changed_products=total_changed)
+    with Catalog(catalog) as cat:
+        _, results = ingest_catalog(cat, files, lang, market, fmt, on_error, samples)
+    for res in results:
+        for p in res.problems:
+            console.print(f"[yellow]skipped[/] {p}", markup=True, highlight=False)
+        skipped = f", {res.problem_count} bad rows skipped" if res.problem_count else ""
+        dup = res.rows_valid - res.rows_new - res.rows_changed
+        changed = f", {res.rows_changed} changed (new versions; the old ones superseded)" if res.rows_changed \
+            else ""
+        console.print(f"{res.path}: {res.rows_new} new products{changed} ({dup} already in the catalog{skipped})",
+                      highlight=False)
 
 
 @app.command()
