@@ -138,7 +138,8 @@ def run_catalog(args, out) -> None:
     import torch
 
     from compass.catalog import Catalog
-    from compass.filters.mine_cache import duckdb_memory, stream_embeddings
+    from compass.catalog.db import duckdb_memory
+    from compass.filters.mine_cache import stream_embeddings
     from compass.filters.mine_search import stream_topk
 
     q, pos, _ = anchors(args.catalog, args.anchors)

@@ -96,6 +96,25 @@ def registered(con: duckdb.DuckDBPyConnection, name: str, data: Any) -> Iterator
         con.unregister(name)
 
 
+@contextlib.contextmanager
+def duckdb_memory(cat: Catalog, limit: str | None) -> Iterator[None]:
+    """DuckDB's memory_limit set to `limit` for the block, then restored.
+
+    DuckDB keeps the blocks it reads in its buffer pool, up to 80% of RAM by default: streaming a million cached
+    vectors (1.5 GB at dimension 384) would leave them all resident. Capped, it evicts them (they are clean,
+    on disk), so a process streaming a large table (mining pools, split) stays bounded however large it is.
+    """
+    if not limit:
+        yield
+        return
+    old = cat.con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    cat.con.execute(f"SET memory_limit = '{limit}'")
+    try:
+        yield
+    finally:
+        cat.con.execute(f"SET memory_limit = '{old}'")
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 

@@ -15,7 +15,6 @@ no vector under its role's key.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -225,25 +224,6 @@ def stream_embeddings(cat: Catalog, fp: str, table: str, dim: int, chunk: int = 
         flat = rb.column(1).flatten().to_numpy(zero_copy_only=False)
         yield (np.searchsorted(hashes, h).astype(np.int64),
                np.array(flat, dtype=np.float32).reshape(rb.num_rows, dim))
-
-
-@contextlib.contextmanager
-def duckdb_memory(cat: Catalog, limit: str | None) -> Iterator[None]:
-    """DuckDB's memory_limit set to `limit` for the block, then restored.
-
-    DuckDB keeps the blocks it reads in its buffer pool, up to 80% of RAM by default: streaming a million cached
-    vectors (1.5 GB at dimension 384) would leave them all resident. Capped, it evicts them (they are clean,
-    on disk), so the mining process stays bounded however large the pool.
-    """
-    if not limit:
-        yield
-        return
-    old = cat.con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
-    cat.con.execute(f"SET memory_limit = '{limit}'")
-    try:
-        yield
-    finally:
-        cat.con.execute(f"SET memory_limit = '{old}'")
 
 
 # --- the encode stage ------------------------------------------------------------------------------------------

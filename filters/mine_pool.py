@@ -27,9 +27,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from compass.catalog.db import Catalog, registered
+from compass.catalog.db import Catalog, duckdb_memory, registered
 from compass.errors import CompassError
-from compass.filters.mine_cache import duckdb_memory
 from compass.filters.mine_search import Sets, TextKeys
 from compass.tasks import category_class, item_class  # the class rules, in one place
 

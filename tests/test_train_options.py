@@ -15,33 +15,12 @@ from test_train import small_catalog  # noqa: F401 (fixture)
 from compass.catalog.db import Catalog
 
 
-def tiny_bert(path: Path, texts: list[str], prompts: dict | None, hidden: int = 32):
+def tiny_bert(path: Path, texts: list[str], prompts: dict | None, hidden: int = 32) -> Path:
     """A 2-layer random BERT whose WordPiece vocabulary is learnt from `texts` (+ the prompt words), saved as a
-    sentence-transformers folder with the given prompts and a 48-token limit."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    sentence-transformers folder with the given prompts and a 48-token limit (tests/support/tiny_encoder)."""
+    from support.tiny_encoder import build
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts + ["query: passage:"] * 5, trainers.WordPieceTrainer(vocab_size=400,
-                                                                                       special_tokens=specials))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    hf = path.parent / (path.name + "-hf")
-    BertTokenizerFast(tokenizer_object=tok).save_pretrained(hf)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=2,
-                         num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64)
-              ).save_pretrained(hf)
-    model = SentenceTransformer(modules=[Transformer(str(hf)), Pooling(hidden, "mean")], device="cpu",
-                                prompts=prompts)
-    model.max_seq_length = 48
-    model.save(str(path))
+    build(path, texts, hidden=hidden, normalize=False, prompts=prompts, vocab_size=400)
     return path
 
 

@@ -21,15 +21,13 @@ u < test + dev, else train. An example that arrives later gets its split by the 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from compass.catalog.db import Catalog, Run
+from compass.catalog.db import Catalog, Run, duckdb_memory
 from compass.errors import CompassError
 from compass.ids import params_hash
 from compass.registry import stages
@@ -108,16 +106,6 @@ WHERE NOT EXISTS (SELECT 1 FROM splits x WHERE x.example_id = e.id)
 """
 # DuckDB's own share while streaming: its hash tables (examples, products, splits) spill to disk above this.
 DUCKDB_MEMORY = "1GB"
-
-
-@contextlib.contextmanager
-def _memory_limit(cat: Catalog, limit: str) -> Iterator[None]:
-    old = cat.con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
-    cat.con.execute(f"SET memory_limit = '{limit}'")
-    try:
-        yield
-    finally:
-        cat.con.execute(f"SET memory_limit = '{old}'")
 
 
 def _assign(rows: list[dict], policy: SplitPolicy, run_id: str | None) -> pl.DataFrame:
@@ -210,7 +198,7 @@ def assign_splits(cat: Catalog, policy: SplitPolicy | None = None, run_id: str |
     stage = Split(SplitConfig(**asdict(policy)))
     stage.batch_size = batch_size
     # Streamed by the runner: Python holds one batch, DuckDB at most DUCKDB_MEMORY, whatever the catalog's size.
-    with _memory_limit(cat, DUCKDB_MEMORY):
+    with duckdb_memory(cat, DUCKDB_MEMORY):
         summary = execute(cat, stage, Run(run_id, "split", {}) if run_id else None, progress=False)
     added = summary.written.get("splits", 0)
     counts = {r["split"]: r["n"] for r in cat.query("SELECT split, count(*) AS n FROM splits GROUP BY split")}

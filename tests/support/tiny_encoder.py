@@ -14,7 +14,7 @@ MAX_SEQ_LENGTH = 48
 
 
 def build(path: Path, texts: list[str], hidden: int = 128, normalize: bool = True, pooling: str = "mean",
-          include_prompt: bool = True):
+          include_prompt: bool = True, prompts: dict | None = PROMPTS, vocab_size: int = 1500):
     """Save a random-weight model at `path`; returns the loaded SentenceTransformer."""
     import torch
     from sentence_transformers import SentenceTransformer
@@ -27,7 +27,7 @@ def build(path: Path, texts: list[str], hidden: int = 128, normalize: bool = Tru
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts + ["query: passage:"] * 5, trainers.WordPieceTrainer(vocab_size=1500,
+    tok.train_from_iterator(texts + ["query: passage:"] * 5, trainers.WordPieceTrainer(vocab_size=vocab_size,
                                                                                        special_tokens=specials))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
@@ -40,7 +40,7 @@ def build(path: Path, texts: list[str], hidden: int = 128, normalize: bool = Tru
               ).save_pretrained(hf)
     modules = [Transformer(str(hf)), Pooling(hidden, pooling, include_prompt=include_prompt)]
     model = SentenceTransformer(modules=modules + ([Normalize()] if normalize else []), device="cpu",
-                                prompts=PROMPTS)
+                                prompts=prompts)
     model.max_seq_length = MAX_SEQ_LENGTH
     model.save(str(path))
     return model
