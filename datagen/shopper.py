@@ -163,21 +163,48 @@ _JOINERS = {"\u17d2", "\u1039"}
 _NO_START = set("ะาำๅະາຳ")
 
 
-def _typo_positions(text: str) -> list[int]:
+# A neighbour typo keeps the cluster well formed: a key is replaced only by a neighbouring key of the same class (a
+# consonant by a consonant, an above-vowel by an above-vowel, a Khmer dependent vowel by another), so no syllable
+# gets a vowel sign with no consonant, or two signs in one slot. Classes follow where the sign sits in the cluster.
+# A letter of another script (Latin, Vietnamese, ...) is class "letter"; the rest (digits, joiners, asat, ๆ, ...) is
+# never replaced.
+_KEY_CLASSES = {
+    "th.consonant": "\u0e01-\u0e2e", "th.lead": "\u0e40-\u0e44", "th.follow": "\u0e30\u0e32\u0e33\u0e45",
+    "th.above": "\u0e31\u0e34-\u0e37\u0e47", "th.below": "\u0e38\u0e39", "th.tone": "\u0e48-\u0e4b",
+    "lo.consonant": "\u0e81-\u0eae\u0edc-\u0edf", "lo.lead": "\u0ec0-\u0ec4", "lo.follow": "\u0eb0\u0eb2\u0eb3",
+    "lo.above": "\u0eb1\u0eb4-\u0eb7\u0ebb\u0ecd", "lo.below": "\u0eb8\u0eb9", "lo.tone": "\u0ec8-\u0ecb",
+    "km.consonant": "\u1780-\u17a2", "km.independent": "\u17a3-\u17b3", "km.vowel": "\u17b6-\u17c5",
+    "km.final": "\u17c6-\u17c8", "km.above": "\u17c9-\u17d1\u17dd",
+    "my.consonant": "\u1000-\u1021", "my.independent": "\u1023-\u102a", "my.after": "\u102b\u102c",
+    "my.above": "\u102d\u102e\u1032", "my.below": "\u102f\u1030", "my.medial": "\u103b\u103c",
+}
+_KEY_CLASS = {ch: name for name, spec in _KEY_CLASSES.items()
+              for a, b in re.findall(r"(.)(?:-(.))?", spec) for ch in map(chr, range(ord(a), ord(b or a) + 1))}
+
+
+def key_class(ch: str) -> str | None:
+    """The class a neighbour typo must keep (see _KEY_CLASSES); None: never a typo target."""
+    if c := _KEY_CLASS.get(ch):
+        return c
+    return "letter" if ch.isalpha() and not ("\u0e00" <= ch <= "\u0eff" or "\u1000" <= ch <= "\u109f"
+                                            or "\u1780" <= ch <= "\u17ff") else None
+
+
+def _typo_positions(text: str, marks: bool = False) -> list[int]:
     """Letters inside words of 3+ characters (digits are model numbers: a typo there makes another product), not
-    next to a cluster joiner."""
+    next to a cluster joiner; with `marks`, vowel signs and tone marks too (a neighbour typo swaps them in place)."""
     pos = []
     for m in re.finditer(r"\S+", text):
         w = m.group()
         if len(w) >= 3:
-            pos += [m.start() + i for i, ch in enumerate(w) if ch.isalpha()
+            pos += [m.start() + i for i, ch in enumerate(w) if (ch.isalpha() or (marks and key_class(ch)))
                     and (i == 0 or w[i - 1] not in _JOINERS) and (i + 1 == len(w) or w[i + 1] not in _JOINERS)]
     return pos
 
 
 def typo_variants(text: str, kind: str, nb: dict[str, str]) -> list[str]:
     out = []
-    for i in _typo_positions(text):
+    for i in _typo_positions(text, marks=kind == "neighbour"):
         ch = text[i]
         if kind == "drop":
             # a letter carrying a vowel sign or tone mark: dropping it would hang the mark on the previous letter
@@ -188,9 +215,9 @@ def typo_variants(text: str, kind: str, nb: dict[str, str]) -> list[str]:
             out.append(text[:i] + text[i + 1:])
         elif kind == "double":
             out.append(text[:i] + ch + text[i:])
-        else:
+        elif kc := key_class(ch):
             for n in nb.get(ch.lower(), ""):
-                if n.isalpha():
+                if key_class(n) == kc:
                     out.append(text[:i] + (n.upper() if ch.isupper() else n) + text[i + 1:])
     return list(dict.fromkeys(o for o in out if o != text))
 
