@@ -89,7 +89,7 @@ def test_no_group_straddles_and_categories_stay_on_both_sides(tmp_path):
             assert all(len(v) == 1 for v in sides.values()), key
         # two sellers' listings of one item share a group
         item_groups = {s[e["id"]]["group_id"] for e in examples if e["class_id"] == "item:id:acme|m0"}
-        assert item_groups == {"item:id:acme|m0"}
+        assert item_groups == {"item:*:acme|m0"}
         # title2category: grouped by product, not category, so each category is in train and in test
         for c in CATS:
             sides = {s[e["id"]]["split"] for e in examples if e["positive"] == c}
@@ -162,3 +162,49 @@ def test_streamed_assignment_equals_the_in_memory_one(tmp_path):
         assert res["added"] == len(expected) == len(examples) + 2
         assert got == expected
         assert len({s for s, _ in got.values()}) == 3
+
+
+def _two_language_item(path: Path) -> None:
+    """The same brand + model listed in Indonesian and in Thai (two products, two languages, one item)."""
+    with Catalog(path, create=True) as cat, cat.transaction() as con:
+        for i in range(40):
+            for lang in ("id", "th"):
+                con.execute("INSERT INTO products (id, lang, market, title, category, attributes) VALUES "
+                            "(?, ?, ?, ?, 'Phones', ?)", [f"{lang}{i}", lang, lang.upper(), f"Phone X{i} {lang}",
+                                                         json.dumps({"brand": "Acme", "model": f"X{i}"})])
+                con.execute("INSERT INTO examples (id, route, lang, task, anchor, positive, class_id, product_id) "
+                            "VALUES (?, 'structured', ?, 'query2title', ?, ?, ?, ?)",
+                            [f"e-{lang}{i}", lang, f"acme x{i}", f"Phone X{i} {lang}",
+                             f"item:{lang}:acme|x{i}", f"{lang}{i}"])
+
+
+def test_one_item_in_two_languages_lands_on_one_side(tmp_path):
+    """product-v2: the item key leaves the language out, so a Thai listing is never tested while its Indonesian
+    twin trains; product-v1 (catalogs split before) keyed items per language and let them straddle."""
+    _two_language_item(tmp_path / "c.duckdb")
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        assign_splits(cat, SplitPolicy(test=0.3, dev=0.2, seed=1))
+        s = _splits(cat)
+        assert all(s[f"e-id{i}"]["split"] == s[f"e-th{i}"]["split"] for i in range(40))
+        assert s["e-th0"]["group_id"] == "item:*:acme|x0"
+        assign_splits(cat, SplitPolicy(test=0.3, dev=0.2, seed=1, grouping="product-v1"), reset=True)
+        s = _splits(cat)
+        assert s["e-th0"]["group_id"] == "item:th:acme|x0"
+        assert any(s[f"e-id{i}"]["split"] != s[f"e-th{i}"]["split"] for i in range(40))  # the leak v2 closes
+
+
+def test_a_catalog_keeps_its_grouping_until_reset(tmp_path):
+    path = tmp_path / "c.duckdb"
+    _two_language_item(path)
+    with Catalog(path) as cat:  # split by an older compass
+        assign_splits(cat, SplitPolicy(test=0.3, dev=0.2, seed=1, grouping="product-v1"))
+    out = run_cli("split", catalog=path)
+    assert "0 examples newly assigned" in out.stderr
+    with Catalog(path) as cat:
+        assert {r["grouping"] for r in cat.query("SELECT grouping FROM split_policies")} == {"product-v1"}
+    run_cli("split", "--reset", catalog=path)
+    with Catalog(path) as cat:
+        assert cat.query("SELECT grouping FROM split_policies")[0]["grouping"] == "product-v2"
+        assert cat.query("SELECT group_id FROM splits WHERE example_id = 'e-th3'")[0]["group_id"] == "item:*:acme|x3"
+    with pytest.raises(CompassError, match="grouping"):
+        SplitPolicy(grouping="by-brand")

@@ -24,12 +24,14 @@ def split(
 ) -> None:
     """Split examples into train/dev/test by product, item and translation group (incremental: only new
     examples get a split, by the same rule)."""
-    from compass.train.splits import SplitPolicy, active_policy, assign_splits, split_sizes
+    from compass.train.splits import GROUPING, SplitPolicy, active_policy, assign_splits, split_sizes
 
     with Catalog(catalog) as cat, cat.run("split", {"test": test, "dev": dev, "seed": seed, "reset": reset}) as run:
         current = active_policy(cat) or SplitPolicy()
+        # A catalog keeps the grouping it was split with; --reset redoes every split, so it takes the current one.
         policy = SplitPolicy(test=current.test if test is None else test, dev=current.dev if dev is None else dev,
-                             seed=current.seed if seed is None else seed)
+                             seed=current.seed if seed is None else seed,
+                             grouping=GROUPING if reset else current.grouping)
         res = assign_splits(cat, policy, run.id, reset=reset)
         run.summary.update(res)
         sizes = split_sizes(cat)

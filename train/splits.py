@@ -1,11 +1,15 @@
 """Held-out splits by group: no product, item or translation group ever straddles train / dev / test.
 
-The group of an example (GROUPING = "product-v1"):
+The group of an example (GROUPING = "product-v2"):
 
 1. the product it comes from, found through ``product_id``, else through its source example (translations), else
    through any example of its translation group, and lifted to the *item* when the product names a brand + model
-   (``item:<lang>:<brand>|<model>``, the one rule, ``compass.tasks.item_class``): two sellers'
-   listings of one item are valid positives of each other's queries, so they go to the same side;
+   (``compass.tasks.item_class``): two sellers' listings of one item are valid positives of each other's queries,
+   so they go to the same side. The split's item key leaves the language out (``item:*:<brand>|<model>``): the same
+   phone listed in Thai and in Vietnamese is one item, and with a key per language ("product-v1", the grouping of
+   catalogs split before) the Vietnamese listing could train while the Thai one was tested. On the demo catalog
+   158 of 169 held-out products had their brand + model in another language's training data that way. A catalog
+   keeps the grouping it was split with; `compass split --reset` moves it to the current one;
 2. else its translation group (an example with no product);
 3. else its class id; else the example itself.
 
@@ -35,7 +39,8 @@ from compass.runner import execute
 from compass.stage import Selection, Stage
 from compass.tasks import item_class
 
-GROUPING = "product-v1"
+GROUPING = "product-v2"
+GROUPINGS = ("product-v1", "product-v2")  # v1: item key per language (catalogs split before v2 keep it)
 SPLITS = ("train", "dev", "test")
 
 
@@ -60,6 +65,8 @@ class SplitPolicy:
         if not (0 <= self.test < 1 and 0 <= self.dev < 1 and self.test + self.dev < 1):
             raise CompassError(f"split fractions test={self.test} dev={self.dev}: each must be in [0, 1) and their "
                                "sum below 1 (e.g. --test 0.05 --dev 0.05)")
+        if self.grouping not in GROUPINGS:
+            raise CompassError(f"split grouping {self.grouping!r}: use one of {', '.join(GROUPINGS)}")
 
     @property
     def hash(self) -> str:
@@ -72,14 +79,17 @@ class SplitPolicy:
         return "test" if u < self.test else "dev" if u < self.test + self.dev else "train"
 
 
-def _item_or_product(pid: str, lang: str | None, attributes) -> str:
-    return item_class({"id": pid, "lang": lang, "attributes": attributes})  # the one rule: compass/tasks.py
+def _item_or_product(pid: str, lang: str | None, attributes, grouping: str = GROUPING) -> str:
+    group = item_class({"id": pid, "lang": lang, "attributes": attributes})  # the one rule: compass/tasks.py
+    if grouping != "product-v1" and group.startswith("item:"):
+        return "item:*:" + group.split(":", 2)[2]  # one item across languages and markets (see the docstring)
+    return group
 
 
-def group_of(row: dict) -> str:
+def group_of(row: dict, grouping: str = GROUPING) -> str:
     """Group id of one example row with keys id, class_id, translation_group, pid, p_lang, p_attributes."""
     if row.get("pid"):
-        return _item_or_product(row["pid"], row.get("p_lang"), row.get("p_attributes"))
+        return _item_or_product(row["pid"], row.get("p_lang"), row.get("p_attributes"), grouping)
     if row.get("translation_group"):
         return f"translation:{row['translation_group']}"
     if row.get("class_id"):
@@ -118,7 +128,7 @@ def _assign(rows: list[dict], policy: SplitPolicy, run_id: str | None) -> pl.Dat
                                                                            r["class_id"], r["id"])
         g = group_memo.get(k)
         if g is None:
-            g = group_memo[k] = group_of(r)
+            g = group_memo[k] = group_of(r, policy.grouping)
         s = side_memo.get(g)
         if s is None:
             s = side_memo[g] = policy.side(g)
@@ -151,8 +161,8 @@ class Split(Stage):
         active = active_policy(cat)
         if active is not None and active != self.policy:
             raise CompassError(f"the catalog's splits were made with test={active.test} dev={active.dev} "
-                               f"seed={active.seed}: run the split stage with the same values, or "
-                               "`compass split --reset` to redo every split")
+                               f"seed={active.seed} grouping={active.grouping}: run the split stage with the same "
+                               "values, or `compass split --reset` to redo every split")
 
     def process(self, batch: pl.DataFrame) -> dict[str, pl.DataFrame]:
         p = self.policy
@@ -184,8 +194,9 @@ def assign_splits(cat: Catalog, policy: SplitPolicy | None = None, run_id: str |
     policy = policy or active or SplitPolicy()
     if active is not None and active != policy and not reset:
         raise CompassError(
-            f"the catalog's splits were made with test={active.test} dev={active.dev} seed={active.seed}; "
-            f"asked for test={policy.test} dev={policy.dev} seed={policy.seed}: pass the same values, or --reset "
+            f"the catalog's splits were made with test={active.test} dev={active.dev} seed={active.seed} "
+            f"grouping={active.grouping}; asked for test={policy.test} dev={policy.dev} seed={policy.seed} "
+            f"grouping={policy.grouping}: pass the same values, or --reset "
             "to redo every split (models trained before keep their old split in their cards)")
     if reset or active is None:
         with cat.transaction() as con:
