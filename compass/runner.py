@@ -25,7 +25,7 @@ import polars as pl
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from compass.catalog.db import Catalog, Run
+from compass.catalog.db import Catalog, Run, duckdb_memory
 from compass.stage import Stage
 
 
@@ -156,6 +156,8 @@ def execute(cat: Catalog, stage: Stage, rec: Run | None, *, langs: list[str] | N
     # MVCC gives the reader the snapshot it started with, so what this run writes never reappears as pending.
     reader = cat.con.cursor()
     bar = tqdm(total=total, desc=stage.name, unit=stage.unit, disable=not progress, leave=False)
+    capped = duckdb_memory(cat, stage.duckdb_memory)   # the selection's sorts and joins spill past it
+    capped.__enter__()
     try:
         batches = reader.execute(sel.sql, sel.params).to_arrow_reader(stage.batch_size)
         for rb in batches:
@@ -169,6 +171,7 @@ def execute(cat: Catalog, stage: Stage, rec: Run | None, *, langs: list[str] | N
     finally:
         bar.close()
         reader.close()
+        capped.__exit__(None, None, None)
     summary.nothing_to_do = summary.read == 0
     summary.seconds = round(time.perf_counter() - t0, 3)
     return summary

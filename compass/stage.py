@@ -71,6 +71,9 @@ class Stage(ABC):
     # A stage fed by something other than a catalog selection (an LLM backend streaming answers) names the
     # function that replaces the runner's loop, as "module:function" with `execute`'s signature.
     executor: ClassVar[str | None] = None
+    # DuckDB's memory_limit while the runner streams the selection and commits the batches (None: the connection's
+    # own, 80% of RAM by default): a selection that sorts or joins the whole pending set then spills, not grows.
+    duckdb_memory: ClassVar[str | None] = None
 
     def __init__(self, config: BaseModel | dict | None = None, **overrides: Any):
         if config is None:

@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from compass.catalog.db import Catalog, registered
-from compass.filters.base import Filter, FilterConfig, Verdict, pending_selection, pending_where
+from compass.catalog.db import Catalog, duckdb_memory, registered
+from compass.filters.base import Filter, FilterConfig, Verdict, pending_where
 from compass.filters.dedup_signatures import (
     FIELDS,
     LINK_KEY,
@@ -40,12 +40,16 @@ from compass.filters.dedup_signatures import (
     signature_rows,
     sql_hex,
 )
+from compass.filters.dedup_state import LangState, SigStore
 from compass.filters.minhash import EMPTY, estimate, first_seen, permutations, signatures
 from compass.registry import stages
 from compass.stage import Selection
 from compass.text import normalized_hash, shingles
 
 MEMBER_KEY = ("example_id", "field", "params_hash")
+DUCKDB_MEMORY = "1GB"     # DuckDB's memory_limit while the stage runs: its sort and joins spill beyond it; the rows
+# written since the last checkpoint (up to 256 MB of WAL, and their index entries) stay in memory, hence not less
+PREPARE_CHUNK = 50_000    # stored members read per chunk in `prepare`
 MEMBER_SCHEMA = {"example_id": pl.Utf8, "field": pl.Utf8, "scope": pl.Utf8, "text_hash": pl.Utf8,
                  "shingling": pl.Utf8, "seq": pl.Int64, "cluster_id": pl.Utf8, "dup_of": pl.Utf8,
                  "exact": pl.Boolean}
@@ -79,8 +83,8 @@ class NearDupIndex:
     def load(self, keys: list, hashes: list[str], sigs: np.ndarray, cluster_keys: list, dup_of: list) -> None:
         """Restore an earlier run's state (in its order) without re-judging it."""
         for k, h, c in zip(keys, hashes, cluster_keys):
-            self.first_by_hash.setdefault(h, k)
-            self.cluster_of[k] = c
+            if self.first_by_hash.setdefault(h, k) == k:
+                self.cluster_of[k] = c
         lsh = [i for i, d in enumerate(dup_of) if d is None or not self._exact_dup(keys[i], hashes[i])]
         lsh = [i for i in lsh if not (sigs[i] == EMPTY).all()]
         self.keys += [keys[i] for i in lsh]
@@ -120,7 +124,8 @@ class NearDupIndex:
         out = []
         for k, (dup, exact, score) in zip(keys, res):  # in order: a duplicate's original already has its cluster
             c = k if dup is None else self.cluster_of[dup]
-            self.cluster_of[k] = c
+            if not exact:  # only a text's first copy can be matched later: exact copies need no entry
+                self.cluster_of[k] = c
             out.append((dup, exact, c, score))
         return out
 
@@ -137,78 +142,123 @@ def dedup_texts(texts: list[str], lang: str, threshold: float = 0.8, num_perm: i
 class Dedup(Filter):
     """Rejects anchors that (near-)duplicate an earlier anchor of the same (lang, task); clusters positives.
 
-    Global (first-seen order over the whole catalog): the runner feeds it every pending batch in order, in one
-    process. `prepare` loads the stored members of the scopes this run touches; the selection joins each
-    example's stored signatures (`dedup_signatures` stage), and only examples not signed yet are signed here.
+    Global (first-seen order within each scope): the runner feeds it every pending batch in order, in one process.
+    Examples signed by the `dedup_signatures` stage get their stored signatures; only the others are signed here.
+    Every scope lies within one language and the selection comes ordered by language first, so only the state of
+    the current batch's languages is in memory (`compass.filters.dedup_state`): the peak holds one language's
+    distinct texts, not the catalog's. `prepare` reads that state per language (stored members rebuilt into
+    indexes, stored signatures of the pending texts) into a temporary folder; `finish` removes it.
     """
 
     name: ClassVar[str] = "dedup"
     Config = DedupConfig
     shardable: ClassVar[bool] = False
     batch_size: ClassVar[int] = 20000
+    duckdb_memory: ClassVar[str | None] = DUCKDB_MEMORY
     writes: ClassVar[dict[str, tuple[str, ...]]] = {
         "decisions": ("example_id", "stage", "params_hash"), "dedup_members": MEMBER_KEY,
         "minhash_signatures": SIG_KEY, "example_signatures": LINK_KEY}
 
     def __init__(self, config: DedupConfig | dict | None = None, **overrides: Any):
         super().__init__(config, **overrides)
-        self.indexes: dict[tuple[str, str], NearDupIndex] = {}
+        self.state = LangState()        # indexes and signature stores of the languages of the current batch
         self.seq: dict[tuple[str, str], int] = {}
         self._perms = None
         self._langs: list[str] | None = None
 
+    @property
+    def indexes(self) -> dict[tuple[str, str], NearDupIndex]:
+        return self.state.indexes
+
     def fields(self) -> tuple[str, ...]:
         return FIELDS if self.config.cluster_positives else FIELDS[:1]
 
-    def select(self, langs: list[str] | None = None) -> Selection:
-        self._langs = langs
+    def _joins(self) -> str:
         sp = sql_hex(self.config.sig_params())
-        cols, joins = ["e.id", "e.lang", "e.task", "e.anchor", "e.positive", "e.created_at"], []
+        # Literal field names and a checked hex hash: nothing here comes from the user.
+        return " ".join(f"LEFT JOIN example_signatures l_{f} ON l_{f}.example_id = e.id AND l_{f}.field = '{f}' "
+                        f"AND l_{f}.sig_params = {sp} LEFT JOIN minhash_signatures s_{f} ON s_{f}.text_hash = "
+                        f"l_{f}.text_hash AND s_{f}.shingling = l_{f}.shingling AND s_{f}.sig_params = {sp}"
+                        for f in self.fields())
+
+    def select(self, langs: list[str] | None = None) -> Selection:
+        # Narrow on purpose: DuckDB holds a streamed sort's payload in memory, so the signatures (`prepare` reads
+        # them per language) and the texts already signed stay out of it.
+        self._langs = langs
+        cols = ["e.id", "e.lang", "e.task", "e.created_at"]
         for f in self.fields():
-            # Literal field names and a checked hex hash: nothing here comes from the user.
-            joins.append(f"LEFT JOIN example_signatures l_{f} ON l_{f}.example_id = e.id AND l_{f}.field = '{f}' "
-                         f"AND l_{f}.sig_params = {sp} LEFT JOIN minhash_signatures s_{f} ON s_{f}.text_hash = "
-                         f"l_{f}.text_hash AND s_{f}.shingling = l_{f}.shingling AND s_{f}.sig_params = {sp}")
-            cols += [f"l_{f}.text_hash AS {f}_hash", f"s_{f}.signature AS {f}_sig"]
-        return pending_selection(self.name, self.params_hash, langs, columns=", ".join(cols), joins=" ".join(joins))
+            cols += [f"CASE WHEN s_{f}.text_hash IS NULL THEN e.{f} END AS {f}", f"l_{f}.text_hash AS {f}_hash",
+                     f"s_{f}.text_hash IS NOT NULL AS {f}_signed"]
+        where, params = pending_where(self.name, self.params_hash, langs)
+        return Selection(f"SELECT {', '.join(cols)} FROM examples e {self._joins()} {where} "
+                         "ORDER BY e.lang, e.created_at, e.id", params, f"SELECT count(*) FROM examples e {where}")
 
     def setup(self) -> None:
         if self._perms is None:
             self._perms = permutations(self.config.num_perm, self.config.seed)
 
     def prepare(self, cat: Catalog) -> None:
-        """Load the stored members (and their signatures) of every scope this run touches."""
+        """Per language touched: the stored members (and signatures) of its scopes, rebuilt into indexes, and the
+        stored signatures of its pending examples' texts; each language parked in a file until its first batch,
+        so this holds one language at a time too (DuckDB reads in chunks, under DUCKDB_MEMORY)."""
+        self.state.close()
         where, params = pending_where(self.name, self.params_hash, self._langs)
         touched = cat.query(f"SELECT DISTINCT e.lang, e.task FROM examples e {where}", params)
-        scopes = {("anchor", f"{r['lang']}/{r['task']}") for r in touched}
+        scopes = {(r["lang"], "anchor", f"{r['lang']}/{r['task']}") for r in touched}
         if self.config.cluster_positives:
-            scopes |= {("positive", r["lang"]) for r in touched}
-        for field, scope in sorted(scopes):
-            rows = cat.frame(
-                "SELECT m.example_id, m.text_hash, m.cluster_id, m.dup_of, m.seq, s.signature "
-                "FROM dedup_members m JOIN minhash_signatures s ON s.text_hash = m.text_hash "
-                "AND s.shingling = m.shingling AND s.sig_params = m.sig_params "
-                "WHERE m.field = ? AND m.scope = ? AND m.params_hash = ? ORDER BY m.seq",
-                [field, scope, self.params_hash])
-            idx = NearDupIndex(self.config.threshold, self.config.num_perm)
-            if rows.height:
-                idx.load(rows["example_id"].to_list(), rows["text_hash"].to_list(),
-                         decode(rows["signature"].to_list(), self.config.num_perm),
-                         [c.split(":", 1)[1] for c in rows["cluster_id"].to_list()], rows["dup_of"].to_list())
-                self.seq[(field, scope)] = int(rows["seq"].max()) + 1
-            self.indexes[(field, scope)] = idx
+            scopes |= {(r["lang"], "positive", r["lang"]) for r in touched}
+        by_lang: dict[str, list[tuple[str, str]]] = {}
+        for lang, field, scope in sorted(scopes):
+            by_lang.setdefault(lang, []).append((field, scope))
+        n = self.config.num_perm
+        with duckdb_memory(cat, DUCKDB_MEMORY):
+            for lang, keys in by_lang.items():
+                sp = sql_hex(self.config.sig_params())
+                fields = ", ".join(f"'{f}'" for f in self.fields())
+                reader = cat.con.execute(
+                    f"SELECT l.text_hash, any_value(s.signature) FROM examples e JOIN example_signatures l ON "
+                    f"l.example_id = e.id AND l.sig_params = {sp} AND l.field IN ({fields}) JOIN minhash_signatures s "
+                    f"ON s.text_hash = l.text_hash AND s.shingling = l.shingling AND s.sig_params = {sp} {where} "
+                    "AND e.lang = ? GROUP BY l.text_hash", [*params, lang]).to_arrow_reader(PREPARE_CHUNK)
+                self.state.add_store(lang, SigStore.from_chunks(
+                    ((rb.column(0).to_pylist(), rb.column(1).to_pylist()) for rb in reader), n))
+                indexes = {}
+                for field, scope in keys:
+                    idx = NearDupIndex(self.config.threshold, n)
+                    reader = cat.con.execute(
+                        "SELECT m.example_id, m.text_hash, m.cluster_id, m.dup_of, m.seq, s.signature "
+                        "FROM dedup_members m JOIN minhash_signatures s ON s.text_hash = m.text_hash "
+                        "AND s.shingling = m.shingling AND s.sig_params = m.sig_params "
+                        "WHERE m.field = ? AND m.scope = ? AND m.params_hash = ? ORDER BY m.seq",
+                        [field, scope, self.params_hash]).to_arrow_reader(PREPARE_CHUNK)
+                    for rb in reader:
+                        rows = pl.from_arrow(rb)
+                        if not isinstance(rows, pl.DataFrame) or not rows.height:
+                            continue
+                        idx.load(rows["example_id"].to_list(), rows["text_hash"].to_list(),
+                                 decode(rows["signature"].to_list(), n),
+                                 [c.split(":", 1)[1] for c in rows["cluster_id"].to_list()], rows["dup_of"].to_list())
+                        self.seq[(field, scope)] = int(rows["seq"].max()) + 1
+                    if idx.keys or idx.first_by_hash:
+                        indexes[(field, scope)] = idx
+                self.state.park_indexes(lang, indexes)
+
+    def finish(self) -> dict[str, pl.DataFrame]:
+        self.state.close()
+        return {}
 
     def _signatures(self, batch: pl.DataFrame, field: str) -> tuple[list[str], np.ndarray, list[pl.DataFrame]]:
         """Hashes and signatures of one field: stored ones from the selection's join, the rest signed here."""
         cfg, sp = self.config, self.config.sig_params()
         texts, langs = batch[field].to_list(), batch["lang"].to_list()
-        stored = batch[f"{field}_sig"].to_list() if f"{field}_sig" in batch.columns else [None] * batch.height
-        todo = [i for i, s in enumerate(stored) if s is None]
+        signed = batch[f"{field}_signed"].to_list() if f"{field}_signed" in batch.columns else [False] * batch.height
+        todo = [i for i, s in enumerate(signed) if not s]
         sigs = np.empty((batch.height, cfg.num_perm), dtype=np.uint32)
         hashes = batch[f"{field}_hash"].to_list() if f"{field}_hash" in batch.columns else [None] * batch.height
-        have = [i for i, s in enumerate(stored) if s is not None]
-        if have:
-            sigs[have] = decode([stored[i] for i in have], cfg.num_perm)
+        for lang in dict.fromkeys(langs):     # stored ones: from the language's store (read by `prepare`)
+            have = [i for i, (s, x) in enumerate(zip(signed, langs)) if s and x == lang]
+            if have:
+                sigs[have] = self.state.stores[lang].get([hashes[i] for i in have])
         new: list[pl.DataFrame] = []
         if todo:
             h, kinds, s, distinct = sign([texts[i] for i in todo], [langs[i] for i in todo], cfg.num_perm, cfg.seed,
@@ -223,6 +273,7 @@ class Dedup(Filter):
     def process(self, batch: pl.DataFrame) -> dict[str, pl.DataFrame]:
         self.setup()
         ids, langs, tasks = batch["id"].to_list(), batch["lang"].to_list(), batch["task"].to_list()
+        self.state.activate(set(langs))
         verdicts: list[Verdict] = [(True, "ok", None)] * batch.height
         members, sig_rows, link_rows_ = [], [], []
         for field in self.fields():

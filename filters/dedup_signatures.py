@@ -110,6 +110,7 @@ class DedupSignatures(Stage):
     shardable: ClassVar[bool] = True
     batch_size: ClassVar[int] = 20000
     unit: ClassVar[str] = "examples"
+    duckdb_memory: ClassVar[str | None] = "512MB"   # its selection joins every link row: DuckDB spills past this
 
     def __init__(self, config: SignatureConfig | dict | None = None, **overrides: Any):
         super().__init__(config, **overrides)
