@@ -19,7 +19,9 @@ after it. The exponent of a stage between two sizes is log10(CPU ratio) / log10(
 
 --work keeps the generated files, catalogs and results (results.json); a stage already measured at a size is not
 run again (--redo to run it again). A stage needs the ones before it at that size. On a shared machine the wall
-time moves with the load; CPU seconds move less.
+time moves with the load; CPU seconds move less; peak RSS does not. A stage run again on its own output has
+nothing left to do: --snapshots keeps a copy of the catalog as it was before each stage (before-STAGE.duckdb,
+the catalog's size each), and --redo then runs the stage again on that copy.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -162,13 +165,29 @@ def disk_mb(size_dir: Path) -> float:
     return sum(p.stat().st_size for p in size_dir.glob("catalog.duckdb*")) / 2**20
 
 
-def run_size(n: int, stages: list[str], work: Path, results: dict, redo: bool) -> None:
+def snapshot(size_dir: Path, stage: str, keep: bool, restore: bool) -> None:
+    """Before `stage`: put back its copy of the catalog (`restore`: the first stage this call runs), else keep a
+    copy of the catalog as it is now (--snapshots), or refresh an older copy (the stages before it ran again)."""
+    cat, snap = size_dir / "catalog.duckdb", size_dir / f"before-{stage}.duckdb"
+    files = [(cat, snap), (Path(f"{cat}.wal"), Path(f"{snap}.wal"))]
+    if restore and snap.exists():
+        files = [(b, a) for a, b in files]
+    elif not (keep or snap.exists()):
+        return
+    for src, dst in files:
+        dst.unlink(missing_ok=True)
+        if src.exists():
+            shutil.copyfile(src, dst)
+
+
+def run_size(n: int, stages: list[str], work: Path, results: dict, redo: bool, keep: bool = False) -> None:
     size_dir = work / label(n)
     files = write_catalog(n, size_dir / "input")
     model = build_static_model(work / "static-model") if "mine" in stages else None
     if not (size_dir / "catalog.duckdb").exists():
         subprocess.run([sys.executable, "-m", "compass", "init", "--catalog", str(size_dir / "catalog.duckdb")],
                        check=True, env=ENV, cwd=ROOT, capture_output=True)
+    first = True
     for stage in STAGES:
         if stage not in stages:
             continue
@@ -176,6 +195,8 @@ def run_size(n: int, stages: list[str], work: Path, results: dict, redo: bool) -
         if key in results and not redo:
             print(f"  {key}: measured before (--redo to run again)", flush=True)
             continue
+        snapshot(size_dir, stage, keep, restore=first)
+        first = False
         runs = [measured(cmd, size_dir / "log.txt") for cmd in stage_commands(stage, size_dir, files, model)]
         res = {"products": n, "stage": stage, "cpu_s": sum(r["cpu_s"] for r in runs),
                "wall_s": sum(r["wall_s"] for r in runs), "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
@@ -216,7 +237,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="10k,100k,1M", help="products, comma-separated (10k, 100k, 1M, 2500)")
     ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated, from: " + ", ".join(STAGES))
     ap.add_argument("--work", type=Path, default=Path("scale-work"), help="files, catalogs and results.json")
-    ap.add_argument("--redo", action="store_true", help="run stages already measured again")
+    ap.add_argument("--redo", action="store_true", help="run stages already measured again (on the copy from before "
+                                                          "the stage, where --snapshots kept one)")
+    ap.add_argument("--snapshots", action="store_true", help="keep a copy of the catalog before each stage")
     ap.add_argument("--table", action="store_true", help="only print the table of what results.json holds")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -229,7 +252,7 @@ def main() -> None:
             raise SystemExit(f"--stages: unknown {', '.join(bad)}: use {', '.join(STAGES)}")
         for n in (parse_size(s) for s in args.sizes.split(",")):
             print(f"{label(n)} products ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}):", flush=True)
-            run_size(n, stages, args.work, results, args.redo)
+            run_size(n, stages, args.work, results, args.redo, args.snapshots)
     print(table(results))
 
 

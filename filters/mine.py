@@ -21,13 +21,16 @@ checked in this order and each counted in `mined_examples`:
 Margin and rank window default per task (`TASK_RULES`; an explicit --margin / --rank-window applies to all).
 The first `per_example` survivors, best first, are stored with the pool they came from. A negative set is one
 (model fingerprint and prompts, guard parameters) pair, its id the params hash; the stage's pending selection is
-the kept examples not yet in `mined_examples` for the set, joined with their two cached vectors, and everything
-else it reads (the pools) is read once in `prepare`: `process` is pure over its batch and the pools.
+the kept examples not yet in `mined_examples` for the set, ordered by pool and carrying no vector; everything
+else it reads (the pools, with the query vectors of their pending anchors; the positives' vectors are the pool's)
+is read once in `prepare`, one pool at a time, each parked in a temporary file until its batches come, so a
+batch holds only its own pools: `process` is pure over its batch and the pools.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from typing import ClassVar
 
@@ -36,7 +39,7 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from compass.catalog.db import Catalog, Run
+from compass.catalog.db import Catalog, Run, duckdb_memory
 from compass.errors import CompassError
 from compass.filters.mine_cache import (
     EncoderKeys,
@@ -45,9 +48,19 @@ from compass.filters.mine_cache import (
     encoder_keys,
     insert_ignore,
     load_encoder,
-    vec_array,
 )
-from compass.filters.mine_pool import DEFAULT_RULE, TASK_RULES, Pool, PoolKey, load_pool, rules_params, task_rule
+from compass.filters.mine_pool import (
+    DEFAULT_RULE,
+    TASK_RULES,
+    Pool,
+    PoolKey,
+    load_pool,
+    load_queries,
+    park_pool,
+    rules_params,
+    task_rule,
+    unpark_pool,
+)
 from compass.filters.mine_search import GUARDS, GuardConfig, Sets, hash_strings, select_negatives, share, stream_topk
 from compass.ids import params_hash, text_hash
 from compass.registry import stages
@@ -76,7 +89,7 @@ class MineConfig(BaseModel):
     batch_size: int = 64                  # encoder batch
     mine_batch: int = 2048                # examples per batch (one search of the pool, one transaction)
     cand_chunk: int = 16384               # candidate embeddings per streamed chunk
-    duckdb_memory: str | None = "256MB"   # DuckDB memory_limit while reading pools (its buffer pool stays bounded)
+    duckdb_memory: str | None = "512MB"   # DuckDB memory_limit while reading pools and mining (spills past it)
     device: str = "cpu"
     progress: bool = True
     block: int = 1 << 25                  # max scores alive at once in the search (128 MB)
@@ -158,7 +171,8 @@ class MineStage(EncoderStage):
         super().__init__(config, **overrides)
         self.config.validate()
         self.batch_size = self.config.mine_batch
-        self.pools: dict[PoolKey, Pool] = {}
+        self.pools: dict[PoolKey, Pool] = {}          # the pools of the current batch
+        self._parked: dict[PoolKey, str] = {}         # every pool of the run: the file it waits in
         self._langs = self.config.langs
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._set_id: str | None = None
@@ -192,20 +206,21 @@ class MineStage(EncoderStage):
     def select(self, langs: list[str] | None = None) -> Selection:
         where, params = self._pending(langs)
         lang, task, market = self._keys_sql()
-        keys = self.encoder.keys
-        # the total takes the same parameters as the selection: there, the two cache keys go into an unused CTE
+        # No vectors here: DuckDB holds a streamed sort's payload in memory. The anchors' query vectors are read
+        # per pool by `prepare`, the positives' document vectors are the pool's own.
         return Selection(
             f"SELECT k.id, k.lang, k.market, k.task, k.anchor, k.positive, k.class_id, k.translation_group, "
-            f"{lang} AS _lang, {task} AS _task, {market} AS _market, q.vec AS q_vec, p.vec AS p_vec "
-            "FROM kept_examples k LEFT JOIN embedding_cache q ON q.model_fp = ? AND q.text_hash = "
-            "substr(sha256(k.anchor), 1, 20) LEFT JOIN embedding_cache p ON p.model_fp = ? AND p.text_hash = "
-            f"substr(sha256(k.positive), 1, 20) WHERE {where} ORDER BY _lang, _task, _market, k.id",
-            [keys["query"], keys["document"], *params],
-            "WITH _keys AS (SELECT ?::VARCHAR AS q, ?::VARCHAR AS d) "
-            f"SELECT count(*) FROM kept_examples k WHERE {where}")
+            f"{lang} AS _lang, {task} AS _task, {market} AS _market "
+            f"FROM kept_examples k WHERE {where} ORDER BY _lang, _task, _market, k.id",
+            params, f"SELECT count(*) FROM kept_examples k WHERE {where}")
+
+    @property
+    def duckdb_memory(self) -> str | None:   # the runner caps DuckDB with it while the selection streams
+        return self.config.duckdb_memory
 
     def prepare(self, cat: Catalog) -> None:
-        """Read the pools of the pending examples (texts, classes, clusters, vectors) once; keeps no connection."""
+        """Read the pools of the pending examples (texts, classes, clusters, vectors) once, one at a time, each
+        parked in a file until its examples come (the selection is ordered by pool); keeps no connection."""
         where, params = self._pending(self._langs)
         lang, task, market = self._keys_sql()
         keys = cat.con.execute(f"SELECT {lang}, {task}, {market}, list(DISTINCT k.lang) FROM kept_examples k "
@@ -217,20 +232,37 @@ class MineStage(EncoderStage):
             pool = load_pool(cat, key, self._langs, self.encoder.keys["document"], self.encoder.dim, self._tmp.name,
                              {uses_spaces(x) for x in example_langs}, self.config.duckdb_memory,
                              self.config.cand_chunk)
-            if pool is not None:        # no candidate at all: its examples stay pending, as before the port
-                self.pools[key] = pool
+            if pool is None:            # no candidate at all: its examples stay pending, as before the port
+                continue
+            with duckdb_memory(cat, self.config.duckdb_memory):
+                pool.queries = load_queries(
+                    cat, f"SELECT substr(sha256(k.anchor), 1, 20) AS h FROM kept_examples k WHERE {where} AND "
+                    f"{lang} = ? AND {task} = ? AND {market} = ?", [*params, lg, tk, mk], self.encoder.keys["query"],
+                    self.encoder.dim, os.path.join(self._tmp.name, f"queries{len(self._parked)}.npy"),
+                    self.config.cand_chunk)
+            self._parked[key] = park_pool(pool, self._tmp.name)
 
     def close(self) -> None:
-        """Drop the pools and their memory-mapped vectors."""
-        self.pools = {}
+        """Drop the pools, their files and their memory-mapped vectors."""
+        self.pools, self._parked = {}, {}
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
 
+    def _pool(self, key: PoolKey) -> Pool | None:
+        """The pool of `key`, read back from its file on first use; the pools of earlier keys are dropped (the
+        selection comes ordered by pool, so only the pools of one batch are held, whatever the catalog's size)."""
+        if key not in self.pools and key in self._parked:
+            self.pools[key] = unpark_pool(self._parked[key])
+        return self.pools.get(key)
+
     def process(self, batch: pl.DataFrame) -> dict[str, pl.DataFrame]:
         negs, mined = [], []
-        for (lang, task, market), group in batch.group_by(["_lang", "_task", "_market"], maintain_order=True):
-            pool = self.pools.get(PoolKey(lang, task, market, self.config.pool))
+        groups = batch.group_by(["_lang", "_task", "_market"], maintain_order=True)
+        wanted = {PoolKey(lang, task, market, self.config.pool) for (lang, task, market), _ in groups}
+        self.pools = {k: p for k, p in self.pools.items() if k in wanted}      # parked already: nothing to write
+        for (lang, task, market), group in groups:
+            pool = self._pool(PoolKey(lang, task, market, self.config.pool))
             if pool is not None:
                 n, m = self._mine(group, pool)
                 negs.append(n)
@@ -243,10 +275,13 @@ class MineStage(EncoderStage):
 
     def _mine(self, g: pl.DataFrame, pool: Pool) -> tuple[pl.DataFrame, pl.DataFrame]:
         """One pool's examples of a batch: search, guards; (negatives, mined_examples) rows."""
-        cfg, dim = self.config, self.encoder.dim
-        q, p = vec_array(g["q_vec"], dim), vec_array(g["p_vec"], dim)                  # (b, d) each
-        pos_score = np.einsum("bd,bd->b", q, p).astype(np.float64)                     # (b,)
+        cfg = self.config
+        q = pool.queries.get([text_hash(t) for t in g["anchor"]])                      # (b, d)
         pos_idx = pool.positions([text_hash(t) for t in g["positive"]])                # (b,), -1: not in the pool
+        if (pos_idx < 0).any():   # a kept example's positive is a text of its pool by construction (pool_sql)
+            raise RuntimeError(f"mine: {int((pos_idx < 0).sum())} positives missing from pool {pool.key.label()}")
+        p = np.array(pool.emb[pos_idx], dtype=np.float32)                              # (b, d)
+        pos_score = np.einsum("bd,bd->b", q, p).astype(np.float64)                     # (b,)
         with torch.inference_mode():
             s, i = stream_topk(torch.from_numpy(q).to(cfg.device), pool.chunks(cfg.cand_chunk, cfg.device),
                                cfg.top_k + 1, block=cfg.block)

@@ -301,6 +301,7 @@ class EncodeStage(EncoderStage):
     batch_size: ClassVar[int] = ENCODE_CHUNK
     unit: ClassVar[str] = "texts"
     volatile = frozenset({"batch_size", "device"})
+    duckdb_memory: ClassVar[str | None] = "512MB"   # the runner's cap: its sort of distinct texts spills past it
 
     def select(self, langs: list[str] | None = None) -> Selection:
         parts, params = zip(*(source_sql(s, langs) for s in dict.fromkeys(self.config.sources)))

@@ -2,10 +2,11 @@
 
 A pool (`Pool`) is the distinct candidate texts of one (language, task, market) key, numbered in the order of
 their text hash, with everything the guards need, read once by the mining stage's `prepare` (no connection is
-kept): the embeddings in a read-only memory-mapped file (the search streams it in chunks, so the page cache, not
-the process, holds a large pool), and per text its hashed normalised form and shingles, its classes, its dedup
-clusters, one kept example whose positive it is, and its source. At a million texts that is about 200 MB of
-arrays, plus the texts themselves (Arrow-backed, for the negatives written out).
+kept) and parked in a file (`park_pool`) until the stage's batches reach it: the embeddings in a read-only
+memory-mapped file (the search streams it in chunks, so the page cache, not the process, holds a large pool),
+and per text its hashed normalised form and shingles, its classes, its dedup clusters, one kept example whose
+positive it is, and its source; and the query vectors of the pending anchors mined against it (`Queries`). At a
+million texts that is about 200 MB of arrays, plus the texts themselves (Arrow-backed, for the negatives written).
 
 - `--pool positives`: the kept positives of the example's language and task (issue 5's pool);
 - `--pool products`: those, plus every product text of the same language and market that the task's rule names
@@ -20,8 +21,9 @@ the default margin and rank window (`--margin` / `--rank-window` left at auto).
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -139,6 +141,7 @@ class Pool:
     class_ids: dict[str, int]
     clusters: Sets | None          # dedup clusters of the examples whose positive it is (None: dedup never ran)
     emb: np.ndarray                # (n, dim) float32, memory-mapped read-only
+    queries: Queries | None = None  # the query vectors of the pending examples mined against it
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -202,16 +205,69 @@ def load_pool(cat: Catalog, key: PoolKey, langs: list[str] | None, emb_key: str,
                 Sets.from_pairs(np.array(owners, np.int64), np.array(keys, np.int64), n), class_ids, clusters, emb)
 
 
+@dataclass
+class Queries:
+    """The query vectors of a pool's pending examples (their anchors, under the query cache key), read by the
+    stage's `prepare` so that its selection carries no vector: DuckDB holds a streamed sort's whole payload in
+    memory, and two vectors a row were most of it (1 GB at 100k products)."""
+
+    hashes: np.ndarray     # (n,) S20, sorted
+    emb: np.ndarray        # (n, dim) float32, memory-mapped read-only
+
+    def get(self, hashes: list[str]) -> np.ndarray:
+        """(len(hashes), dim) float32, a writable copy (torch shares it)."""
+        h = np.array(hashes, dtype="S20")
+        pos = np.searchsorted(self.hashes, h).clip(max=max(len(self.hashes) - 1, 0))
+        if not len(self.hashes) or not (self.hashes[pos] == h).all():
+            raise CompassError(f"embedding cache: {int((self.hashes[pos] != h).sum()) if len(self.hashes) else len(h)}"
+                               f" of {len(h)} anchors have no query vector: run the encode stage first "
+                               "(`compass mine` does)")
+        return np.array(self.emb[pos], dtype=np.float32)
+
+
+def load_queries(cat: Catalog, anchors_sql: str, params: list, query_key: str, dim: int, path: str,
+                 chunk: int = 16384) -> Queries:
+    """The cached query vectors of the texts `anchors_sql` (one column of text hashes) selects, into a file."""
+    rows = cat.con.execute(f"SELECT DISTINCT h FROM ({anchors_sql}) ORDER BY h", params).fetchall()
+    hashes = np.array([r[0] for r in rows], dtype="S20")
+    with registered(cat.con, "_mine_anchors", pl.DataFrame({"h": [r[0] for r in rows]}, schema={"h": pl.Utf8})):
+        emb = _fill(cat, "SELECT text_hash, vec FROM embedding_cache WHERE model_fp = ? AND text_hash IN "
+                         "(SELECT h FROM _mine_anchors)", [query_key], hashes, dim, path, chunk)
+    return Queries(hashes, emb)
+
+
+def park_pool(pool: Pool, folder: str) -> str:
+    """Write `pool` (its vectors are files already) to a file in `folder`; returns the file to `unpark_pool`."""
+    path = os.path.join(folder, f"pool{len(os.listdir(folder))}.pkl")
+    q = pool.queries
+    with open(path, "wb") as fh:
+        pickle.dump((replace(pool, emb=None, queries=None), pool.emb.filename,
+                     None if q is None else (q.hashes, q.emb.filename)), fh, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def unpark_pool(path: str) -> Pool:
+    with open(path, "rb") as fh:
+        pool, emb, q = pickle.load(fh)
+    return replace(pool, emb=np.load(emb, mmap_mode="r"),
+                   queries=None if q is None else Queries(q[0], np.load(q[1], mmap_mode="r")))
+
+
 def _embeddings(cat: Catalog, emb_key: str, hashes: np.ndarray, dim: int, path: str, chunk: int) -> np.ndarray:
     """The pool's cached vectors, copied in pool order into a memory-mapped file, then mapped read-only.
 
     The query is a semi-join (`IN`), whose hash table DuckDB builds on the pool's hashes: a plain join may pick
     the cache side, vectors included, as its build side and hold them all (measured: 1.4 GB at 300k vectors)."""
+    return _fill(cat, "SELECT text_hash, vec FROM embedding_cache WHERE model_fp = ? AND text_hash IN "
+                      "(SELECT h FROM _mine_pool)", [emb_key], hashes, dim, path, chunk)
+
+
+def _fill(cat: Catalog, sql: str, params: list, hashes: np.ndarray, dim: int, path: str, chunk: int) -> np.ndarray:
+    """Vectors of `sql` (text_hash, vec), each at its hash's position in `hashes` (sorted), in a file mapped back
+    read-only; every hash must be found."""
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(hashes), dim))
     seen = 0
-    reader = cat.con.execute("SELECT text_hash, vec FROM embedding_cache WHERE model_fp = ? AND text_hash IN "
-                             "(SELECT h FROM _mine_pool)", [emb_key]).to_arrow_reader(chunk)
-    for rb in reader:
+    for rb in cat.con.execute(sql, params).to_arrow_reader(chunk):
         if rb.num_rows == 0:
             continue
         pos = np.searchsorted(hashes, np.array(rb.column(0).to_pylist(), dtype="S20"))
@@ -220,8 +276,8 @@ def _embeddings(cat: Catalog, emb_key: str, hashes: np.ndarray, dim: int, path: 
     out.flush()
     del out
     if seen != len(hashes):
-        raise CompassError(f"embedding cache lacks {len(hashes) - seen} of {len(hashes)} pool texts for encoder key "
-                           f"{emb_key}: run the encode stage first (`compass mine` does)")
+        raise CompassError(f"embedding cache lacks {len(hashes) - seen} of {len(hashes)} texts for encoder key "
+                           f"{params[0]}: run the encode stage first (`compass mine` does)")
     return np.load(path, mmap_mode="r")
 
 

@@ -141,3 +141,37 @@ def _bytes(setting: str) -> float:
 
 if __name__ == "__main__":
     pytest.main([__file__, "-q"])
+
+
+def test_mining_holds_the_pools_of_one_batch_and_mines_the_same(tmp_path, monkeypatch):
+    """Pools are read once by prepare and parked; a batch holds only its own pools (the selection is ordered by
+    pool) and carries no vectors; small batches mine what one batch over everything mines."""
+    from compass.filters.mine import MineConfig, MineStage, mine
+    from compass.train.static_base import build_static_model
+
+    recs = [{**r, "market": "SG", "class_id": f"c{i % 40}", "translation_group": None,
+             "positive": r["positive"] + f" {i % 40}"} for i, r in enumerate(rows(300, seed=2))]
+    build_static_model([r["anchor"] for r in recs] + [r["positive"] for r in recs], embedding_dim=32,
+                       vocab_size=300).save(str(tmp_path / "static"))
+    process, held = MineStage.process, []
+
+    def spy(self, b):
+        out = process(self, b)
+        assert "q_vec" not in b.columns and "p_vec" not in b.columns
+        keys = {(k.lang, k.task) for k in self.pools}
+        assert keys <= set(zip(b["_lang"], b["_task"])), "a pool of another batch stayed in memory"
+        held.append(len(keys))
+        return out
+
+    monkeypatch.setattr(MineStage, "process", spy)
+    got = []
+    for batch in (10_000, 9):
+        held.clear()
+        cat = catalog(tmp_path / f"m{batch}.duckdb", recs)
+        res = mine(cat, MineConfig(model=str(tmp_path / "static"), top_k=20, rank_window=(0, 20), margin=None,
+                                   mine_batch=batch, progress=False))
+        assert res["negatives"] > 100
+        assert held == [6] if batch > 300 else (len(held) > 30 and max(held) <= 2)   # 3 languages x 2 tasks
+        got.append(cat.query("SELECT example_id, rank, negative_text, score FROM negatives ORDER BY ALL"))
+        cat.close()
+    assert got[0] == got[1]
