@@ -10,9 +10,10 @@ Same steps, seed, loss (CAM) and batch for every cell; only the data differs:
   code-switching, category-level queries), negatives mined among kept positives;
 - (c) (b)'s catalog with a newer negative set mined from every product of the language and market
   (`compass mine --pool products`), which training takes as the latest.
-Every model is scored on the eval folder and on ONE catalog eval, the shopper-query test split of (b)'s catalog
-ranked against all product titles of its language (the split is by product hash, so the test products are the
-same in every catalog and none is trained on). Targets (issue 12): (c) beats (a) on the dev retrieval task and
+Every model is scored on the eval folder and on ONE catalog eval, `compass eval --catalog-split test` on (b)'s
+catalog: eval-only shopper queries of its held-out products ranked against all product titles of the language
+(train/eval_catalog.py; the split is by product hash, so the test products are the same in every catalog and none
+is trained on). Targets (issue 12): (c) beats (a) on the dev retrieval task and
 on the catalog eval, with no dev task more than 1 point worse.
 """
 
