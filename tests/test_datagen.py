@@ -129,6 +129,7 @@ def test_one_task_vocabulary():
     assert set(TASKS) | set(PAIR_TASKS.values()) <= set(tasks)
     assert class_id("query2title", PRODUCT) == "item:th:nike|air max 270"
     assert class_id("title2category", {**PRODUCT, "category": "Shoes"}) == "category:th:Shoes"
-    # splits group by the same item rule as the class id of item tasks
-    assert group_of({"id": "e", "pid": "p1", "p_lang": "th", "p_attributes": PRODUCT["attributes"]}) == \
-        class_id("query2title", PRODUCT)
+    # splits group by the same item rule as the class id of item tasks; since product-v2 without the language
+    row = {"id": "e", "pid": "p1", "p_lang": "th", "p_attributes": PRODUCT["attributes"]}
+    assert group_of(row, "product-v1") == class_id("query2title", PRODUCT)
+    assert group_of(row) == "item:*:" + class_id("query2title", PRODUCT).split(":", 2)[2]
