@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -117,7 +118,11 @@ def test_killed_ingest_leaves_catalog_unchanged(catalog, tmp_path):
                                  "price": i}, ensure_ascii=False) + "\n")
     proc = subprocess.Popen([sys.executable, "-m", "compass", "ingest", str(big), "--lang", "th", "--market", "TH",
                              "--catalog", str(catalog)], stderr=subprocess.PIPE)
-    time.sleep(1.5)
+    # Kill once the run record is committed (it reaches the WAL first), not after a fixed sleep: on a loaded
+    # machine Python's start alone can outlast one.
+    wal, deadline = Path(str(catalog) + ".wal"), time.monotonic() + 120
+    while not (wal.exists() and wal.stat().st_size > 0) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert proc.poll() is None, "ingest finished before it could be killed; make the file bigger"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
