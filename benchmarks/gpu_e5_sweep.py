@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from e5_finetune import strip_prompts  # noqa: E402  (stdlib-only imports: fine on the GPU machine)
 from gpu_train import E5_SHAPE, SMOKE_SHAPE, free_memory, random_e5, spec_for, timed_run  # noqa: E402
 
 # (name, bundle, overrides of the e5_finetune default, base: "e5" | "bare" (prompts stripped) | "merge:NAME:T")
@@ -47,15 +47,6 @@ VARIANTS = [
     ("e5 CAM, seed 2", "demo", {"seed": 2}, "e5"),
     ("e5 CAM, lowest 8 of 12 layers frozen, seed 2", "demo", {"freeze_layers": 8, "seed": 2}, "e5"),
 ]
-
-
-def strip_prompts(src: str, dst: Path) -> str:
-    shutil.copytree(src, dst, dirs_exist_ok=True)
-    cfg_path = dst / "config_sentence_transformers.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    cfg["prompts"], cfg["default_prompt_name"] = {}, None
-    cfg_path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
-    return str(dst)
 
 
 def score(model, eval_sets: dict[str, str], device: str) -> dict:
@@ -120,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             ds = datasets.load_from_disk(str(a.bundles / "bundle-demo" / "dataset"))
             base = random_e5(work / "random", list(ds["anchor"]) + list(ds["positive"]),
                              SMOKE_SHAPE if a.smoke else E5_SHAPE)
-        bare = strip_prompts(base, work / "bare")
+        bare = str(strip_prompts(base, work / "bare"))
         from sentence_transformers import SentenceTransformer
 
         for name, path in (("e5-small untouched", base), ("e5-small untouched, no prompts", bare)):
