@@ -129,7 +129,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for spec in a.catalog:
-            name, path = spec.split("=", 1)
+            name, _, path = spec.partition("=")
+            if not path or not Path(path).is_file():
+                ap.error(f"--catalog {spec!r}: give NAME=CATALOG with an existing catalog file (e.g. demo=demo.duckdb)")
             copy = Path(tmp) / f"{name}.duckdb"
             shutil.copy(path, copy)
             if Path(path + ".wal").exists():
