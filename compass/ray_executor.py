@@ -19,9 +19,10 @@ the shard (its lost results are replaced, never doubled); a killed driver resume
 local executor (committed shards are no longer pending).
 
 A global stage (`shardable = False`: dedup clustering), a stage that cannot be shipped (not picklable after
-`prepare`, or listed in DRIVER_ONLY) and a stage with its own executor (LLM generation) say so in one line and run
-on the driver. Files a stage reads in `setup` (the fastText model, leakage's eval folders) must exist at the same
-path on every node.
+`prepare`, or listed in DRIVER_ONLY) and a stage with its own executor but no Ray variant of it say so in one line
+and run on the driver. LLM generation has its own: compass.datagen.llm_ray (planning and commits on the driver,
+the requests answered by a Ray actor pool, or by ray.data.llm's vLLM engines on GPUs). Files a stage reads in
+`setup` (the fastText model, leakage's eval folders) must exist at the same path on every node.
 """
 
 from __future__ import annotations

@@ -128,13 +128,18 @@ def execute(cat: Catalog, stage: Stage, rec: Run | None, *, langs: list[str] | N
 
         require_ray()
     if stage.executor:
-        if executor == "ray":
-            print(f"stage {stage.name} has its own executor ({stage.executor}): running on the driver",
-                  file=sys.stderr, flush=True)
         import importlib
 
-        mod, fn = stage.executor.split(":")
-        return getattr(importlib.import_module(mod), fn)(cat, stage, rec, langs=langs, progress=progress)
+        target, kw = stage.executor, {}
+        if executor == "ray":
+            # A stage with its own loop may name a Ray variant of it (LLM generation: compass.datagen.llm_ray).
+            if getattr(stage, "ray_executor", None):
+                target, kw = stage.ray_executor, {"address": address}
+            else:
+                print(f"stage {stage.name} has its own executor ({stage.executor}): running on the driver",
+                      file=sys.stderr, flush=True)
+        mod, fn = target.split(":")
+        return getattr(importlib.import_module(mod), fn)(cat, stage, rec, langs=langs, progress=progress, **kw)
     t0 = time.perf_counter()
     stage.run_id = rec.id if rec is not None else None
     summary = RunSummary(rec.id if rec is not None else None, stage.name, stage.params_hash)

@@ -81,11 +81,12 @@ def generate(cat, config: GenerateConfig | dict, langs: list[str] | None = None,
     """Send the unanswered requests of `config`'s plan, under a new `generate` run record; returns the
     RunSummary (its `info` holds requested / already_answered / sent / ok / reject / failed / too_long /
     new_examples)."""
-    from compass.datagen.llm_run import LLMGenerate, execute_stream
-    from compass.runner import run_config
+    from compass.datagen.llm_run import LLMGenerate
+    from compass.runner import execute, run_config
 
     stage = LLMGenerate(config)
     with cat.run(stage.name, run_config(stage, langs)) as rec:
-        summary = execute_stream(cat, stage, rec, langs=langs, progress=progress)
+        # Through the runner: `compass run RECIPE --executor ray` (use_executor) sends the requests from Ray workers.
+        summary = execute(cat, stage, rec, langs=langs, progress=progress)
         rec.summary.update(summary.as_dict())
     return summary

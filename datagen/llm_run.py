@@ -14,6 +14,8 @@ The `generate` stage streams from its backend, so it maps onto the stage contrac
   the parse step (answer -> validated JSON -> pairs with class ids and lineage); it depends only on the batch and
   the plan, so it is shardable. `write` commits one batch in one transaction: a SIGKILL loses at most the
   requests in flight and the current chunk, and every row has a content-hash key, so nothing is written twice.
+
+On Ray (`executor="ray"`: `ray_executor` below, compass.datagen.llm_ray) only where the answers come from changes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import duckdb
@@ -132,6 +134,7 @@ class LLMGenerate(Stage):
     unit = "req"
     volatile = frozenset({"write_every", "write_seconds"})
     executor = "compass.datagen.llm_run:execute_stream"  # fed by the backend, not by a catalog selection
+    ray_executor = "compass.datagen.llm_ray:execute_ray_stream"  # the same loop, answers from Ray workers
 
     def __init__(self, config=None, **overrides: Any):
         super().__init__(config, **overrides)
@@ -166,13 +169,20 @@ class LLMGenerate(Stage):
         self.max_model_len = limit
         self.skipped = too_long(self.pending, limit, counter)
 
-    def results(self) -> Iterator[LLMResult]:
-        """Too-long requests as results (unsent), then the backend's answers as they complete."""
+    def skipped_results(self) -> Iterator[LLMResult]:
+        """The too-long requests as results (unsent)."""
         for rid, n in self.skipped.items():
             yield LLMResult(rid, "failed", prompt_tokens=n, attempts=0, error=TOO_LONG,
                             extra={"error_message": f"prompt of {n} tokens >= max_model_len {self.max_model_len}: "
                                                     "not sent"})
-        yield from self.backend.stream(p.request for p in self.pending if p.request_id not in self.skipped)
+
+    def to_send(self) -> list[Planned]:
+        return [p for p in self.pending if p.request_id not in self.skipped]
+
+    def results(self) -> Iterator[LLMResult]:
+        """Too-long requests as results (unsent), then the backend's answers as they complete."""
+        yield from self.skipped_results()
+        yield from self.backend.stream(p.request for p in self.to_send())
 
     def process(self, batch: pl.DataFrame) -> dict[str, pl.DataFrame]:
         gens, exs = [], []
@@ -207,8 +217,12 @@ class LLMGenerate(Stage):
 
 
 def execute_stream(cat: Catalog, stage: LLMGenerate, rec: Run | None, *, langs: list[str] | None = None,
-                   progress: bool = True) -> RunSummary:
-    """`compass.runner.execute` for a stage fed by its backend: plan, send, commit a chunk at a time."""
+                   progress: bool = True, answers: Callable[[LLMGenerate], Iterator[LLMResult]] | None = None,
+                   where: str = "") -> RunSummary:
+    """`compass.runner.execute` for a stage fed by its backend: plan, send, commit a chunk at a time.
+
+    `answers(stage)`: where the results come from once the stage is set up (default `stage.results()`, the
+    backend in this process; compass.datagen.llm_ray passes Ray workers); `where` names it on the progress bar."""
     t0 = time.perf_counter()
     stage.run_id = rec.id if rec is not None else None
     summary = RunSummary(stage.run_id, stage.name, stage.params_hash)
@@ -221,7 +235,7 @@ def execute_stream(cat: Catalog, stage: LLMGenerate, rec: Run | None, *, langs: 
         info["max_model_len"] = stage.max_model_len
         info["sent"] = len(stage.pending) - len(stage.skipped)
         every, seconds = max(1, stage.config.write_every), stage.config.write_seconds
-        bar = tqdm(total=len(stage.by_id), initial=len(stage.done), desc=f"generate ({stage.backend.name})",
+        bar = tqdm(total=len(stage.by_id), initial=len(stage.done), desc=f"generate ({stage.backend.name}{where})",
                    unit=stage.unit, disable=not progress, dynamic_ncols=True)
         chunk: list[LLMResult] = []
         last = time.monotonic()
@@ -240,7 +254,7 @@ def execute_stream(cat: Catalog, stage: LLMGenerate, rec: Run | None, *, langs: 
             chunk, last = [], time.monotonic()
 
         try:
-            for res in stage.results():
+            for res in (answers(stage) if answers is not None else stage.results()):
                 chunk.append(res)
                 bar.update(1)
                 if len(chunk) >= every or time.monotonic() - last >= seconds:
