@@ -77,8 +77,9 @@ def _param(flag: str, model: type[BaseModel], field: str, help_: str) -> inspect
         ann = Optional[Path]
     elif default is None:
         ann = Optional[{int: int, float: float}.get(_inner(ann), str)]
-    opt = typer.Option(default, f"--{flag.replace('_', '-')}" if not isinstance(default, bool)
-                       else f"--{flag}/--no-{flag}", help=text, show_default=default is not None)
+    dashed = flag.replace("_", "-")
+    opt = typer.Option(default, f"--{dashed}" if not isinstance(default, bool)
+                       else f"--{dashed}/--no-{dashed}", help=text, show_default=default is not None)
     return inspect.Parameter(flag, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann)
 
 

@@ -228,6 +228,7 @@ class Query:
     text: str
     base: str
     steps: list[Step] = field(default_factory=list)  # {"family", "rule", "from", "to"} per rule applied
+    parts: list[str] = field(default_factory=list)   # the base query's parts (brand, noun, attribute value, ...)
 
 
 class Shopper:
@@ -266,7 +267,7 @@ class Shopper:
         """Apply the rules to a base query given as its parts (see word_order_variants)."""
         parts = [" ".join(p.split()) for p in parts if p and p.strip()]
         base = " ".join(parts)
-        q, rt, r = Query(base, base), self.rates, self.rules
+        q, rt, r = Query(base, base, parts=parts), self.rates, self.rules
         if rt.word_order and r.word_order and (vs := word_order_variants(parts)) and rng.random() < rt.word_order:
             self._step(q, "word_order", "word_order", " ".join(rng.choice(vs)))
         if rt.units and rng.random() < rt.units:
@@ -328,6 +329,12 @@ def leaf_words(category: str, rng: random.Random) -> str:
     return rng.choice(sides) if len(sides) > 1 else leaf
 
 
+def format_attribute(rules: RuleFile, key: str, value) -> str:
+    """An attribute value as category queries write it ("size 42")."""
+    cq = rules.category_query
+    return (cq.attribute_format if cq else {}).get(key, "{v}").format(v=value)
+
+
 def _attr_values(attrs: dict, rules: RuleFile, rng: random.Random, k: int) -> str:
     """k attribute values, formatted ("size 42"), joined by \\x1f; '' when k == 0 or there are none."""
     cq = rules.category_query
@@ -337,5 +344,4 @@ def _attr_values(attrs: dict, rules: RuleFile, rng: random.Random, k: int) -> st
     if not vals or k <= 0:
         return ""
     picked = rng.sample(vals, k=min(k, len(vals)))
-    fmt = cq.attribute_format if cq else {}
-    return "\x1f".join(fmt.get(key, "{v}").format(v=v) for key, v in picked)
+    return "\x1f".join(format_attribute(rules, key, v) for key, v in picked)

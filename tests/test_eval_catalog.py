@@ -10,7 +10,14 @@ import pytest
 from compass.catalog.db import Catalog
 from compass.datagen.shopper import Shopper
 from compass.ids import text_hash as h
-from compass.train.eval_catalog import WORDLESS, catalog_retrieval_tasks, changes_words, eval_queries
+from compass.train.eval_catalog import (
+    WORDLESS,
+    catalog_retrieval_tasks,
+    changes_words,
+    eval_queries,
+    has_values,
+    query_attributes,
+)
 
 PHONES, CASES = "Điện thoại & Phụ kiện > Điện thoại", "Điện thoại & Phụ kiện > Ốp lưng"
 # id, title, category, attributes, split of its examples
@@ -96,7 +103,16 @@ def test_item_relevance_is_strict_and_category_relevance_is_the_category(tmp_pat
     # strict: p1 and the second listing p2; not p3 (same brand), p4 (same category) nor p5 (same brand, a case)
     assert all(r == {h(TITLE["p1"]), h(TITLE["p2"])} for r in qrels.values())
     queries, corpus, qrels = tasks["catalog_test_vi_category_query2title"]
-    assert len(queries) == 4 and all(r == {h(TITLE[p]) for p in ("p1", "p2", "p3", "p4")} for r in qrels.values())
+    assert len(queries) == 4
+    # the phones that have every value the query names (p2 states no colour: its title says "màu xanh")
+    sh, p1 = Shopper("vi"), _product_rows()[0]
+    named = {h(q.text): {v for _, v in query_attributes(json.loads(p1["attributes"]), q.parts, sh.rules)}
+             for q in eval_queries(p1, "category", sh)}
+    assert set(named) == set(qrels) and sum(1 for v in named.values() if v) >= 2  # values are named, and matched
+    want = {frozenset(): {"p1", "p2", "p3", "p4"}, frozenset({"256GB"}): {"p1", "p2"},
+            frozenset({"xanh"}): {"p1", "p2"}, frozenset({"256GB", "xanh"}): {"p1", "p2"}}
+    for qid, values in named.items():
+        assert qrels[qid] == {h(TITLE[p]) for p in want[frozenset(values)]}, (queries[qid], values)
     queries, corpus, qrels = tasks["catalog_test_vi_category"]
     # every label of the language (the cases' category has no test title), not only the split's
     assert corpus == {h(PHONES): PHONES, h(CASES): CASES}
@@ -114,6 +130,16 @@ def test_item_relevance_is_strict_and_category_relevance_is_the_category(tmp_pat
     for name, (q, c, r) in tasks.items():
         alone = score_retrieval(model, q, c, r, name)
         assert res["tasks"][name]["ndcg@10"] == pytest.approx(alone["ndcg@10"]) and res["tasks"][name]["docs"] == len(c)
+
+
+def test_attribute_values_are_matched_strictly():
+    assert has_values({"storage": "256 gb"}, "x", [("storage", "256GB ")]) is False  # a stated value must equal
+    assert has_values({"storage": "256gb"}, "x", [("storage", "256GB")])
+    assert has_values({"storage": "128GB"}, "Samsung 256GB", [("storage", "256GB")]) is False  # stated wins
+    assert has_values({}, "Samsung A55 màu xanh", [("colour", "xanh")])  # not stated: the title's words
+    assert not has_values({}, "Samsung A55 màu xanhlá", [("colour", "xanh")])  # a word edge, not a substring
+    assert has_values({}, "เสื้อยืดสีดำ", [("colour", "สีดำ")], spaces=False)  # no spaces in Thai
+    assert has_values({"a": "1"}, "", [])  # a query naming no value: the whole category
 
 
 def test_older_catalog_evaluates_with_eval_only_queries(tmp_path):
