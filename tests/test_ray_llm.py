@@ -2,9 +2,11 @@
 
 End to end on a local Ray cluster (2 CPUs, 127.0.0.1, started here) against the real vLLM CPU server with the
 tiny random-weight model (the vLLM venv, as tests/test_datagen_vllm.py): the same plan through both executors
-gives the same tables, a rerun sends nothing (counted at a proxy in front of the server), and an actor killed
-mid-block still gives the same tables. The ray.data.llm branch (vLLM engine replicas on GPUs) cannot run here
-(no GPU, no Ray in the vLLM venv): its processor config and its row mapping are tested without an engine.
+gives the same tables, a rerun sends nothing (counted at a proxy in front of the server), an actor killed
+mid-block still gives the same tables, and a driver killed mid-run (SIGKILL, a second driver process on the
+test's cluster) resumes sending only what it had not committed. The ray.data.llm branch (vLLM engine replicas
+on GPUs) cannot run here (no GPU, no Ray in the vLLM venv): its processor config and its row mapping are tested
+without an engine.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -220,6 +224,48 @@ def test_a_worker_killed_mid_block_still_gives_the_local_tables(cluster, server,
                 execute_ray_stream(cat, stage, rec, langs=langs, progress=False, worker=worker)
     died = tmp_path / "died"
     assert died.exists() and int(died.read_text()) != os.getpid()   # an actor died, not this process
+    assert_same_tables(reference[0], path)
+
+
+# A second driver process on the test's cluster, SIGKILLed by itself right after its first chunk is committed
+# (`summarize` runs after the commit): other blocks are then in flight on the actors, some answered, none committed.
+DRIVER = """import os, signal, sys
+import compass
+from compass.datagen.generate import GenerateConfig
+from compass.datagen.llm_run import LLMGenerate
+
+def die(self, outputs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+LLMGenerate.summarize = die
+cfg = GenerateConfig.model_validate_json(sys.argv[2])
+compass.run(sys.argv[1], "generate", cfg, executor="ray", address=sys.argv[3], progress=False)
+"""
+
+
+@needs_vllm
+def test_a_killed_driver_resumes_on_ray_and_sends_only_the_rest(cluster, server, tiny_model, reference, base,
+                                                                 tmp_path):
+    path = _copy(base, tmp_path)
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER, encoding="utf-8")
+    address = ray.get_runtime_context().gcs_address
+    with FaultProxy(server.url.rsplit("/v1", 1)[0], faults=False) as proxy:
+        grounded = configs(tiny_model, proxy.url + "/v1")[0][0]
+        proc = subprocess.run([sys.executable, str(script), str(path), grounded.model_dump_json(), address],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        with Catalog(path) as cat:
+            first = {r["request_id"] for r in cat.query("SELECT request_id FROM generations")}
+            assert 0 < len(first) <= grounded.write_every < 8    # one chunk (by count or by write_seconds)
+            assert cat.query("SELECT status FROM runs") == [{"status": "interrupted"}]   # as opening marks it
+            before = len(posts(proxy))
+            s = compass.run(cat, "generate", grounded, executor="ray", progress=False)
+        resent = posts(proxy)[before:]
+    assert s.info["already_answered"] == len(first) and s.info["sent"] == 8 - len(first)
+    assert len(resent) == len(set(resent)) == 8 - len(first) and not set(resent) & first
+    translate, langs = configs(tiny_model, server.url)[1]
+    compass.run(path, "generate", translate, langs=langs, executor="ray", progress=False)
     assert_same_tables(reference[0], path)
 
 
