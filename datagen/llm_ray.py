@@ -182,8 +182,8 @@ def vllm_answers(stage: LLMGenerate, requests: list[LLMRequest], gpus: int) -> I
 def _vllm_gpus(stage: LLMGenerate, ray: Any) -> int | None:
     """GPUs for ray.data.llm, or None (said in one line) when `--backend vllm` must run on the driver."""
     if importlib.util.find_spec("vllm") is None:
-        _say("stage generate: --backend vllm on Ray needs vLLM in this environment (pip install 'ray[llm]'): "
-             "running on the driver")
+        _say("stage generate: --backend vllm on Ray needs vLLM in this environment "
+             "(pip install 'compass-embed[ray-llm]'): running on the driver")
         return None
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus < 1:
