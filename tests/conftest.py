@@ -63,3 +63,20 @@ def catalog(tmp_path: Path) -> Path:
     path = tmp_path / "c.duckdb"
     run_cli("init", catalog=path)
     return path
+
+
+# One tiny random Llama and one real vLLM CPU server for every vLLM test module (tests/test_datagen_vllm.py,
+# tests/test_ray_llm.py): starting the server costs about 45 s. Only modules marked `vllm` request them.
+@pytest.fixture(scope="session")
+def vllm_model(tmp_path_factory) -> Path:
+    from support.vllm_server import VENV, build_tiny_model
+
+    return build_tiny_model(VENV, tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_model, tmp_path_factory):
+    from support.vllm_server import VENV, VLLMServer
+
+    with VLLMServer(VENV, vllm_model, tmp_path_factory.mktemp("server") / "vllm.log") as srv:
+        yield srv

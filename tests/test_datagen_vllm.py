@@ -21,12 +21,8 @@ import duckdb
 import pytest
 from conftest import PRODUCTS_TH, run_cli, write_jsonl
 from support.fault_proxy import FAULTS, FaultProxy, bucket, expected_outcome
-from support.vllm_server import ENGINE_ARGS, ENV, VLLMServer, build_tiny_model, vllm_python
+from support.vllm_server import ENGINE_ARGS, ENV, HAVE_VLLM, VENV, vllm_python
 
-VENV = os.environ.get("COMPASS_VLLM_VENV") or str(Path(__file__).resolve().parents[1] / ".venv-vllm")
-HAVE_VLLM = vllm_python(VENV).exists()
-if not HAVE_VLLM and os.environ.get("COMPASS_REQUIRE_VLLM") == "1":
-    raise RuntimeError(f"COMPASS_REQUIRE_VLLM=1 but no vLLM venv at {VENV}: run `make vllm-env`")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow,
               pytest.mark.skipif(not HAVE_VLLM, reason=f"no vLLM venv at {VENV} (make vllm-env)")]
 
@@ -38,16 +34,6 @@ PRODUCTS_VI = [
 ]
 GEN = ["--compact", "--max-tokens", "96", "--model"]
 
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(VENV, tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="session")
-def server(tiny_model, tmp_path_factory):
-    with VLLMServer(VENV, tiny_model, tmp_path_factory.mktemp("server") / "vllm.log") as srv:
-        yield srv
 
 
 def make_catalog(tmp_path: Path) -> Path:
@@ -93,10 +79,10 @@ def check_examples(cat: Path) -> None:
         assert task in {"query2title", "question2title", "review2title", "title2title", "attr_question2title"}
 
 
-def test_openai_backend_end_to_end_and_resume(server, tiny_model, tmp_path):
+def test_openai_backend_end_to_end_and_resume(vllm_server, vllm_model, tmp_path):
     cat = make_catalog(tmp_path)
-    args = ["generate", "--route", "grounded", "--n", "10", "--backend", "openai", "--base-url", server.url,
-            "--concurrency", "4", *GEN, str(tiny_model)]
+    args = ["generate", "--route", "grounded", "--n", "10", "--backend", "openai", "--base-url", vllm_server.url,
+            "--concurrency", "4", *GEN, str(vllm_model)]
     dry = run_cli(*args, "--dry-run", catalog=cat)
     assert "10 requests" in dry.stdout and "nothing sent" in dry.stdout
     assert not rows(cat, "SELECT * FROM generations")
@@ -116,7 +102,7 @@ def test_openai_backend_end_to_end_and_resume(server, tiny_model, tmp_path):
     assert rows(cat, "SELECT count(*) FROM examples")[0][0] == n_examples
     # translate the valid Thai examples into Vietnamese: lineage and class id inherited
     run_cli("generate", "--route", "translate", "--source-langs", "th", "--langs", "vi", "--n", "4", "--backend",
-            "openai", "--base-url", server.url, "--concurrency", "4", *GEN, str(tiny_model), catalog=cat)
+            "openai", "--base-url", vllm_server.url, "--concurrency", "4", *GEN, str(vllm_model), catalog=cat)
     tr = rows(cat, "SELECT t.lang, t.class_id, s.class_id, t.translation_group, s.translation_group, t.task, s.task, "
                    "t.product_id, s.product_id FROM examples t JOIN examples s ON s.id = t.source_example_id "
                    "WHERE t.route = 'translate'")
@@ -125,12 +111,12 @@ def test_openai_backend_end_to_end_and_resume(server, tiny_model, tmp_path):
         assert lang == "vi" and cls == src_cls and group == src_group and task == src_task and pid == src_pid
 
 
-def test_fault_proxy_accounting(server, tiny_model, tmp_path):
+def test_fault_proxy_accounting(vllm_server, vllm_model, tmp_path):
     cat = make_catalog(tmp_path)
-    with FaultProxy(server.url.rsplit("/v1", 1)[0], hang_seconds=6.0) as proxy:
+    with FaultProxy(vllm_server.url.rsplit("/v1", 1)[0], hang_seconds=6.0) as proxy:
         run_cli("generate", "--route", "grounded", "--n", "24", "--backend", "openai", "--base-url",
                 proxy.url + "/v1", "--concurrency", "6", "--timeout", "4", "--backoff", "0.05", "--max-retries", "2",
-                *GEN, str(tiny_model), catalog=cat)
+                *GEN, str(vllm_model), catalog=cat)
         log = list(proxy.log)
     acc = check_accounting(cat, 24)
     gens = rows(cat, "SELECT request_id, status, reject_reason, attempts FROM generations")
@@ -161,11 +147,11 @@ def test_fault_proxy_accounting(server, tiny_model, tmp_path):
     assert "failed_after_retries" in human and "stored_rejects" in human
 
 
-def test_vllm_offline_backend(tiny_model, tmp_path):
+def test_vllm_offline_backend(vllm_model, tmp_path):
     """`generate --backend vllm` in the vLLM venv: the offline engine, per-request seeds, schema-valid JSON."""
     cat = make_catalog(tmp_path)
     cmd = [str(vllm_python(VENV)), "-m", "compass", "generate", "--route", "grounded", "--n", "8", "--backend",
-           "vllm", "--engine-args", json.dumps(ENGINE_ARGS), "--batch-size", "4", *GEN, str(tiny_model),
+           "vllm", "--engine-args", json.dumps(ENGINE_ARGS), "--batch-size", "4", *GEN, str(vllm_model),
            "--catalog", str(cat)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ENV}, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -176,13 +162,13 @@ def test_vllm_offline_backend(tiny_model, tmp_path):
     check_examples(cat)
 
 
-def test_sigkill_mid_run_resumes_without_duplicates(server, tiny_model, tmp_path):
+def test_sigkill_mid_run_resumes_without_duplicates(vllm_server, vllm_model, tmp_path):
     # N well above what the tiny model answers before the poll below sees the first commits: at 30 a fast run
     # could finish before the kill landed.
     N = 120
     cat = make_catalog(tmp_path)
     args = [sys.executable, "-m", "compass", "generate", "--route", "grounded", "--n", str(N), "--backend", "openai",
-            "--base-url", server.url, "--concurrency", "2", *GEN, str(tiny_model), "--catalog", str(cat)]
+            "--base-url", vllm_server.url, "--concurrency", "2", *GEN, str(vllm_model), "--catalog", str(cat)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -216,7 +202,7 @@ LONG_TH = {"id": "th-long", "title": "หม้อทอดไร้น้ำม
            "description": " ".join(f"คุณสมบัติพิเศษข้อที่ {i} ทำความสะอาดง่าย ประหยัดไฟ รับประกันสองปี" for i in range(60))}
 
 
-def test_context_overflow_is_named_then_skipped_as_too_long(server, tiny_model, tmp_path):
+def test_context_overflow_is_named_then_skipped_as_too_long(vllm_server, vllm_model, tmp_path):
     """A prompt longer than the server's max_model_len (1024 tokens; this one is ~2000): the server's message is
     stored and shown, not just http_400; with the limit known (asked from /v1/models) the request is not sent
     but stored as reject too_long, and judged again on a rerun with another limit."""
@@ -224,8 +210,8 @@ def test_context_overflow_is_named_then_skipped_as_too_long(server, tiny_model, 
     run_cli("init", catalog=cat)
     run_cli("ingest", str(write_jsonl(tmp_path / "long.jsonl", [LONG_TH])), "--lang", "th", "--market", "TH",
             catalog=cat)
-    args = ["generate", "--route", "grounded", "--backend", "openai", "--base-url", server.url,
-            "--max-tokens", "96", "--model", str(tiny_model)]  # not --compact: the description goes in
+    args = ["generate", "--route", "grounded", "--backend", "openai", "--base-url", vllm_server.url,
+            "--max-tokens", "96", "--model", str(vllm_model)]  # not --compact: the description goes in
     off = run_cli(*args, "--max-model-len", "0", catalog=cat, check=False)
     assert off.returncode == 1
     err = off.stderr.strip().splitlines()[-1]
@@ -257,11 +243,11 @@ class SlowProxy(FaultProxy):
         super().forward(h, body)
 
 
-def test_stats_works_during_a_running_generate(server, tiny_model, tmp_path):
+def test_stats_works_during_a_running_generate(vllm_server, vllm_model, tmp_path):
     cat = make_catalog(tmp_path)
-    with SlowProxy(server.url.rsplit("/v1", 1)[0], delay=1.0) as proxy:
+    with SlowProxy(vllm_server.url.rsplit("/v1", 1)[0], delay=1.0) as proxy:
         args = [sys.executable, "-m", "compass", "generate", "--route", "grounded", "--n", "12", "--backend",
-                "openai", "--base-url", proxy.url + "/v1", "--concurrency", "1", *GEN, str(tiny_model),
+                "openai", "--base-url", proxy.url + "/v1", "--concurrency", "1", *GEN, str(vllm_model),
                 "--catalog", str(cat)]
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
@@ -286,15 +272,15 @@ def test_stats_works_during_a_running_generate(server, tiny_model, tmp_path):
     check_accounting(cat, 12)
 
 
-def test_generate_from_python_records_lineage_and_resumes(server, tiny_model, tmp_path):
+def test_generate_from_python_records_lineage_and_resumes(vllm_server, vllm_model, tmp_path):
     """`compass.datagen.generate.generate`: the LLM route without the CLI, under a `generate` run record."""
     from compass.catalog.db import Catalog
     from compass.datagen.backends import Sampling
     from compass.datagen.generate import GenerateConfig, generate
 
     cat_path = make_catalog(tmp_path)
-    cfg = GenerateConfig(route="grounded", model=str(tiny_model), n=6, compact=True, sampling=Sampling(max_tokens=96),
-                         options={"base_url": server.url, "concurrency": 3}, write_every=2)
+    cfg = GenerateConfig(route="grounded", model=str(vllm_model), n=6, compact=True, sampling=Sampling(max_tokens=96),
+                         options={"base_url": vllm_server.url, "concurrency": 3}, write_every=2)
     with Catalog(cat_path) as cat:
         s = generate(cat, cfg, ["th"], progress=False)
         assert (s.info["requested"], s.info["sent"]) == (6, 6) and s.written["generations"] == 6

@@ -23,7 +23,7 @@ import polars as pl
 import pytest
 from conftest import PRODUCTS_TH, write_jsonl
 from support.fault_proxy import FaultProxy
-from support.vllm_server import VLLMServer, build_tiny_model, vllm_python
+from support.vllm_server import HAVE_VLLM, VENV
 
 import compass
 from compass.catalog.db import Catalog, init_catalog
@@ -33,10 +33,6 @@ from compass.errors import CompassError
 
 ray = pytest.importorskip("ray")
 
-VENV = os.environ.get("COMPASS_VLLM_VENV") or str(Path(__file__).resolve().parents[1] / ".venv-vllm")
-HAVE_VLLM = vllm_python(VENV).exists()
-if not HAVE_VLLM and os.environ.get("COMPASS_REQUIRE_VLLM") == "1":
-    raise RuntimeError(f"COMPASS_REQUIRE_VLLM=1 but no vLLM venv at {VENV}: run `make vllm-env`")
 
 
 def needs_vllm(test):
@@ -77,16 +73,6 @@ def cluster():
         else:
             os.environ["OPENAI_API_KEY"] = before
 
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(VENV, tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    with VLLMServer(VENV, tiny_model, tmp_path_factory.mktemp("server") / "vllm.log") as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +121,11 @@ def assert_same_tables(a: Path, b: Path) -> dict[str, pl.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def reference(base, server, tiny_model, tmp_path_factory) -> tuple[Path, list[dict]]:
+def reference(base, vllm_server, vllm_model, tmp_path_factory) -> tuple[Path, list[dict]]:
     """The local executor's catalog for the plans, and its summaries."""
     path = _copy(base, tmp_path_factory.mktemp("local"))
     infos = [compass.run(path, "generate", cfg, langs=langs, progress=False).info
-             for cfg, langs in configs(tiny_model, server.url)]
+             for cfg, langs in configs(vllm_model, vllm_server.url)]
     t = tables(path)
     assert (t["generations"]["status"] == "ok").sum() > 0 and all(i["sent"] > 1 for i in infos)
     assert t["examples"].filter(pl.col("route") == "translate").height > 0, "no translation to link"
@@ -151,7 +137,7 @@ def posts(proxy: FaultProxy) -> list[str]:
 
 
 @needs_vllm
-def test_generation_on_ray_gives_the_local_tables_and_a_rerun_sends_nothing(cluster, server, tiny_model, reference,
+def test_generation_on_ray_gives_the_local_tables_and_a_rerun_sends_nothing(cluster, vllm_server, vllm_model, reference,
                                                                             base, tmp_path, monkeypatch):
     from compass.datagen import llm_ray
     from compass.datagen.generate import generate
@@ -167,8 +153,8 @@ def test_generation_on_ray_gives_the_local_tables_and_a_rerun_sends_nothing(clus
         yield from real(stage, requests, **kw)
 
     monkeypatch.setattr(llm_ray, "actor_answers", spy)
-    with FaultProxy(server.url.rsplit("/v1", 1)[0], faults=False) as proxy:
-        (grounded, _), (translate, langs) = configs(tiny_model, proxy.url + "/v1")
+    with FaultProxy(vllm_server.url.rsplit("/v1", 1)[0], faults=False) as proxy:
+        (grounded, _), (translate, langs) = configs(vllm_model, proxy.url + "/v1")
         a = compass.run(path, "generate", grounded, executor="ray", progress=False)
         # What `compass run RECIPE --executor ray` and `COMPASS_EXECUTOR=ray compass generate` reach.
         with use_executor("ray"), Catalog(path) as cat:
@@ -209,7 +195,7 @@ class DiesMidBlock:
 
 
 @needs_vllm
-def test_a_worker_killed_mid_block_still_gives_the_local_tables(cluster, server, tiny_model, reference, base,
+def test_a_worker_killed_mid_block_still_gives_the_local_tables(cluster, vllm_server, vllm_model, reference, base,
                                                                 tmp_path):
     from compass.datagen.llm_ray import AnswerWorker, execute_ray_stream
     from compass.datagen.llm_run import LLMGenerate
@@ -218,7 +204,7 @@ def test_a_worker_killed_mid_block_still_gives_the_local_tables(cluster, server,
     worker = type("Dies", (DiesMidBlock, AnswerWorker), {"marker": str(tmp_path / "died")})
     path = _copy(base, tmp_path)
     with Catalog(path) as cat:
-        for cfg, langs in configs(tiny_model, server.url):
+        for cfg, langs in configs(vllm_model, vllm_server.url):
             stage = LLMGenerate(cfg)
             with cat.run(stage.name, run_config(stage, langs)) as rec:
                 execute_ray_stream(cat, stage, rec, langs=langs, progress=False, worker=worker)
@@ -244,14 +230,14 @@ compass.run(sys.argv[1], "generate", cfg, executor="ray", address=sys.argv[3], p
 
 
 @needs_vllm
-def test_a_killed_driver_resumes_on_ray_and_sends_only_the_rest(cluster, server, tiny_model, reference, base,
+def test_a_killed_driver_resumes_on_ray_and_sends_only_the_rest(cluster, vllm_server, vllm_model, reference, base,
                                                                  tmp_path):
     path = _copy(base, tmp_path)
     script = tmp_path / "driver.py"
     script.write_text(DRIVER, encoding="utf-8")
     address = ray.get_runtime_context().gcs_address
-    with FaultProxy(server.url.rsplit("/v1", 1)[0], faults=False) as proxy:
-        grounded = configs(tiny_model, proxy.url + "/v1")[0][0]
+    with FaultProxy(vllm_server.url.rsplit("/v1", 1)[0], faults=False) as proxy:
+        grounded = configs(vllm_model, proxy.url + "/v1")[0][0]
         proc = subprocess.run([sys.executable, str(script), str(path), grounded.model_dump_json(), address],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
@@ -264,7 +250,7 @@ def test_a_killed_driver_resumes_on_ray_and_sends_only_the_rest(cluster, server,
         resent = posts(proxy)[before:]
     assert s.info["already_answered"] == len(first) and s.info["sent"] == 8 - len(first)
     assert len(resent) == len(set(resent)) == 8 - len(first) and not set(resent) & first
-    translate, langs = configs(tiny_model, server.url)[1]
+    translate, langs = configs(vllm_model, vllm_server.url)[1]
     compass.run(path, "generate", translate, langs=langs, executor="ray", progress=False)
     assert_same_tables(reference[0], path)
 

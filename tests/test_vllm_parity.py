@@ -10,7 +10,6 @@ COMPASS_REQUIRE_VLLM=1. The folder checks without vLLM run everywhere.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import urllib.error
 import urllib.request
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from support import tiny_encoder
-from support.vllm_server import VLLMServer, vllm_python
+from support.vllm_server import HAVE_VLLM, VENV, VLLMServer, vllm_python
 
 from compass.errors import CompassError
 from compass.train.fp8_export import export_fp8, load_gate_texts
@@ -34,10 +33,6 @@ from compass.train.vllm_serve import (
     write_vllm_config,
 )
 
-VENV = os.environ.get("COMPASS_VLLM_VENV") or str(Path(__file__).resolve().parents[1] / ".venv-vllm")
-HAVE_VLLM = vllm_python(VENV).exists()
-if not HAVE_VLLM and os.environ.get("COMPASS_REQUIRE_VLLM") == "1":
-    raise RuntimeError(f"COMPASS_REQUIRE_VLLM=1 but no vLLM venv at {VENV}: run `make vllm-env`")
 pytestmark = pytest.mark.slow
 
 TEXTS = [t for _, t in load_gate_texts()]

@@ -23,6 +23,13 @@ def vllm_python(venv: str | os.PathLike) -> Path:
     return Path(venv) / "bin" / "python"
 
 
+# The vLLM venv the tests use (`make vllm-env`); COMPASS_REQUIRE_VLLM=1 (CI) makes its absence an error, not a skip.
+VENV = os.environ.get("COMPASS_VLLM_VENV") or str(REPO / ".venv-vllm")
+HAVE_VLLM = vllm_python(VENV).exists()
+if not HAVE_VLLM and os.environ.get("COMPASS_REQUIRE_VLLM") == "1":
+    raise RuntimeError(f"COMPASS_REQUIRE_VLLM=1 but no vLLM venv at {VENV}: run `make vllm-env`")
+
+
 def build_tiny_model(venv, out: Path) -> Path:
     """Build the tiny random model with the vLLM venv's transformers (the version that will load it)."""
     subprocess.run([str(vllm_python(venv)), str(REPO / "tests" / "support" / "tiny_model.py"), str(out)],
