@@ -5,10 +5,10 @@ Both run in the same process on the same generated rows, alternating, --repeat t
 each, in rows/s of wall time and of CPU time (the process's, DuckDB's threads included; steadier than wall on a
 shared machine). Target: bulk >= 50x the baseline and >= 200,000 rows/s.
 
-Measured 28 Nov 2026 on the shared 2-core machine, other jobs using about one core (README, "Catalog, ingest"): bulk
-96,600 rows/s wall (94,300-105,200), 97,600 per CPU-second, 35x; the code before it, alternated in the same
-conditions, 67,900 rows/s, 26x. Neither target is met there; on two idle cores the statements' busiest threads
-put the bulk path at about 146,000 rows/s.
+Measured 28 Nov 2026 on the shared 2-core machine (README, "Catalog, ingest"), the code before alternated in the
+same conditions: both cores free, bulk 133,900 rows/s wall (131,000-139,400), 92,400 per CPU-second, 61.2x (before:
+128,200 rows/s, 57.0x); other jobs holding about one core, 96,600 rows/s, 35x (before: 67,900, 26x). 200,000 rows/s
+is not met.
 
     python benchmarks/ingest.py [--rows 200000] [--baseline-rows 20000] [--repeat 3]
 """
