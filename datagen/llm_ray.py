@@ -12,8 +12,9 @@ answers come from changes:
   (`AnswerWorker`). Each actor opens the backend once, the existing async client with its retries and its
   `concurrency` requests in flight, answers a block and returns it as RESULT_SCHEMA rows in plan order. Ray
   Data rather than a bare `ray.util.ActorPool`: it streams blocks with backpressure (a million-request plan is
-  never all in flight), returns them in order (`preserve_order`), and restarts a killed actor and retries its
-  block (`max_restarts` / `max_task_retries`), the knobs compass.ray_executor uses. The API key is never in a
+  never all at the server, though the requests go to the object store up front, 1-2 KB each), returns them in
+  order (`preserve_order`), and restarts a killed actor and retries its block (`max_restarts` /
+  `max_task_retries`), the knobs compass.ray_executor uses. The API key is never in a
   task's arguments: each worker reads OPENAI_API_KEY / COMPASS_API_KEY from its own environment at call time
   (a local cluster inherits the driver's; on a cluster, set it where `ray start` runs).
 - **`--backend vllm` with vLLM importable in the driver's environment and GPUs in the cluster**: `ray.data.llm`
