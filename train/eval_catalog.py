@@ -58,7 +58,8 @@ Attribute values became strict later (issue 12, third pass): before, every produ
 to a category query, so "điện thoại 256GB" was answered by any phone. On the demo catalog (`make demo`, seed 0),
 category search went 85.0 -> 72.8 for the trained static model, 58.8 -> 57.8 for the same model untrained and
 52.7 -> 48.1 for MiniLM; the catalog macro is 87.7 (untrained 64.9, MiniLM 65.1). The trained model loses most:
-CAM trains a category query with the whole category as its class, so nothing teaches it the attribute values. The queries did not change (same EVAL_KEY).
+CAM trains a category query with the whole category as its class, so nothing teaches it the attribute values.
+The queries did not change (same EVAL_KEY).
 What did not help, measured: leaving 1 in 5 abbreviation / code-switch / brand-spelling entries out of training
 and using only those in eval queries moved the macro +0.8: table rules fire in about 5% of eval queries (17 of
 577 item queries got a held-out brand spelling); typos (about 60%) and unit respellings (about 40% of category
