@@ -26,7 +26,7 @@ def _is_latin_word_char(ch: str) -> bool:
     return ch.isalnum() and ord(ch) < 0x250
 
 
-def _find(text: str, needle: str, spaces: bool) -> int:
+def find_word(text: str, needle: str, spaces: bool) -> int:
     """Index of `needle` in `text` (case-insensitive), at word edges where the script uses spaces; -1 if absent.
     Why not \\b: Thai/Lao/Khmer/Burmese combining vowels are not \\w, and a Latin brand inside Thai text has no
     spaces around it, so a boundary is "no Latin letter or digit next to it" for Latin needles."""
@@ -47,7 +47,7 @@ def _find(text: str, needle: str, spaces: bool) -> int:
 
 
 def _replace_variants(text: str, src: str, targets: list[str], spaces: bool) -> list[str]:
-    i = _find(text, src, spaces)
+    i = find_word(text, src, spaces)
     if i < 0:
         return []
     # In scripts without spaces, a word in another script is typed with spaces around it ("รองเท้า running").

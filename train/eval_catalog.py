@@ -194,11 +194,11 @@ def has_values(attrs: dict, title: str, pairs: list[tuple[str, str]], spaces: bo
     where it does not state that attribute, its title holds the value at word edges (a second seller's listing
     says "màu xanh" in the title only; `spaces`: the script separates words). A stated, different value is a
     mismatch, whatever the title says."""
-    from compass.datagen.shopper import _find
+    from compass.datagen.shopper import find_word
 
     norm = lambda x: " ".join(str(x).split()).casefold()  # noqa: E731
     return all(norm(attrs[k]) == norm(v) if str(attrs.get(k) or "").strip()
-               else _find(norm(title), norm(v), spaces) >= 0 for k, v in pairs)
+               else find_word(norm(title), norm(v), spaces) >= 0 for k, v in pairs)
 
 
 def _shop(cat, split: str, langs: list[str] | None) -> dict[str, list[dict]]:
