@@ -1,11 +1,13 @@
 """Idempotent batch insert into a large table: `catalog.writes.insert_rows` versus what it replaces.
 
-A real catalog whose `examples` table (primary key id) already holds --rows rows; then --batches batches, half
-of each already stored (a rerun's share), are inserted, each in its own transaction with its commit, as a stage
-writes them. Compared in the same run, each on its own copy of the same file:
-- before: `NOT EXISTS` against the whole table plus two count(*) per batch (compass.stage.insert_frame);
-- `INSERT OR IGNORE` on the primary key (ON CONFLICT DO NOTHING), the obvious alternative;
-- insert_rows: anti-join, the count from the INSERT's result.
+A real catalog whose `examples` table already holds --rows rows; then --batches batches, half of each already
+stored (a rerun's share), are inserted, each in its own transaction with its commit, as a stage writes them.
+Compared in the same run, each on its own copy of the same rows:
+- before: `NOT EXISTS` against the whole table plus two count(*) per batch (compass.stage.insert_frame), with
+  the primary key on id that `examples` had up to migration 0100;
+- `INSERT OR IGNORE` on that primary key (ON CONFLICT DO NOTHING), the obvious alternative;
+- insert_rows with the primary key: anti-join, the count from the INSERT's result;
+- insert_rows without it (migration 0110: the bulk tables lost their keys), what compass does now.
 All must add the same rows. Figures: per batch, median (min-max) of the batches, wall and CPU (the process's CPU
 time: steadier than wall on a shared machine). Batch sizes show what a bigger transaction buys: every way costs
 O(table) per statement, so the rows per statement set the total.
@@ -53,8 +55,11 @@ def rows(start: int, n: int) -> pl.DataFrame:
                          "class_id": [f"product:{i}" for i in range(start, start + n)]})
 
 
-def build(path: Path, n: int) -> None:
-    with Catalog(path, create=True) as cat:
+KEYED = "0100_structured_products"   # the last migration before 0110 dropped the bulk tables' primary keys
+
+
+def build(path: Path, n: int, keyed: bool) -> None:
+    with Catalog(path, create=True, upto=KEYED if keyed else None) as cat:
         for s in range(0, n, 250_000):
             with cat.transaction() as con, registered(con, "_b", rows(s, min(250_000, n - s))) as b:
                 con.execute(f"INSERT INTO examples BY NAME SELECT * FROM {b}")
@@ -68,13 +73,14 @@ def or_ignore(con, table: str, frame: pl.DataFrame, key: list[str]) -> int:
                            f"SELECT {', '.join(frame.columns)} FROM _incoming").fetchone()[0]
 
 
-WAYS = {"before (NOT EXISTS + 2 count)": anti_join_insert, "INSERT OR IGNORE": or_ignore,
-        "insert_rows": insert_rows}
+# name: (way, on the keyed table)
+WAYS = {"before (NOT EXISTS + 2 count), key": (anti_join_insert, True), "INSERT OR IGNORE, key": (or_ignore, True),
+        "insert_rows, key": (insert_rows, True), "insert_rows, no key (0110)": (insert_rows, False)}
 
 
-def timed(path: Path, fn, n: int, batches: int, batch: int) -> tuple[list[float], list[float], int]:
+def timed(path: Path, fn, n: int, batches: int, batch: int, keyed: bool) -> tuple[list[float], list[float], int]:
     wall, cpu, added = [], [], 0
-    with Catalog(path) as cat:
+    with Catalog(path, upto=KEYED if keyed else None) as cat:
         for b in range(batches):
             # half already stored (spread over the table), half new
             frame = pl.concat([rows(b * 7919 % (n - batch), batch // 2), rows(n + b * batch, batch - batch // 2)])
@@ -98,22 +104,24 @@ def main() -> None:
     args = ap.parse_args()
     for n in (int(x) for x in args.rows.split(",")):
         with tempfile.TemporaryDirectory() as d:
-            base = Path(d) / "base.duckdb"
-            build(base, n)
+            bases = {k: Path(d) / f"base-{k}.duckdb" for k in (True, False)}
+            for keyed, base in bases.items():
+                build(base, n, keyed)
             for batch in (int(x) for x in args.batch.split(",")):
                 print(f"table of {n:,} rows, {args.batches} batches of {batch:,} (half new), commit included:")
                 res = {}
-                for name, fn in WAYS.items():
+                for name, (fn, keyed) in WAYS.items():
                     copy = Path(d) / "copy.duckdb"
-                    shutil.copy(base, copy)
-                    res[name] = timed(copy, fn, n, args.batches, batch)
+                    shutil.copy(bases[keyed], copy)
+                    res[name] = timed(copy, fn, n, args.batches, batch, keyed)
                     copy.unlink()
                     w, c, a = res[name]
                     print(f"  {name:30s} wall {fmt(w)}  CPU {fmt(c)}  = {statistics.median(c) / batch * 1e6:5.1f} "
                           f"us CPU/row  added {a:,}", flush=True)
                 assert len({r[2] for r in res.values()}) == 1, "the ways disagree on the rows added"
-                b, new = statistics.median(res[next(iter(WAYS))][1]), statistics.median(res["insert_rows"][1])
-                print(f"  insert_rows vs before: {b / new:.2f}x CPU")
+                b = statistics.median(res[next(iter(WAYS))][1])
+                for name in ("insert_rows, key", "insert_rows, no key (0110)"):
+                    print(f"  {name} vs before: {b / statistics.median(res[name][1]):.2f}x CPU")
 
 
 if __name__ == "__main__":

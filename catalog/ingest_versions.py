@@ -40,9 +40,15 @@ def write_versions(con: duckdb.DuckDBPyConnection, stage: str, run_id: str | Non
                             SELECT {', '.join('p.' + c for c in VERSION_COLUMNS)},
                                    coalesce(p.content_hash, ''), c.new_hash, ?
                             FROM products p JOIN _ingest_changed c ON c.id = p.id""", [run_id])
-            con.execute("""INSERT OR REPLACE INTO decisions (example_id, stage, keep, reason, params_hash, run_id)
-                           SELECT e.id, 'product', false, 'product:superseded', c.old_hash, ?
-                           FROM examples e JOIN _ingest_changed c ON c.id = e.product_id""", [run_id])
+            # Replace (decisions has no primary key to upsert on, migration 0110): a product edited back to an old
+            # version and away again re-records the same (example, 'product', old hash) decision.
+            sup = """SELECT e.id AS example_id, coalesce(c.old_hash, '') AS params_hash FROM examples e
+                     JOIN _ingest_changed c ON c.id = e.product_id"""
+            con.execute(f"""DELETE FROM decisions d USING ({sup}) s WHERE d.stage = 'product'
+                            AND d.example_id = s.example_id AND d.params_hash = s.params_hash""")
+            con.execute(f"""INSERT INTO decisions (example_id, stage, keep, reason, params_hash, run_id)
+                            SELECT example_id, 'product', false, 'product:superseded', params_hash, ?
+                            FROM ({sup})""", [run_id])
             sets = ", ".join(f"{c} = s.{c}" for c in _CONTENT)
             con.execute(f"""UPDATE products SET {sets}, content_hash = s.content_hash
                             FROM {stage} s WHERE s.id = products.id

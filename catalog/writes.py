@@ -4,13 +4,17 @@ Every writer of the catalog inserts batches of rows keyed by a content hash, and
 first way (compass.stage.insert_frame) anti-joined each batch against the table and counted the table before and
 after. Here the count is the INSERT statement's own result, and a frame without duplicate keys is not copied.
 
-What stays: the anti-join reads the table's key column once per call, so one call costs O(table), and a stage
-that writes n rows in batches of b costs O(n^2 / b). DuckDB 1.5 offers nothing cheaper for an exact "insert what
-is new": `INSERT OR IGNORE` (ON CONFLICT DO NOTHING) on the primary key was measured slower than the anti-join,
-and its cost per statement grows with the table the same way (benchmarks/insert_rows.py); an IN-list or point
-lookups through the ART index cost milliseconds each; a plain INSERT is cheap (its key check uses the index)
-but one existing key aborts the whole transaction. So the lever is the caller's batch: the bigger the
-transaction, the fewer scans (measured in benchmarks/insert_rows.py).
+This anti-join is what keeps keys unique: since migration 0110 the big append-only tables (examples, decisions,
+signatures, negatives, splits, the embedding cache, ...) have no primary key, as `products` never had. Their ART
+indexes cost more than the check they repeated: 5.5x the CPU of appending 5M keys, ten times the bytes on disk,
+a rewrite of each whole index at every checkpoint, and memory in every writer (benchmarks/insert_rows.py,
+issue 15). The one writer is guaranteed by DuckDB's file lock, so nothing races the check.
+
+The anti-join reads the table's key column once per call, so one call costs O(table), and a stage that writes n
+rows in batches of b costs O(n^2 / b): the lever is the caller's batch (stages commit 5,000-20,000 input rows
+per transaction). DuckDB 1.5 offers nothing cheaper for an exact "insert what is new": an IN-list or point
+lookups cost milliseconds each, and `INSERT OR IGNORE` needs the very index 0110 dropped (and was measured
+slower than the anti-join when it existed).
 """
 
 from __future__ import annotations

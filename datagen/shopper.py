@@ -12,6 +12,7 @@ abbreviations -> code_switch -> brands -> casefold -> punctuation -> strip_marks
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import unicodedata
@@ -26,28 +27,35 @@ def _is_latin_word_char(ch: str) -> bool:
     return ch.isalnum() and ord(ch) < 0x250
 
 
-def find_word(text: str, needle: str, spaces: bool) -> int:
+@functools.lru_cache(maxsize=1 << 16)
+def _needle(needle: str) -> tuple[str, bool]:
+    """(lowercased needle, whether it is all Latin): once per rule entry, not once per query x entry."""
+    n = needle.lower()
+    return n, all(ord(c) < 0x250 for c in n)
+
+
+def find_word(text: str, needle: str, spaces: bool, low: str | None = None) -> int:
     """Index of `needle` in `text` (case-insensitive), at word edges where the script uses spaces; -1 if absent.
     Why not \\b: Thai/Lao/Khmer/Burmese combining vowels are not \\w, and a Latin brand inside Thai text has no
-    spaces around it, so a boundary is "no Latin letter or digit next to it" for Latin needles."""
-    low, n = text.lower(), needle.lower()
+    spaces around it, so a boundary is "no Latin letter or digit next to it" for Latin needles.
+    `low`: text.lower(), when the caller looks up many needles in one text."""
+    low = text.lower() if low is None else low
+    n, latin = _needle(needle)
     start = 0
-    latin = all(ord(c) < 0x250 for c in n)
     while (i := low.find(n, start)) >= 0:
+        if not (latin or spaces):
+            return i
         before = low[i - 1] if i > 0 else " "
         after = low[i + len(n)] if i + len(n) < len(low) else " "
-        if latin or spaces:
-            edge = (lambda c: _is_latin_word_char(c)) if latin else (lambda c: c.isalnum())
-            if not edge(before) and not edge(after):
-                return i
-        else:
+        edge = _is_latin_word_char if latin else str.isalnum
+        if not edge(before) and not edge(after):
             return i
         start = i + 1
     return -1
 
 
-def _replace_variants(text: str, src: str, targets: list[str], spaces: bool) -> list[str]:
-    i = find_word(text, src, spaces)
+def _replace_variants(text: str, src: str, targets: list[str], spaces: bool, low: str | None = None) -> list[str]:
+    i = find_word(text, src, spaces, low)
     if i < 0:
         return []
     # In scripts without spaces, a word in another script is typed with spaces around it ("รองเท้า running").
@@ -248,13 +256,16 @@ class Shopper:
 
     # each family: (family, rule id, variants) for the given text
     def brand_variants(self, text: str) -> list[tuple[str, list[str]]]:
-        out = []
+        out, low = [], text.lower()
         for latin, local in self.brand_pairs:
-            v = _replace_variants(text, latin, local, self.spaces)
+            # `in` first: most of a table's entries are absent from a query, and the check is cheap
+            v = _replace_variants(text, latin, local, self.spaces, low) if _needle(latin)[0] in low else None
             if v:
                 out.append((f"{self.lang}.brands.{latin}", v))
             for spelling in local:
-                v = _replace_variants(text, spelling, [latin], self.spaces)
+                if _needle(spelling)[0] not in low:
+                    continue
+                v = _replace_variants(text, spelling, [latin], self.spaces, low)
                 if v:
                     out.append((f"{self.lang}.brands.{latin}", v))
         return out
@@ -277,9 +288,13 @@ class Shopper:
                 self._step(q, "units", f"units.{gid}", rng.choice(vs))
         for fam, table, rate in (("abbreviations", r.abbreviations, rt.abbreviations),
                                  ("code_switch", r.code_switch, rt.code_switch)):
+            low = q.text.lower()
             for e in table:
-                if (vs := _replace_variants(q.text, e.src, e.to, self.spaces)) and rng.random() < (rate or 0):
+                if _needle(e.src)[0] not in low:   # absent: no variants, and no draw from rng
+                    continue
+                if (vs := _replace_variants(q.text, e.src, e.to, self.spaces, low)) and rng.random() < (rate or 0):
                     self._step(q, fam, f"{self.lang}.{fam}.{e.src}", rng.choice(vs))
+                    low = q.text.lower()
         if rt.brands and (bv := self.brand_variants(q.text)) and rng.random() < rt.brands:
             rule, vs = rng.choice(bv)
             self._step(q, "brands", rule, rng.choice(vs))

@@ -150,7 +150,7 @@ class StructuredPairs(Stage):
     Config = StructuredConfig
     writes = {"examples": ("id",), "example_transforms": ("example_id",),
               "structured_products": ("product_id", "version", "params_hash")}
-    batch_size = 500
+    batch_size = 5000   # products per transaction (about 25k examples): one anti-join of each table per commit
     unit = "products"
     volatile = frozenset({"rules_dir"})  # where the rules are does not matter; what they say does (params)
 

@@ -31,16 +31,23 @@ class SigStore:
     """Signatures of one language's distinct texts, by text hash: (n,) S20 sorted, (n, num_perm) uint32."""
 
     def __init__(self, hashes: np.ndarray, sigs: np.ndarray):
-        order = np.argsort(hashes, kind="stable")
-        self.hashes, self.sigs = hashes[order], sigs[order]
+        if len(hashes) > 1 and not (hashes[:-1] <= hashes[1:]).all():   # read sorted: no second copy of sigs
+            order = np.argsort(hashes, kind="stable")
+            hashes, sigs = hashes[order], sigs[order]
+        self.hashes, self.sigs = hashes, sigs
 
     @classmethod
     def from_chunks(cls, chunks: Iterable[tuple[list[str], list[bytes]]], num_perm: int) -> SigStore:
+        """From (hashes, signature blobs) chunks, best sorted by hash (then nothing is copied twice)."""
         hs, ss = [np.empty(0, "S20")], [np.empty((0, num_perm), np.uint32)]
         for hashes, blobs in chunks:
             hs.append(np.array(hashes, dtype="S20"))
             ss.append(decode(blobs, num_perm))
-        return cls(np.concatenate(hs), np.concatenate(ss))
+        hashes = np.concatenate(hs)
+        del hs
+        sigs = np.concatenate(ss)
+        del ss    # the chunks go before the store is built: at most two copies of a language's signatures
+        return cls(hashes, sigs)
 
     def get(self, hashes: list[str]) -> np.ndarray:
         """(len(hashes), num_perm) signatures; every hash must be in the store."""
@@ -74,11 +81,15 @@ class LangState:
         self._parked: dict[str, str] = {}         # language -> file of its indexes
         self._store_files: dict[str, str] = {}    # language -> file of its SigStore
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self._files = 0
 
     def _path(self, kind: str) -> str:
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="compass-dedup-")
-        return os.path.join(self._tmp.name, f"{kind}{len(os.listdir(self._tmp.name))}")
+        # A counter, not the folder's file count: a reloaded language's file is removed, and a count would
+        # then name the next file after one still parked, overwriting it.
+        self._files += 1
+        return os.path.join(self._tmp.name, f"{kind}{self._files}")
 
     def add_store(self, lang: str, store: SigStore) -> None:
         """Keep `lang`'s store in a file until the language comes (prepare builds one language at a time)."""

@@ -164,7 +164,6 @@ class LangId(Filter):
 
     name: ClassVar[str] = "langid"
     Config = LangIdConfig
-    batch_size: ClassVar[int] = 5000
 
     def __init__(self, config: LangIdConfig | dict | None = None, **overrides):
         super().__init__(config, **overrides)

@@ -339,7 +339,8 @@ class MineStage(EncoderStage):
         return guards
 
     def write(self, con, outputs: dict[str, pl.DataFrame]) -> dict[str, int]:
-        return {t: insert_ignore(con, t, f) for t, f in outputs.items() if f is not None and not f.is_empty()}
+        return {t: insert_ignore(con, t, f, self.writes[t]) for t, f in outputs.items()
+                if f is not None and not f.is_empty()}
 
     def summarize(self, outputs: dict[str, pl.DataFrame]) -> dict:
         m = outputs["mined_examples"]

@@ -29,6 +29,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from compass.catalog.db import Catalog, registered
+from compass.catalog.writes import insert_rows
 from compass.errors import CompassError
 from compass.ids import text_hash
 from compass.registry import stages
@@ -171,21 +172,18 @@ def encode_missing(cat: Catalog, model, key: str, texts: list[str], batch_size: 
                               "run_id": run_id}).with_columns(vec_column(encode_role(model, todo, role, batch_size,
                                                                                      progress)))
         with cat.transaction() as con:
-            insert_ignore(con, "embedding_cache", frame)
+            insert_ignore(con, "embedding_cache", frame, ("model_fp", "text_hash"))
     return len(todo)
 
 
-def insert_ignore(con, table: str, frame: pl.DataFrame) -> int:
-    """INSERT the frame's rows, skipping keys already there (the table's primary key); returns rows added.
+def insert_ignore(con, table: str, frame: pl.DataFrame, key: tuple[str, ...] | list[str]) -> int:
+    """INSERT the frame's rows whose `key` is not in `table` yet; returns rows added.
 
-    Why not `compass.stage.insert_frame`: its anti-join and two count(*) over the whole table were 40% of a
-    large generate (issue 15); the primary key answers the same question."""
+    compass.catalog.writes.insert_rows (an anti-join on the key): these tables have no primary key to answer
+    `ON CONFLICT` (migration 0110, issue 15)."""
     if frame.is_empty():
         return 0
-    cols = ", ".join(frame.columns)
-    with registered(con, "_incoming", frame):
-        return int(con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming "
-                               "ON CONFLICT DO NOTHING").fetchone()[0])
+    return insert_rows(con, table, frame, list(key))
 
 
 def load_embeddings(cat: Catalog, fp: str, texts: list[str], dim: int) -> np.ndarray:
@@ -327,7 +325,7 @@ class EncodeStage(EncoderStage):
                                                schema_overrides={"run_id": pl.Utf8})}
 
     def write(self, con, outputs: dict[str, pl.DataFrame]) -> dict[str, int]:
-        return {t: insert_ignore(con, t, f) for t, f in outputs.items()}
+        return {t: insert_ignore(con, t, f, self.writes[t]) for t, f in outputs.items()}
 
     def summarize(self, outputs: dict[str, pl.DataFrame]) -> dict:
         return {"encoded": outputs["embedding_cache"].height}

@@ -348,6 +348,15 @@ def test_changed_product_is_a_new_version_and_old_examples_are_stale(catalog, tm
         fresh = cat.query("SELECT positive FROM kept_examples WHERE product_id = ?", [pid])
         assert fresh and any(v2[1]["title"] in r["positive"] for r in fresh)
         assert cat.scalar("SELECT count(*) FROM kept_examples") >= kept_before - len(old_examples)
+    for rows in (v1, v2):   # edited back, and away again: the same superseded decisions, recorded once each
+        write_jsonl(f, rows)
+        _ingest_th(catalog, f)
+        run_cli("generate", "--route", "structured", catalog=catalog)
+    with Catalog(catalog, read_only=True) as cat:
+        keys = cat.query("SELECT example_id, params_hash, count(*) AS n FROM decisions WHERE stage = 'product' "
+                         "GROUP BY ALL")
+        assert {r["params_hash"] for r in keys} == {old_hash, row["content_hash"]}
+        assert all(r["n"] == 1 for r in keys)
 
 
 def test_migration_backfill_hash_matches_ingest(catalog, products_file):

@@ -53,3 +53,48 @@ def test_insert_rows_rejects_a_key_the_frame_lacks(tmp_path):
     with Catalog(tmp_path / "c.duckdb", create=True) as cat, cat.transaction() as con:
         with pytest.raises(CompassError, match="key"):
             insert_rows(con, "examples", pl.DataFrame([_ex(1)]), ["example_id"])
+
+
+BULK = ("examples", "decisions", "example_transforms", "structured_products", "minhash_signatures",
+        "example_signatures", "dedup_members", "embedding_cache", "mined_examples", "negatives", "splits")
+
+
+def _tables(cat: Catalog) -> dict[str, list[tuple]]:
+    return {t: sorted(cat.con.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in BULK}
+
+
+def test_0110_drops_bulk_keys_keeps_rows_and_reruns_add_nothing(tmp_path):
+    """A catalog written with primary keys (migrations up to 0100) keeps every row when 0110 rebuilds its bulk
+    tables without them; uniqueness then rests on insert_rows: rerunning the stages adds nothing."""
+    from conftest import SAMPLES
+
+    from compass.catalog.ingest import ingest_file
+    from compass.datagen.structured_run import run_structured
+    from compass.filters.build import run_filters
+    from compass.train.splits import assign_splits
+
+    path = tmp_path / "old.duckdb"
+    with Catalog(path, create=True, upto="0100_structured_products") as old:
+        assert "0110_bulk_tables_without_primary_keys" in old.pending_migrations()
+        ingest_file(old, SAMPLES / "vi.jsonl", "vi", "VN", None, "fail", "r")
+        run_structured(old, "r", progress=False)
+        run_filters(old, ["langid", "quality", "dedup"], progress=False)
+        assign_splits(old)
+        keyed = {r[0] for r in old.con.execute("SELECT table_name FROM duckdb_constraints() "
+                                                "WHERE constraint_type = 'PRIMARY KEY'").fetchall()}
+        assert set(BULK) <= keyed
+        before = _tables(old)
+    assert sum(map(len, before.values())) > 2000 and before["dedup_members"] and before["splits"]
+    with Catalog(path) as cat:                                    # opening it applies 0110
+        keyed = {r[0] for r in cat.con.execute("SELECT table_name FROM duckdb_constraints() "
+                                                "WHERE constraint_type = 'PRIMARY KEY'").fetchall()}
+        assert not keyed & set(BULK) and {"runs", "generations", "split_policies"} <= keyed
+        assert _tables(cat) == before
+        assert cat.scalar("SELECT count(*) FROM kept_examples") > 0   # the views still read the new tables
+        run_structured(cat, "r2", progress=False)
+        run_filters(cat, ["langid", "quality", "dedup"], progress=False)
+        assign_splits(cat)
+        with cat.transaction() as con:                             # a stored row sent again is not added
+            again = cat.frame("SELECT * EXCLUDE (created_at) FROM examples LIMIT 5")
+            assert insert_rows(con, "examples", again, ["id"]) == 0
+        assert _tables(cat) == before
