@@ -46,7 +46,6 @@ from compass.filters.mine_cache import (
     EncoderStage,
     EncodeStage,
     encoder_keys,
-    insert_ignore,
     load_encoder,
 )
 from compass.filters.mine_pool import (
@@ -339,8 +338,8 @@ class MineStage(EncoderStage):
         return guards
 
     def write(self, con, outputs: dict[str, pl.DataFrame]) -> dict[str, int]:
-        return {t: insert_ignore(con, t, f, self.writes[t]) for t, f in outputs.items()
-                if f is not None and not f.is_empty()}
+        # Stage.write (insert_rows on the declared keys), minus the tables a batch left empty or unset
+        return super().write(con, {t: f for t, f in outputs.items() if f is not None and not f.is_empty()})
 
     def summarize(self, outputs: dict[str, pl.DataFrame]) -> dict:
         m = outputs["mined_examples"]

@@ -172,18 +172,8 @@ def encode_missing(cat: Catalog, model, key: str, texts: list[str], batch_size: 
                               "run_id": run_id}).with_columns(vec_column(encode_role(model, todo, role, batch_size,
                                                                                      progress)))
         with cat.transaction() as con:
-            insert_ignore(con, "embedding_cache", frame, ("model_fp", "text_hash"))
+            insert_rows(con, "embedding_cache", frame, ["model_fp", "text_hash"])
     return len(todo)
-
-
-def insert_ignore(con, table: str, frame: pl.DataFrame, key: tuple[str, ...] | list[str]) -> int:
-    """INSERT the frame's rows whose `key` is not in `table` yet; returns rows added.
-
-    compass.catalog.writes.insert_rows (an anti-join on the key): these tables have no primary key to answer
-    `ON CONFLICT` (migration 0110, issue 15)."""
-    if frame.is_empty():
-        return 0
-    return insert_rows(con, table, frame, list(key))
 
 
 def load_embeddings(cat: Catalog, fp: str, texts: list[str], dim: int) -> np.ndarray:
@@ -323,9 +313,6 @@ class EncodeStage(EncoderStage):
                 "encoder_models": pl.DataFrame({"model_fp": [enc.keys[role]], "model": [enc.label(role)],
                                                 "dim": [enc.dim], "run_id": [self.run_id]},
                                                schema_overrides={"run_id": pl.Utf8})}
-
-    def write(self, con, outputs: dict[str, pl.DataFrame]) -> dict[str, int]:
-        return {t: insert_ignore(con, t, f, self.writes[t]) for t, f in outputs.items()}
 
     def summarize(self, outputs: dict[str, pl.DataFrame]) -> dict:
         return {"encoded": outputs["embedding_cache"].height}
