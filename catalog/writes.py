@@ -50,8 +50,14 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame,
         frame = frame.unique(subset=key, keep="first", maintain_order=True)
     cols = ", ".join(frame.columns)
     cond = " AND ".join(f"t.{k} = f.{k}" for k in key)
+    # A key column with one value in the whole frame (a stage name, a params hash, a set id) becomes a filter on
+    # the table's scan: only rows with that value can match, and rows are appended stage by stage, so DuckDB's
+    # zone maps skip the row groups of other stages and sets instead of probing them.
+    const = [k for k in key if frame[k].null_count() == 0 and frame[k].n_unique() == 1]
+    where = " AND ".join(f"{k} = ?" for k in const) or "TRUE"
     with registered(con, "_insert_rows", frame) as name:
         # DuckDB builds the hash table on the frame (the small side) and streams the table's key column past it.
         n = con.execute(f"INSERT INTO {table} ({cols}) SELECT {', '.join('f.' + c for c in frame.columns)} "
-                        f"FROM {name} f ANTI JOIN {table} t ON {cond}").fetchone()[0]
+                        f"FROM {name} f ANTI JOIN (SELECT {', '.join(key)} FROM {table} WHERE {where}) t ON {cond}",
+                        [frame[k][0] for k in const]).fetchone()[0]
     return int(n)

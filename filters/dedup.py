@@ -41,7 +41,7 @@ from compass.filters.dedup_signatures import (
     sql_hex,
 )
 from compass.filters.dedup_state import LangState, SigStore
-from compass.filters.minhash import EMPTY, estimate, first_seen, permutations, signatures
+from compass.filters.minhash import EMPTY, LSHIndex, estimate, permutations, signatures
 from compass.registry import stages
 from compass.stage import Selection
 from compass.text import normalized_hash, shingles
@@ -78,7 +78,7 @@ class NearDupIndex:
     def __init__(self, threshold: float = 0.8, num_perm: int = 128):
         self.threshold, self.num_perm = threshold, num_perm
         self.keys: list = []
-        self.sigs = np.empty((0, num_perm), dtype=np.uint32)
+        self.lsh = LSHIndex(threshold, num_perm)        # the signatures of the rows `keys` names, banded
         self.first_by_hash: dict[str, object] = {}
         self.cluster_of: dict[object, object] = {}
 
@@ -90,11 +90,11 @@ class NearDupIndex:
         lsh = [i for i, d in enumerate(dup_of) if d is None or not self._exact_dup(keys[i], hashes[i])]
         lsh = [i for i in lsh if not (sigs[i] == EMPTY).all()]
         self.keys += [keys[i] for i in lsh]
-        self.sigs = np.concatenate([self.sigs, sigs[lsh]])
+        self.lsh.index(sigs[lsh])
 
     def copy(self) -> NearDupIndex:
         new = NearDupIndex(self.threshold, self.num_perm)
-        new.keys, new.sigs = list(self.keys), self.sigs
+        new.keys, new.lsh = list(self.keys), self.lsh.copy()
         new.first_by_hash, new.cluster_of = dict(self.first_by_hash), dict(self.cluster_of)
         return new
 
@@ -115,14 +115,12 @@ class NearDupIndex:
             else:
                 lsh_rows.append(i)
         start = len(self.keys)
-        allsigs = np.concatenate([self.sigs, sigs[lsh_rows]])
-        match = first_seen(allsigs, self.threshold, start=start)
-        newkeys = [keys[i] for i in lsh_rows]
-        allkeys = self.keys + newkeys
+        match = self.lsh.add(sigs[lsh_rows])             # (len(lsh_rows),) earliest matching row or -1
+        self.keys += [keys[i] for i in lsh_rows]
+        allsigs = self.lsh.sigs
         for j, i in enumerate(lsh_rows):
-            m = match[start + j]
-            res[i] = (None, False, None) if m < 0 else (allkeys[m], False, estimate(allsigs[m], allsigs[start + j]))
-        self.keys, self.sigs = allkeys, allsigs
+            m = match[j]
+            res[i] = (None, False, None) if m < 0 else (self.keys[m], False, estimate(allsigs[m], allsigs[start + j]))
         out = []
         for k, (dup, exact, score) in zip(keys, res):  # in order: a duplicate's original already has its cluster
             c = k if dup is None else self.cluster_of[dup]

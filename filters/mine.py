@@ -5,7 +5,8 @@
 distinct kept positives of its language and, by default, task (a category path is no useful negative for a
 query whose positive is a title, and a title is a harmful one for a title -> category pair); with `--pool
 products`, also every product text of its language and market that the task's rule names. Exact search streams
-the pool's embeddings in chunks (`mine_search.stream_topk`), so memory does not grow with the pool; then guards,
+the pool's embeddings in chunks (`mine_search.stream_topk`), so memory does not grow with the pool (with
+`ann_min`, pools of that many texts or more are searched with an IVF index instead: `mine_ann`); then guards,
 checked in this order and each counted in `mined_examples`:
 
 - near_dup: the candidate equals the positive (or the anchor) after `compass.text.normalize`, or is a
@@ -41,6 +42,7 @@ from pydantic import BaseModel, ConfigDict
 
 from compass.catalog.db import Catalog, Run, duckdb_memory
 from compass.errors import CompassError
+from compass.filters.mine_ann import ann_topk, build_index, read_index
 from compass.filters.mine_cache import (
     EncoderKeys,
     EncoderStage,
@@ -92,6 +94,8 @@ class MineConfig(BaseModel):
     device: str = "cpu"
     progress: bool = True
     block: int = 1 << 25                  # max scores alive at once in the search (128 MB)
+    ann_min: int = 0                      # pools of at least this many texts: IVF index (mine_ann); 0: all exact
+    nprobe: int = 32                      # IVF lists searched a query (of 4 sqrt(n)); nlist searches exactly
 
     def window(self, task: str) -> tuple[int, int]:
         return task_rule(task).rank_window if self.rank_window == AUTO else tuple(self.rank_window)
@@ -118,6 +122,9 @@ class MineConfig(BaseModel):
             raise CompassError("--per-example and --top-k must be at least 1")
         if self.near_dup is not None and not (0 < self.near_dup <= 1):
             raise CompassError(f"--near-dup {self.near_dup}: use a Jaccard threshold in (0, 1], or 0 to disable")
+        if self.ann_min < 0 or self.nprobe < 1:
+            raise CompassError(f"--ann-min {self.ann_min} / --nprobe {self.nprobe}: need --ann-min >= 0 (0: exact "
+                               "search for every pool) and --nprobe >= 1, e.g. --ann-min 50000 --nprobe 32")
         if self.pool_by not in ("task", "lang"):
             raise CompassError(f"--pool-by {self.pool_by!r}: use task or lang")
         if self.pool not in ("positives", "products"):
@@ -137,6 +144,8 @@ class MineConfig(BaseModel):
              "cross_lingual": self.cross_lingual, "normalize_embeddings": True, "prompts": prompts or {}}
         if AUTO in (self.margin, self.rank_window) or self.pool == "products":
             p["task_rules"] = rules_params()
+        if self.ann_min:   # absent when exact: sets mined exactly before the IVF index keep their id
+            p["search"] = {"ann_min": self.ann_min, "nprobe": self.nprobe, "index": "ivf-flat, 4 sqrt(n) lists"}
         return p
 
 
@@ -172,6 +181,8 @@ class MineStage(EncoderStage):
         self.batch_size = self.config.mine_batch
         self.pools: dict[PoolKey, Pool] = {}          # the pools of the current batch
         self._parked: dict[PoolKey, str] = {}         # every pool of the run: the file it waits in
+        self._indexes: dict[PoolKey, object] = {}     # the IVF indexes of the current batch's large pools
+        self.ivf_pools: dict[str, int] = {}           # label -> texts, of the pools `prepare` indexed
         self._langs = self.config.langs
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._set_id: str | None = None
@@ -225,6 +236,7 @@ class MineStage(EncoderStage):
         keys = cat.con.execute(f"SELECT {lang}, {task}, {market}, list(DISTINCT k.lang) FROM kept_examples k "
                                f"WHERE {where} GROUP BY ALL ORDER BY ALL", params).fetchall()
         self.close()
+        self.ivf_pools = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="compass-mine-")
         for lg, tk, mk, example_langs in keys:
             key = PoolKey(lg, tk, mk, self.config.pool)
@@ -233,6 +245,9 @@ class MineStage(EncoderStage):
                              self.config.cand_chunk)
             if pool is None:            # no candidate at all: its examples stay pending, as before the port
                 continue
+            if self.config.ann_min and len(pool) >= self.config.ann_min:
+                pool.ann = build_index(pool.emb, os.path.join(self._tmp.name, f"ivf{len(self._parked)}.faiss"))
+                self.ivf_pools[key.label()] = len(pool)
             with duckdb_memory(cat, self.config.duckdb_memory):
                 pool.queries = load_queries(
                     cat, f"SELECT substr(sha256(k.anchor), 1, 20) AS h FROM kept_examples k WHERE {where} AND "
@@ -243,7 +258,7 @@ class MineStage(EncoderStage):
 
     def close(self) -> None:
         """Drop the pools, their files and their memory-mapped vectors."""
-        self.pools, self._parked = {}, {}
+        self.pools, self._parked, self._indexes = {}, {}, {}
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -253,6 +268,8 @@ class MineStage(EncoderStage):
         selection comes ordered by pool, so only the pools of one batch are held, whatever the catalog's size)."""
         if key not in self.pools and key in self._parked:
             self.pools[key] = unpark_pool(self._parked[key])
+            if self.pools[key].ann is not None:
+                self._indexes[key] = read_index(self.pools[key].ann)
         return self.pools.get(key)
 
     def process(self, batch: pl.DataFrame) -> dict[str, pl.DataFrame]:
@@ -260,6 +277,7 @@ class MineStage(EncoderStage):
         groups = batch.group_by(["_lang", "_task", "_market"], maintain_order=True)
         wanted = {PoolKey(lang, task, market, self.config.pool) for (lang, task, market), _ in groups}
         self.pools = {k: p for k, p in self.pools.items() if k in wanted}      # parked already: nothing to write
+        self._indexes = {k: x for k, x in self._indexes.items() if k in wanted}
         for (lang, task, market), group in groups:
             pool = self._pool(PoolKey(lang, task, market, self.config.pool))
             if pool is not None:
@@ -281,10 +299,13 @@ class MineStage(EncoderStage):
             raise RuntimeError(f"mine: {int((pos_idx < 0).sum())} positives missing from pool {pool.key.label()}")
         p = np.array(pool.emb[pos_idx], dtype=np.float32)                              # (b, d)
         pos_score = np.einsum("bd,bd->b", q, p).astype(np.float64)                     # (b,)
-        with torch.inference_mode():
-            s, i = stream_topk(torch.from_numpy(q).to(cfg.device), pool.chunks(cfg.cand_chunk, cfg.device),
-                               cfg.top_k + 1, block=cfg.block)
-        scores, idx = s.cpu().numpy(), i.cpu().numpy()                                 # (b, k) each
+        if pool.ann is not None:                                                       # a large pool: IVF
+            scores, idx = ann_topk(self._indexes[pool.key], q, cfg.top_k + 1, cfg.nprobe)
+        else:
+            with torch.inference_mode():
+                s, i = stream_topk(torch.from_numpy(q).to(cfg.device), pool.chunks(cfg.cand_chunk, cfg.device),
+                                   cfg.top_k + 1, block=cfg.block)
+            scores, idx = s.cpu().numpy(), i.cpu().numpy()                             # (b, k) each
         guards = self._pair_guards(g, pool, pos_idx)
         b, tasks = g.height, g["task"].to_numpy()
         counts = {"examined": np.zeros(b, np.int64), "retrieved": np.zeros(b, bool),
@@ -378,4 +399,4 @@ def mine(cat: Catalog, cfg: MineConfig, rec: Run | None = None, model=None) -> d
     return {"set_id": stage.set_id, "model_fp": enc.fp, "prompts": enc.prompts, "pending": s.read,
             "encoded": encoded, "negatives": s.written.get("negatives", 0),
             "examples_with_negatives": s.info.get("examples_with_negatives", 0),
-            "refused": {x: s.info.get("refused", {}).get(x, 0) for x in GUARDS}}
+            "refused": {x: s.info.get("refused", {}).get(x, 0) for x in GUARDS}, "ivf_pools": stage.ivf_pools}

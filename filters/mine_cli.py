@@ -46,13 +46,19 @@ def mine_cmd(
                                               "its language only.")] = "task",
     cross_lingual: Annotated[bool, typer.Option("--cross-lingual", help="Candidates from every selected language."
                                                 )] = False,
+    ann_min: Annotated[int, typer.Option(help="Pools of at least this many texts are searched with an IVF index "
+                                              "(approximate, O(sqrt n) a query); 0 (default): exact search for "
+                                              "every pool.")] = 0,
+    nprobe: Annotated[int, typer.Option(help="IVF lists searched per query (a pool of n texts has 4 sqrt(n)); more "
+                                             "is closer to exact and slower.")] = 32,
     batch_size: Annotated[int, typer.Option(help="Encoder batch size.")] = 64,
     mine_batch: Annotated[int, typer.Option(help="Examples per transaction.")] = 2048,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (auto: CUDA when present).")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     catalog: CatalogOpt = None,
 ) -> None:
-    """Mine hard negatives for kept examples: exact search + guards (near-dup, class, margin, rank window)."""
+    """Mine hard negatives for kept examples: nearest-neighbour search (exact; IVF for large pools) + guards
+    (near-dup, class, margin, rank window)."""
     from compass.devices import resolve_device
     from compass.filters.mine import MineConfig, mine
 
@@ -60,7 +66,8 @@ def mine_cmd(
     cfg = MineConfig(model=model, langs=parse_langs(langs), top_k=top_k, rank_window=_window(rank_window),
                      margin="auto" if margin is None else (margin or None), pool=pool, per_example=per_example,
                      near_dup=near_dup or None,
-                     class_guard=class_guard, pool_by=pool_by, cross_lingual=cross_lingual, batch_size=batch_size,
+                     class_guard=class_guard, pool_by=pool_by, cross_lingual=cross_lingual, ann_min=ann_min,
+                     nprobe=nprobe, batch_size=batch_size,
                      mine_batch=mine_batch, device=device, progress=not quiet)
     cfg.validate()
     config = cfg.model_dump(mode="json", exclude={"progress", "block", "cand_chunk", "duckdb_memory"})
@@ -75,6 +82,9 @@ def mine_cmd(
                   f"prompts: {prompts}), "
                   f"{res['negatives']} negatives, {res['examples_with_negatives']} examples with at least one",
                   highlight=False)
+    if res.get("ivf_pools"):
+        console.print(f"approximate search (IVF, --nprobe {nprobe}) in the pools of at least {ann_min:,} texts: "
+                      + ", ".join(f"{k} ({n:,})" for k, n in res["ivf_pools"].items()), highlight=False)
     print_table([{"guard": g, "refused": n} for g, n in res["refused"].items()], title="refused candidates")
 
 

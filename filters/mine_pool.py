@@ -142,6 +142,7 @@ class Pool:
     clusters: Sets | None          # dedup clusters of the examples whose positive it is (None: dedup never ran)
     emb: np.ndarray                # (n, dim) float32, memory-mapped read-only
     queries: Queries | None = None  # the query vectors of the pending examples mined against it
+    ann: str | None = None         # its IVF index file (mine_ann), for a pool of at least --ann-min texts
 
     def __len__(self) -> int:
         return len(self.hashes)

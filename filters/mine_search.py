@@ -5,8 +5,8 @@ Pure array code (no catalog, no model), so the benchmark and the stage share it.
 Why not `sentence_transformers.util.semantic_search`: it returns one Python dict per hit and merges corpus chunks
 in a Python heap, which for 10k queries x 100 hits is a million dicts; the guards below want the hits as
 tensors. The search itself is the same idea (chunked matrix products + torch.topk), kept to a few lines.
-Why not FAISS: for exact inner-product search on CPU it is a flat index doing the same matrix products, and it
-is not a dependency of compass; at the sizes a catalog holds per pool the chunked matmul is enough.
+Why not FAISS for the exact search: on CPU its flat index does the same matrix products, on a matrix held in
+memory, where this streams a memory-mapped pool. faiss serves the approximate search (`mine_ann`, opt-in).
 """
 
 from __future__ import annotations
@@ -95,9 +95,17 @@ class Sets:
 
     @classmethod
     def from_pairs(cls, owner: np.ndarray, val: np.ndarray, n: int) -> Sets:
-        f = pl.DataFrame({"o": owner.astype(np.int64), "v": val}).unique().sort("o", "v")
-        counts = np.bincount(f["o"].to_numpy(), minlength=n)
-        return cls(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), f["v"].to_numpy())
+        # numpy, not a polars unique().sort(): at 1M products a pool's 5M+ shingle pairs took polars' parallel
+        # unique and sort 1.3 GB above the process (the largest spike of `mine`); a lexsort holds one index array
+        owner = owner.astype(np.int64, copy=False)
+        order = np.lexsort((val, owner))
+        o, v = owner[order], val[order]
+        del order
+        keep = np.ones(len(o), bool)
+        keep[1:] = (o[1:] != o[:-1]) | (v[1:] != v[:-1])
+        o, v = o[keep], v[keep]
+        counts = np.bincount(o, minlength=n)
+        return cls(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), v)
 
     @classmethod
     def from_lists(cls, lists: list, dtype=np.int64) -> Sets:
@@ -190,16 +198,22 @@ class TextKeys:
     shingles: dict[bool, Sets]
 
     @classmethod
-    def build(cls, texts: list[str], spaced: Iterable[bool] = (True,)) -> TextKeys:
+    def build(cls, texts: list[str], spaced: Iterable[bool] = (True,), chunk: int = 20000) -> TextKeys:
         norm = hash_strings([normalize(t) for t in texts])
         sh = {}
         for sp in sorted(set(spaced)):
             lang = "en" if sp else "th"              # representatives: shingles() reads only uses_spaces(lang)
-            lists = [sorted(shingles(t, lang)) for t in texts]
-            lens = np.fromiter(map(len, lists), np.int64, len(lists))
-            flat = hash_strings([s for x in lists for s in x]) if lens.sum() else np.zeros(0, np.uint64)
+            # hashed `chunk` texts at a time: a large pool's shingles as Python strings at once were 400+ MB
+            owners, hashes = [np.zeros(0, np.int64)], [np.zeros(0, np.uint64)]
+            for s in range(0, len(texts), chunk):
+                lists = [shingles(t, lang) for t in texts[s:s + chunk]]
+                lens = np.fromiter(map(len, lists), np.int64, len(lists))
+                owners.append(np.repeat(np.arange(s, s + len(lists)), lens))
+                hashes.append(hash_strings([x for sh_ in lists for x in sh_]) if lens.sum() else np.zeros(0, np.uint64))
+            flat = np.concatenate(hashes)
+            del hashes
             flat = pl.Series(flat).rank("dense").to_numpy().astype(np.int64)   # dense ids: `common` packs them
-            sh[sp] = Sets.from_pairs(np.repeat(np.arange(len(texts)), lens), flat, len(texts))
+            sh[sp] = Sets.from_pairs(np.concatenate(owners), flat, len(texts))
         return cls(norm, sh)
 
     def near_dup(self, i: np.ndarray, j: np.ndarray, spaced: np.ndarray, threshold: float | None,
@@ -291,7 +305,7 @@ def select_negatives(scores: np.ndarray, idx: np.ndarray, pos_idx: np.ndarray, p
     pairs = pairs or _from_callables(same_class, near_dup)
     is_pos = idx == pos_idx[:, None]                                    # (b, k)
     rank = np.cumsum(~is_pos, axis=1) - 1                               # rank among non-positive texts
-    live = ~is_pos & (rank < cfg.depth)                                 # the retrieved candidates
+    live = ~is_pos & (rank < cfg.depth) & (idx >= 0)                    # the retrieved candidates (-1: none)
     code = np.zeros((b, k), np.int8)                                    # 0 kept, g + 1: refused by GUARDS[g]
     code[(rank < cfg.lo) | (rank >= min(cfg.hi, cfg.depth))] = 4
     if cfg.margin is not None:

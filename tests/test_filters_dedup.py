@@ -14,7 +14,7 @@ from datasketch import MinHash, MinHashLSH
 from compass.catalog.db import Catalog
 from compass.filters.base import run_filter
 from compass.filters.dedup import Dedup, DedupConfig, dedup_texts, positive_cluster_ids
-from compass.filters.minhash import first_seen, signatures
+from compass.filters.minhash import LSHIndex, first_seen, signatures
 from compass.ids import content_id
 from compass.stage import insert_frame
 from compass.text import shingles
@@ -78,6 +78,55 @@ def test_first_seen_equals_plain_lsh_loop(threshold):
     assert got.tolist() == expect
     # Judging the tail after indexing the head gives the same answers for the tail.
     assert first_seen(signatures(sh), threshold, start=250).tolist()[250:] == expect[250:]
+    # The incremental index, fed in batches of any size (and a head restored unjudged), answers the same.
+    sigs = signatures(sh)
+    for sizes in ([400], [1] * 40 + [360], [7, 93, 150, 150], [250, 150]):
+        lsh, got, at = LSHIndex(threshold), [], 0
+        for m in sizes:
+            got += lsh.add(sigs[at:at + m]).tolist()
+            at += m
+        assert got == expect, sizes
+    lsh = LSHIndex(threshold)
+    lsh.index(sigs[:250])
+    assert lsh.add(sigs[250:260]).tolist() + lsh.add(sigs[260:]).tolist() == expect[250:]
+    assert not lsh.exact
+
+
+def _edits(n: int = 300, seed: int = 5) -> np.ndarray:
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(200)]
+    texts: list[list[str]] = []
+    for _ in range(n):
+        t = list(rng.choice(texts)) if texts and rng.random() < 0.6 else [rng.choice(vocab) for _ in range(12)]
+        if texts and rng.random() < 0.7:
+            t[rng.randrange(len(t))] = rng.choice(vocab)
+        texts.append(t)
+    return signatures([shingles(" ".join(t), "en") for t in texts])
+
+
+def test_lsh_index_key_collisions_fall_back_to_the_exact_grouping(monkeypatch):
+    import compass.filters.minhash as mh
+
+    sigs = _edits()
+    expect = first_seen(sigs, 0.8).tolist()
+    monkeypatch.setattr(mh, "_MIX", np.zeros_like(mh._MIX))      # every band gets key 0: all collide
+    lsh = LSHIndex(0.8)
+    got = lsh.add(sigs[:100]).tolist() + lsh.add(sigs[100:]).tolist()
+    assert lsh.exact and got == expect and sum(g >= 0 for g in got) > 20
+
+
+def test_lsh_index_copies_are_independent_and_pickle_trimmed():
+    import pickle
+
+    sigs = _edits()
+    lsh = LSHIndex(0.8)
+    lsh.add(sigs[:150])
+    twin = lsh.copy()
+    a = lsh.add(sigs[150:]).tolist()
+    assert twin.n == 150 and twin.add(sigs[150:]).tolist() == a
+    back = pickle.loads(pickle.dumps(lsh))
+    assert len(back._sigs) == back.n == 300 and np.array_equal(back.sigs, lsh.sigs)
+    assert back.add(sigs[:10]).tolist() == lsh.add(sigs[:10]).tolist()
 
 
 def test_dedup_texts_promo_word_and_tone_mark():

@@ -209,6 +209,10 @@ def test_vectorised_near_dup_equals_the_shared_definition():
     texts = [POSITIVE, NEAR_DUP, SAME_PRODUCT, HARD_NEG, POSITIVE.upper(), "ครีมกันแดด Biore UV SPF50+ 50g ลดราคา",
              "ครีมกันแดด Biore UV SPF50+ 50g ส่งฟรี", "", "   ", "Nike"]
     keys = TextKeys.build(texts, {True, False})
+    chunked = TextKeys.build(texts, {True, False}, chunk=3)     # hashed 3 texts at a time: the same keys
+    for sp in (True, False):
+        assert np.array_equal(keys.shingles[sp].off, chunked.shingles[sp].off)
+        assert np.array_equal(keys.shingles[sp].val, chunked.shingles[sp].val)
     i, j = (a.ravel() for a in np.meshgrid(np.arange(len(texts)), np.arange(len(texts)), indexing="ij"))
     for thr in (0.8, 0.5, None):
         for lang in ("en", "th"):
@@ -232,6 +236,13 @@ def test_set_overlaps_equal_python_sets():
     rng = np.random.default_rng(0)
     sets = [set(rng.integers(0, 40, rng.integers(0, 20)).tolist()) for _ in range(60)]
     s = Sets.from_lists(sets)
+    assert [s.val[s.off[k]:s.off[k + 1]].tolist() for k in range(60)] == [sorted(x) for x in sets]
+    # pairs in any order, repeated: each item's keys come out unique and sorted
+    o = np.repeat(np.arange(60), [len(x) for x in sets])
+    v = np.array([k for x in sets for k in x], np.int64)
+    perm = rng.permutation(np.r_[np.arange(len(o)), np.arange(len(o))])
+    again = Sets.from_pairs(o[perm], v[perm], 60)
+    assert np.array_equal(again.off, s.off) and np.array_equal(again.val, s.val)
     ai, bi = rng.integers(0, 60, 500), rng.integers(0, 60, 500)
     assert common(s, ai, s, bi).tolist() == [len(sets[a] & sets[b]) for a, b in zip(ai, bi)]
     assert share(s, ai, s, bi).tolist() == [bool(sets[a] & sets[b]) for a, b in zip(ai, bi)]

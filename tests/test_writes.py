@@ -49,6 +49,25 @@ def test_insert_rows_composite_key_and_table_without_primary_key(tmp_path):
                                                                          {"id": "p2", "title": "t2"}]
 
 
+def test_a_key_column_constant_in_the_frame_filters_the_scan_with_the_same_rows(tmp_path):
+    """One stage's decisions (stage and params constant in the frame): rows of other stages never match, rows of
+    the same stage and params do; a frame whose stage varies takes the plain anti-join, with the same result."""
+    def dec(ids, stage, ph="h1"):
+        return pl.DataFrame({"example_id": ids, "stage": stage, "params_hash": ph, "keep": True, "reason": "ok"})
+
+    key = ["example_id", "stage", "params_hash"]
+    with Catalog(tmp_path / "c.duckdb", create=True) as cat:
+        with cat.transaction() as con:
+            assert insert_rows(con, "decisions", dec(["e1", "e2"], "langid"), key) == 2
+            assert insert_rows(con, "decisions", dec(["e1", "e2", "e3"], "quality"), key) == 3   # other stage
+            assert insert_rows(con, "decisions", dec(["e2", "e3", "e4"], "quality"), key) == 1   # e4 only
+            assert insert_rows(con, "decisions", dec(["e1"], "quality", "h2"), key) == 1          # other params
+            mixed = pl.concat([dec(["e1", "e5"], "langid"), dec(["e1"], "quality", "h2")])        # not constant
+            assert insert_rows(con, "decisions", mixed, key) == 1                                  # e5 only
+        assert cat.scalar("SELECT count(*) FROM decisions") == 8
+        assert cat.scalar("SELECT count(*) FROM (SELECT DISTINCT example_id, stage, params_hash FROM decisions)") == 8
+
+
 def test_insert_rows_rejects_a_key_the_frame_lacks(tmp_path):
     with Catalog(tmp_path / "c.duckdb", create=True) as cat, cat.transaction() as con:
         with pytest.raises(CompassError, match="key"):
