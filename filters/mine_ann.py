@@ -30,15 +30,17 @@ import math
 
 import numpy as np
 
+from compass.errors import CompassError
+
 MAX_TRAIN_PER_LIST = 64   # training points per list: k-means needs ~40+ a centroid (faiss warns below 39)
 
 
 def _faiss():
     try:
         import faiss
-    except ImportError as e:  # pragma: no cover - faiss-cpu is in the train extra, beside torch
-        raise ImportError("mining a large pool needs faiss: pip install 'compass-embed[train]' (faiss-cpu), or "
-                          "mine exactly with --ann-min 0") from e
+    except ImportError as e:  # faiss-cpu is in the train extra, beside torch
+        raise CompassError("--ann-min needs faiss: pip install 'compass-embed[train]' (it brings faiss-cpu), or "
+                           "mine with exact search (--ann-min 0, the default)") from e
     return faiss
 
 

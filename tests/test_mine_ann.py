@@ -90,6 +90,14 @@ def test_the_stage_with_every_list_probed_mines_what_the_exact_search_mines(tmp_
         assert _dump_set(cat, exact) == _dump_set(cat, ivf), name
 
 
+def test_faiss_missing_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)                # `import faiss` raises ImportError
+    with pytest.raises(CompassError, match=r"pip install 'compass-embed\[train\]'.*--ann-min 0"):
+        build_index(_clustered(100), str(tmp_path / "ivf.faiss"))
+
+
 def test_bad_ann_settings_say_the_fix():
     from compass.filters.mine import MineConfig
 
