@@ -6,7 +6,8 @@ One local Ray cluster (`--cpus` CPUs, 127.0.0.1; its start-up is timed apart), t
 the same ingested catalog: the chain structured, langid, quality, dedup_signatures, dedup (global: the driver),
 split runs with the local executor on one and with Ray on the other, stage by stage (wall seconds, this process
 and Ray's workers together). Reported per stage: the median of the repetitions and its spread (min-max) for
-each executor, and the ratio Ray / local (the baseline, measured in the same run). Each repetition also checks
+each executor, and the ratio Ray / local (the baseline, measured in the same run); and the peak RSS of the driver
+with each executor and of the largest Ray worker process (`Peaks`). Each repetition also checks
 that the two catalogs are identical table by table (rows minus run ids and times). On one small machine parity
 is the expectation: the point of the executor is the same result on more machines.
 """
@@ -14,10 +15,12 @@ is the expectation: the point of the executor is the same result on more machine
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +65,39 @@ def same(a: Path, b: Path) -> None:
             raise SystemExit(f"{name}: the ray executor's catalog differs from the local one")
 
 
+class Peaks:
+    """Peak RSS (MB) while a block runs, sampled every 0.2 s: of this process (the driver: the local executor's
+    whole work, the Ray executor's planning and commits) and of the largest Ray worker process (`ray::...`, a
+    child of the local cluster this process started). A per-process figure: what one node must hold."""
+
+    def __init__(self):
+        import psutil
+
+        self.me = psutil.Process()
+        self.driver = self.worker = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            self.driver = max(self.driver, self.me.memory_info().rss / 2**20)
+            for child in self.me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if child.name().startswith("ray::") or "ray::" in " ".join(child.cmdline()[:1]):
+                        self.worker = max(self.worker, child.memory_info().rss / 2**20)
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> Peaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def main() -> None:
     from scale import parse_size
 
@@ -85,6 +121,7 @@ def main() -> None:
              log_to_driver=False)
     startup = time.perf_counter() - t0
     times: dict[str, dict[str, list[float]]] = {name: {"local": [], "ray": []} for name, _ in CHAIN}
+    rss: dict[str, dict[str, list[float]]] = {name: {"local": [], "ray": [], "worker": []} for name, _ in CHAIN}
     for rep in range(args.reps):
         cats = {}
         for ex in ("local", "ray"):
@@ -93,8 +130,12 @@ def main() -> None:
         for name, cfg in CHAIN:
             for ex in ("local", "ray") if rep % 2 == 0 else ("ray", "local"):   # alternate who goes first
                 t = time.perf_counter()
-                compass.run(cats[ex], build_stage(name, cfg), executor=ex, progress=False)
+                with Peaks() as peak:
+                    compass.run(cats[ex], build_stage(name, cfg), executor=ex, progress=False)
                 times[name][ex].append(time.perf_counter() - t)
+                rss[name][ex].append(peak.driver)
+                if ex == "ray":
+                    rss[name]["worker"].append(peak.worker)
         same(cats["local"], cats["ray"])
         for p in cats.values():
             p.unlink()
@@ -110,6 +151,12 @@ def main() -> None:
         cell = {ex: f"{med[ex]:.1f} ({min(v):.1f}-{max(v):.1f})" for ex, v in times[name].items()}
         print(f"| {name} | {cell['local']} | {cell['ray']} | {med['ray'] / med['local']:.2f} |")
     print(f"| chain | {total['local']:.1f} | {total['ray']:.1f} | {total['ray'] / total['local']:.2f} |")
+    print("\npeak RSS MB, median (min-max): the driver with each executor, and the largest Ray worker process")
+    print("| stage | local (driver) | ray (driver) | ray (largest worker) |\n|---|---|---|---|")
+    for name, _ in CHAIN:
+        cell = {k: f"{statistics.median(v):,.0f} ({min(v):,.0f}-{max(v):,.0f})" if v else "-"
+                for k, v in rss[name].items()}
+        print(f"| {name} | {cell['local']} | {cell['ray']} | {cell['worker']} |")
 
 
 if __name__ == "__main__":
