@@ -24,8 +24,9 @@ The first `per_example` survivors, best first, are stored with the pool they cam
 (model fingerprint and prompts, guard parameters) pair, its id the params hash; the stage's pending selection is
 the kept examples not yet in `mined_examples` for the set, ordered by pool and carrying no vector; everything
 else it reads (the pools, with the query vectors of their pending anchors; the positives' vectors are the pool's)
-is read once in `prepare`, one pool at a time, each parked in a temporary file until its batches come, so a
-batch holds only its own pools: `process` is pure over its batch and the pools.
+is read once in `prepare`, one pool at a time (the vectors of all in one scan of the cache), each parked in a
+temporary file until its batches come, so a batch holds only its own pools: `process` is pure over its batch
+and the pools.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from compass.filters.mine_pool import (
     TASK_RULES,
     Pool,
     PoolKey,
+    VectorFill,
     load_pool,
     load_queries,
     park_pool,
@@ -229,8 +231,9 @@ class MineStage(EncoderStage):
         return self.config.duckdb_memory
 
     def prepare(self, cat: Catalog) -> None:
-        """Read the pools of the pending examples (texts, classes, clusters, vectors) once, one at a time, each
-        parked in a file until its examples come (the selection is ordered by pool); keeps no connection."""
+        """Read the pools of the pending examples (texts, classes, clusters) once, one at a time, each parked in a
+        file until its examples come (the selection is ordered by pool), then the vectors of all of them and of
+        their queries in one scan of the embedding cache (`VectorFill`); keeps no connection."""
         where, params = self._pending(self._langs)
         lang, task, market = self._keys_sql()
         keys = cat.con.execute(f"SELECT {lang}, {task}, {market}, list(DISTINCT k.lang) FROM kept_examples k "
@@ -238,23 +241,28 @@ class MineStage(EncoderStage):
         self.close()
         self.ivf_pools = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="compass-mine-")
+        fill = VectorFill(self.encoder.dim)     # every pool's vectors in one scan of the cache, after the loop
         for lg, tk, mk, example_langs in keys:
             key = PoolKey(lg, tk, mk, self.config.pool)
             pool = load_pool(cat, key, self._langs, self.encoder.keys["document"], self.encoder.dim, self._tmp.name,
                              {uses_spaces(x) for x in example_langs}, self.config.duckdb_memory,
-                             self.config.cand_chunk)
+                             self.config.cand_chunk, fill)
             if pool is None:            # no candidate at all: its examples stay pending, as before the port
                 continue
-            if self.config.ann_min and len(pool) >= self.config.ann_min:
-                pool.ann = build_index(pool.emb, os.path.join(self._tmp.name, f"ivf{len(self._parked)}.faiss"))
-                self.ivf_pools[key.label()] = len(pool)
             with duckdb_memory(cat, self.config.duckdb_memory):
                 pool.queries = load_queries(
                     cat, f"SELECT substr(sha256(k.anchor), 1, 20) AS h FROM kept_examples k WHERE {where} AND "
                     f"{lang} = ? AND {task} = ? AND {market} = ?", [*params, lg, tk, mk], self.encoder.keys["query"],
                     self.encoder.dim, os.path.join(self._tmp.name, f"queries{len(self._parked)}.npy"),
-                    self.config.cand_chunk)
+                    self.config.cand_chunk, fill)
             self._parked[key] = park_pool(pool, self._tmp.name)
+        fill.run(cat, self.config.duckdb_memory, self.config.cand_chunk)
+        for key, path in list(self._parked.items()) if self.config.ann_min else []:   # IVF, now the vectors are in
+            pool = unpark_pool(path)
+            if self.config.ann_min and len(pool) >= self.config.ann_min:
+                pool.ann = build_index(pool.emb, os.path.join(self._tmp.name, f"ivf{len(self.ivf_pools)}.faiss"))
+                self.ivf_pools[key.label()] = len(pool)
+                self._parked[key] = park_pool(pool, self._tmp.name)
 
     def close(self) -> None:
         """Drop the pools, their files and their memory-mapped vectors."""

@@ -163,8 +163,12 @@ class Pool:
 
 
 def load_pool(cat: Catalog, key: PoolKey, langs: list[str] | None, emb_key: str, dim: int, folder: str,
-              spaced: set[bool], memory: str | None = None, chunk: int = 16384) -> Pool | None:
-    """Read pool `key` (None when it has no text); its embeddings (cache key `emb_key`) must all be cached."""
+              spaced: set[bool], memory: str | None = None, chunk: int = 16384,
+              fill: VectorFill | None = None) -> Pool | None:
+    """Read pool `key` (None when it has no text); its embeddings (cache key `emb_key`) must all be cached.
+
+    With `fill`, the pool's vector file is only planned: it reads as zeros until `fill.run` (one scan of the cache
+    for every pool planned in it); without, it is filled here."""
     sql, params = pool_sql(key, langs)
     rows = cat.frame(sql, params)
     n = rows.height
@@ -199,8 +203,11 @@ def load_pool(cat: Catalog, key: PoolKey, langs: list[str] | None, emb_key: str,
                 ids: dict[str, int] = {}
                 clusters = Sets.from_pairs(np.array([g[0] for g in got], np.int64),
                                            np.array([ids.setdefault(g[1], len(ids)) for g in got], np.int64), n)
-        emb = _embeddings(cat, emb_key, hashes, dim, os.path.join(folder, f"pool{len(os.listdir(folder))}.npy"),
-                          chunk)
+    now = fill is None
+    fill = fill or VectorFill(dim)
+    emb = fill.add(emb_key, hashes, os.path.join(folder, f"pool{len(os.listdir(folder))}.npy"))
+    if now:
+        fill.run(cat, memory, chunk)
     return Pool(key, hashes, texts, rows["source"], pl.Series(example_ids, dtype=pl.Utf8),
                 TextKeys.build(texts.to_list(), spaced),
                 Sets.from_pairs(np.array(owners, np.int64), np.array(keys, np.int64), n), class_ids, clusters, emb)
@@ -227,13 +234,16 @@ class Queries:
 
 
 def load_queries(cat: Catalog, anchors_sql: str, params: list, query_key: str, dim: int, path: str,
-                 chunk: int = 16384) -> Queries:
-    """The cached query vectors of the texts `anchors_sql` (one column of text hashes) selects, into a file."""
-    rows = cat.con.execute(f"SELECT DISTINCT h FROM ({anchors_sql}) ORDER BY h", params).fetchall()
-    hashes = np.array([r[0] for r in rows], dtype="S20")
-    with registered(cat.con, "_mine_anchors", pl.DataFrame({"h": [r[0] for r in rows]}, schema={"h": pl.Utf8})):
-        emb = _fill(cat, "SELECT text_hash, vec FROM embedding_cache WHERE model_fp = ? AND text_hash IN "
-                         "(SELECT h FROM _mine_anchors)", [query_key], hashes, dim, path, chunk)
+                 chunk: int = 16384, fill: VectorFill | None = None) -> Queries:
+    """The cached query vectors of the texts `anchors_sql` (one column of text hashes) selects, into a file
+    (planned in `fill` when given, as for `load_pool`)."""
+    got = cat.con.execute(f"SELECT DISTINCT h FROM ({anchors_sql}) ORDER BY h", params).to_arrow_table()
+    hashes = hash_array(got.column(0))
+    now = fill is None
+    fill = fill or VectorFill(dim)
+    emb = fill.add(query_key, hashes, path)
+    if now:
+        fill.run(cat, None, chunk)
     return Queries(hashes, emb)
 
 
@@ -254,32 +264,84 @@ def unpark_pool(path: str) -> Pool:
                    queries=None if q is None else Queries(q[0], np.load(q[1], mmap_mode="r")))
 
 
-def _embeddings(cat: Catalog, emb_key: str, hashes: np.ndarray, dim: int, path: str, chunk: int) -> np.ndarray:
-    """The pool's cached vectors, copied in pool order into a memory-mapped file, then mapped read-only.
+def hash_array(col) -> np.ndarray:
+    """An Arrow column of 20-character text hashes as (n,) S20, without a Python string per row."""
+    import pyarrow as pa
 
-    The query is a semi-join (`IN`), whose hash table DuckDB builds on the pool's hashes: a plain join may pick
-    the cache side, vectors included, as its build side and hold them all (measured: 1.4 GB at 300k vectors)."""
-    return _fill(cat, "SELECT text_hash, vec FROM embedding_cache WHERE model_fp = ? AND text_hash IN "
-                      "(SELECT h FROM _mine_pool)", [emb_key], hashes, dim, path, chunk)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks else pa.array([], pa.string())
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        col = col.cast(pa.string())
+    if col.null_count == 0 and len(col):
+        off = np.frombuffer(col.buffers()[1], np.int64 if pa.types.is_large_string(col.type) else np.int32,
+                            len(col) + 1, col.offset * (8 if pa.types.is_large_string(col.type) else 4))
+        if (np.diff(off) == 20).all():
+            return np.frombuffer(col.buffers()[2], np.uint8, int(off[-1] - off[0]), int(off[0])).view("S20").copy()
+    return np.array(col.to_pylist(), dtype="S20")
 
 
-def _fill(cat: Catalog, sql: str, params: list, hashes: np.ndarray, dim: int, path: str, chunk: int) -> np.ndarray:
-    """Vectors of `sql` (text_hash, vec), each at its hash's position in `hashes` (sorted), in a file mapped back
-    read-only; every hash must be found."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(hashes), dim))
-    seen = 0
-    for rb in cat.con.execute(sql, params).to_arrow_reader(chunk):
-        if rb.num_rows == 0:
-            continue
-        pos = np.searchsorted(hashes, np.array(rb.column(0).to_pylist(), dtype="S20"))
-        out[pos] = rb.column(1).flatten().to_numpy(zero_copy_only=False).reshape(rb.num_rows, dim)
-        seen += rb.num_rows
-    out.flush()
-    del out
-    if seen != len(hashes):
-        raise CompassError(f"embedding cache lacks {len(hashes) - seen} of {len(hashes)} texts for encoder key "
-                           f"{params[0]}: run the encode stage first (`compass mine` does)")
-    return np.load(path, mmap_mode="r")
+class VectorFill:
+    """Cached vectors into many memory-mapped files (one per pool and per pool's queries), in one scan of the
+    embedding cache per cache key.
+
+    Why: each file filled by its own query (`text_hash IN (...)`, a semi-join) scanned the whole cache, vectors
+    included: at 1M products, 45 pools x 2 such scans of a 3 GB table were a tenth of `mine`'s time and grew with
+    the catalog times the pools. The files are written with `os.pwrite`, through the page cache: a file mapped
+    for writing would hold every page it touched in the process's resident memory until it was closed.
+    """
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self._want: dict[str, list[tuple[np.ndarray, str, int]]] = {}   # key -> [(sorted S20 hashes, file, offset)]
+
+    def add(self, key: str, hashes: np.ndarray, path: str) -> np.ndarray:
+        """Plan `path` to hold the vectors of `hashes` (sorted), row i that of hashes[i]; returns the file mapped
+        read-only (zeros until `run`: the mapping shares the page cache `run` writes through)."""
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(hashes), self.dim)).flush()
+        mapped = np.load(path, mmap_mode="r")
+        self._want.setdefault(key, []).append((hashes, path, mapped.offset))   # offset: where the .npy data starts
+        return mapped
+
+    def run(self, cat: Catalog, memory: str | None = None, chunk: int = 16384) -> None:
+        """Fill every planned file; every hash must be found in the cache."""
+        row_bytes = self.dim * 4
+        for key, want in self._want.items():
+            if not sum(len(w[0]) for w in want):
+                continue
+            # every (hash, file, row) wanted, sorted by hash: a text may be wanted by several files
+            h = np.concatenate([w[0] for w in want])
+            f = np.repeat(np.arange(len(want), dtype=np.int32), [len(w[0]) for w in want])
+            r = np.concatenate([np.arange(len(w[0]), dtype=np.int64) for w in want])
+            order = np.argsort(h, kind="stable")
+            h, f, r = h[order], f[order], r[order]
+            del order
+            fds = [os.open(path, os.O_WRONLY) for _, path, _ in want]
+            base = [offset for _, _, offset in want]
+            done = 0
+            try:
+                with registered(cat.con, "_mine_need", pl.DataFrame({"h": np.unique(h).astype(str)})), \
+                        duckdb_memory(cat, memory):
+                    for rb in cat.con.execute("SELECT text_hash, vec FROM embedding_cache WHERE model_fp = ? AND "
+                                              "text_hash IN (SELECT h FROM _mine_need)", [key]).to_arrow_reader(chunk):
+                        if rb.num_rows == 0:
+                            continue
+                        got = hash_array(rb.column(0))
+                        vec = rb.column(1).flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+                        vec = vec.reshape(rb.num_rows, self.dim)
+                        lo, hi = np.searchsorted(h, got, "left"), np.searchsorted(h, got, "right")
+                        n = hi - lo                                              # files wanting each row's text
+                        src = np.repeat(np.arange(rb.num_rows), n)
+                        tgt = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+                        for i, t in zip(src.tolist(), tgt.tolist()):
+                            os.pwrite(fds[f[t]], vec[i].tobytes(), base[f[t]] + int(r[t]) * row_bytes)
+                        done += len(tgt)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            if done != len(h):
+                raise CompassError(f"embedding cache lacks {len(h) - done} of {len(h)} wanted vectors for encoder "
+                                   f"key {key}: run the encode stage first (`compass mine` does)")
+        self._want = {}
 
 
 def _product_classes(cat: Catalog, key: PoolKey) -> Iterator[tuple[int, str]]:

@@ -524,3 +524,37 @@ def test_the_stages_run_alone_through_the_runner(tmp_path):
     assert compass.run(path, "mine", cfg, progress=False).nothing_to_do
     assert compass.run(path, "encode", {"model": MODEL, "sources": ["anchors", "positives"]}, progress=False
                        ).nothing_to_do
+
+
+def test_vector_fill_reads_every_file_in_one_scan_and_names_what_is_missing(tmp_path):
+    import pyarrow as pa
+
+    from compass.errors import CompassError
+    from compass.filters.mine_pool import VectorFill, hash_array
+
+    cat = _catalog(tmp_path / "c.duckdb")
+    rng = np.random.default_rng(0)
+    hashes = np.array(sorted(f"{i:020d}" for i in range(50)), dtype="S20")
+    vecs = {key: rng.standard_normal((50, 4)).astype(np.float32) for key in ("doc", "query")}
+    with cat.transaction() as con:
+        for key, v in vecs.items():
+            con.executemany("INSERT INTO embedding_cache (model_fp, text_hash, vec) VALUES (?, ?, ?)",
+                            [[key, h.decode(), v[i].tolist()] for i, h in enumerate(hashes)])
+    fill = VectorFill(4)
+    # overlapping files (a text wanted twice), one empty, two cache keys; rows are read in chunks of 7
+    plan = [("doc", np.arange(0, 30)), ("doc", np.arange(20, 50)), ("doc", np.arange(0)),
+            ("query", np.arange(5, 45, 3))]
+    mapped = [fill.add(key, hashes[rows], str(tmp_path / f"f{i}.npy")) for i, (key, rows) in enumerate(plan)]
+    assert not mapped[0].any()                                  # planned: zeros until run
+    fill.run(cat, chunk=7)
+    for (key, rows), m in zip(plan, mapped):
+        assert np.array_equal(m, vecs[key][rows]) and np.array_equal(np.load(m.filename), vecs[key][rows])
+    missing = VectorFill(4)
+    missing.add("doc", np.array([hashes[0], b"f" * 20], dtype="S20"), str(tmp_path / "m.npy"))
+    with pytest.raises(CompassError, match="lacks 1 of 2 wanted vectors for encoder key doc: run the encode stage"):
+        missing.run(cat)
+    col = pa.array([h.decode() for h in hashes[:5]]).slice(1, 3)  # sliced: offsets do not start at 0
+    large = pa.chunked_array([col]).cast(pa.large_string())
+    assert list(hash_array(col)) == list(hashes[1:4]) == list(hash_array(large))
+    assert list(hash_array(pa.array(["short", "x" * 20]))) == [b"short", b"x" * 20]   # other widths: the slow path
+    cat.close()
