@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import torch
 
 from compass.catalog.db import Catalog, duckdb_memory, registered
@@ -266,8 +267,6 @@ def unpark_pool(path: str) -> Pool:
 
 def hash_array(col) -> np.ndarray:
     """An Arrow column of 20-character text hashes as (n,) S20, without a Python string per row."""
-    import pyarrow as pa
-
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks else pa.array([], pa.string())
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
@@ -302,8 +301,9 @@ class VectorFill:
         self._want.setdefault(key, []).append((hashes, path, mapped.offset))   # offset: where the .npy data starts
         return mapped
 
-    def run(self, cat: Catalog, memory: str | None = None, chunk: int = 16384) -> None:
-        """Fill every planned file; every hash must be found in the cache."""
+    def run(self, cat: Catalog, memory: str | None = None, chunk: int = 16384, per_scan: int = 1 << 20) -> None:
+        """Fill every planned file; every hash must be found in the cache. A scan looks for at most `per_scan`
+        distinct texts (DuckDB's hash table of them and their Arrow copy stay around 100 MB a million)."""
         row_bytes = self.dim * 4
         for key, want in self._want.items():
             if not sum(len(w[0]) for w in want):
@@ -315,26 +315,29 @@ class VectorFill:
             order = np.argsort(h, kind="stable")
             h, f, r = h[order], f[order], r[order]
             del order
+            distinct = h[np.r_[True, h[1:] != h[:-1]]]
             fds = [os.open(path, os.O_WRONLY) for _, path, _ in want]
             base = [offset for _, _, offset in want]
             done = 0
             try:
-                with registered(cat.con, "_mine_need", pl.DataFrame({"h": np.unique(h).astype(str)})), \
-                        duckdb_memory(cat, memory):
-                    for rb in cat.con.execute("SELECT text_hash, vec FROM embedding_cache WHERE model_fp = ? AND "
-                                              "text_hash IN (SELECT h FROM _mine_need)", [key]).to_arrow_reader(chunk):
-                        if rb.num_rows == 0:
-                            continue
-                        got = hash_array(rb.column(0))
-                        vec = rb.column(1).flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-                        vec = vec.reshape(rb.num_rows, self.dim)
-                        lo, hi = np.searchsorted(h, got, "left"), np.searchsorted(h, got, "right")
-                        n = hi - lo                                              # files wanting each row's text
-                        src = np.repeat(np.arange(rb.num_rows), n)
-                        tgt = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
-                        for i, t in zip(src.tolist(), tgt.tolist()):
-                            os.pwrite(fds[f[t]], vec[i].tobytes(), base[f[t]] + int(r[t]) * row_bytes)
-                        done += len(tgt)
+                for s in range(0, len(distinct), per_scan):
+                    with registered(cat.con, "_mine_need", pa.table({"h": _strings(distinct[s:s + per_scan])})), \
+                            duckdb_memory(cat, memory):
+                        for rb in cat.con.execute("SELECT text_hash, vec FROM embedding_cache WHERE model_fp = ? AND "
+                                                  "text_hash IN (SELECT h FROM _mine_need)", [key]
+                                                  ).to_arrow_reader(chunk):
+                            if rb.num_rows == 0:
+                                continue
+                            got = hash_array(rb.column(0))
+                            vec = rb.column(1).flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+                            vec = vec.reshape(rb.num_rows, self.dim)
+                            lo, hi = np.searchsorted(h, got, "left"), np.searchsorted(h, got, "right")
+                            n = hi - lo                                          # files wanting each row's text
+                            src = np.repeat(np.arange(rb.num_rows), n)
+                            tgt = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+                            for i, t in zip(src.tolist(), tgt.tolist()):
+                                os.pwrite(fds[f[t]], vec[i].tobytes(), base[f[t]] + int(r[t]) * row_bytes)
+                            done += len(tgt)
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -342,6 +345,15 @@ class VectorFill:
                 raise CompassError(f"embedding cache lacks {len(h) - done} of {len(h)} wanted vectors for encoder "
                                    f"key {key}: run the encode stage first (`compass mine` does)")
         self._want = {}
+
+
+def _strings(hashes: np.ndarray) -> pa.Array:
+    """(n,) S20 as an Arrow string array, from one buffer (a Python str each was 80+ bytes a hash)."""
+    if len(hashes) and (np.char.str_len(hashes) == 20).all():
+        offsets = np.arange(0, 20 * (len(hashes) + 1), 20, dtype=np.int32)
+        return pa.StringArray.from_buffers(len(hashes), pa.py_buffer(offsets.tobytes()),
+                                           pa.py_buffer(np.ascontiguousarray(hashes).tobytes()))
+    return pa.array([x.decode() for x in hashes], pa.string())
 
 
 def _product_classes(cat: Catalog, key: PoolKey) -> Iterator[tuple[int, str]]:

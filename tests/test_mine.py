@@ -530,7 +530,7 @@ def test_vector_fill_reads_every_file_in_one_scan_and_names_what_is_missing(tmp_
     import pyarrow as pa
 
     from compass.errors import CompassError
-    from compass.filters.mine_pool import VectorFill, hash_array
+    from compass.filters.mine_pool import VectorFill, _strings, hash_array
 
     cat = _catalog(tmp_path / "c.duckdb")
     rng = np.random.default_rng(0)
@@ -546,7 +546,7 @@ def test_vector_fill_reads_every_file_in_one_scan_and_names_what_is_missing(tmp_
             ("query", np.arange(5, 45, 3))]
     mapped = [fill.add(key, hashes[rows], str(tmp_path / f"f{i}.npy")) for i, (key, rows) in enumerate(plan)]
     assert not mapped[0].any()                                  # planned: zeros until run
-    fill.run(cat, chunk=7)
+    fill.run(cat, chunk=7, per_scan=16)                         # 50 distinct texts a key: 4 scans
     for (key, rows), m in zip(plan, mapped):
         assert np.array_equal(m, vecs[key][rows]) and np.array_equal(np.load(m.filename), vecs[key][rows])
     missing = VectorFill(4)
@@ -557,4 +557,6 @@ def test_vector_fill_reads_every_file_in_one_scan_and_names_what_is_missing(tmp_
     large = pa.chunked_array([col]).cast(pa.large_string())
     assert list(hash_array(col)) == list(hashes[1:4]) == list(hash_array(large))
     assert list(hash_array(pa.array(["short", "x" * 20]))) == [b"short", b"x" * 20]   # other widths: the slow path
+    assert _strings(hashes[:3]).to_pylist() == [h.decode() for h in hashes[:3]]
+    assert _strings(np.array([b"short", b"x" * 20])).to_pylist() == ["short", "x" * 20]
     cat.close()
