@@ -90,7 +90,7 @@ class MineConfig(BaseModel):
     pool: str = "positives"               # positives | products
     cross_lingual: bool = False           # pool across the selected languages
     batch_size: int = 64                  # encoder batch
-    mine_batch: int = 8192                # examples per batch (one search of the pool, one transaction)
+    mine_batch: int = 2048                # examples per batch (one search of the pool, one transaction)
     cand_chunk: int = 16384               # candidate embeddings per streamed chunk
     duckdb_memory: str | None = "512MB"   # DuckDB memory_limit while reading pools and mining (spills past it)
     device: str = "cpu"

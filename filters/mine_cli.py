@@ -52,7 +52,7 @@ def mine_cmd(
     nprobe: Annotated[int, typer.Option(help="IVF lists searched per query (a pool of n texts has 4 sqrt(n)); more "
                                              "is closer to exact and slower.")] = 32,
     batch_size: Annotated[int, typer.Option(help="Encoder batch size.")] = 64,
-    mine_batch: Annotated[int, typer.Option(help="Examples per transaction.")] = 8192,
+    mine_batch: Annotated[int, typer.Option(help="Examples per transaction.")] = 2048,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (auto: CUDA when present).")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     catalog: CatalogOpt = None,
