@@ -316,35 +316,46 @@ class VectorFill:
             h, f, r = h[order], f[order], r[order]
             del order
             distinct = h[np.r_[True, h[1:] != h[:-1]]]
-            fds = [os.open(path, os.O_WRONLY) for _, path, _ in want]
-            base = [offset for _, _, offset in want]
             done = 0
-            try:
-                for s in range(0, len(distinct), per_scan):
-                    with registered(cat.con, "_mine_need", pa.table({"h": _strings(distinct[s:s + per_scan])})), \
-                            duckdb_memory(cat, memory):
-                        for rb in cat.con.execute("SELECT text_hash, vec FROM embedding_cache WHERE model_fp = ? AND "
-                                                  "text_hash IN (SELECT h FROM _mine_need)", [key]
-                                                  ).to_arrow_reader(chunk):
-                            if rb.num_rows == 0:
-                                continue
-                            got = hash_array(rb.column(0))
-                            vec = rb.column(1).flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-                            vec = vec.reshape(rb.num_rows, self.dim)
-                            lo, hi = np.searchsorted(h, got, "left"), np.searchsorted(h, got, "right")
-                            n = hi - lo                                          # files wanting each row's text
-                            src = np.repeat(np.arange(rb.num_rows), n)
-                            tgt = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
-                            for i, t in zip(src.tolist(), tgt.tolist()):
-                                os.pwrite(fds[f[t]], vec[i].tobytes(), base[f[t]] + int(r[t]) * row_bytes)
-                            done += len(tgt)
-            finally:
-                for fd in fds:
-                    os.close(fd)
+            for s in range(0, len(distinct), per_scan):
+                with registered(cat.con, "_mine_need", pa.table({"h": _strings(distinct[s:s + per_scan])})), \
+                        duckdb_memory(cat, memory):
+                    for rb in cat.con.execute("SELECT text_hash, vec FROM embedding_cache WHERE model_fp = ? AND "
+                                              "text_hash IN (SELECT h FROM _mine_need)", [key]).to_arrow_reader(chunk):
+                        if rb.num_rows == 0:
+                            continue
+                        got = hash_array(rb.column(0))
+                        vec = rb.column(1).flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+                        vec = vec.reshape(rb.num_rows, self.dim)
+                        lo, hi = np.searchsorted(h, got, "left"), np.searchsorted(h, got, "right")
+                        n = hi - lo                                              # files wanting each row's text
+                        src = np.repeat(np.arange(rb.num_rows), n)
+                        tgt = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+                        self._write(want, vec, src, f[tgt], r[tgt], row_bytes)
+                        done += len(tgt)
             if done != len(h):
                 raise CompassError(f"embedding cache lacks {len(h) - done} of {len(h)} wanted vectors for encoder "
                                    f"key {key}: run the encode stage first (`compass mine` does)")
         self._want = {}
+
+    @staticmethod
+    def _write(want: list, vec: np.ndarray, src: np.ndarray, files: np.ndarray, rows: np.ndarray,
+               row_bytes: int) -> None:
+        """vec[src[t]] to row rows[t] of file files[t], each file opened once a call: a pool per market can make
+        hundreds of files, too many to hold open at once under the usual limit of 1,024 descriptors."""
+        if not len(files):
+            return
+        order = np.argsort(files, kind="stable")
+        src, files, rows = src[order], files[order], rows[order]
+        bounds = np.flatnonzero(np.r_[True, files[1:] != files[:-1], True])
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            _, path, offset = want[int(files[a])]
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                for i, row in zip(src[a:b].tolist(), rows[a:b].tolist()):
+                    os.pwrite(fd, vec[i].tobytes(), offset + row * row_bytes)
+            finally:
+                os.close(fd)
 
 
 def _strings(hashes: np.ndarray) -> pa.Array:
