@@ -259,7 +259,7 @@ class MineStage(EncoderStage):
         fill.run(cat, self.config.duckdb_memory, self.config.cand_chunk)
         for key, path in list(self._parked.items()) if self.config.ann_min else []:   # IVF, now the vectors are in
             pool = unpark_pool(path)
-            if self.config.ann_min and len(pool) >= self.config.ann_min:
+            if len(pool) >= self.config.ann_min:
                 pool.ann = build_index(pool.emb, os.path.join(self._tmp.name, f"ivf{len(self.ivf_pools)}.faiss"))
                 self.ivf_pools[key.label()] = len(pool)
                 self._parked[key] = park_pool(pool, self._tmp.name)
