@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling, StaticEmbedding, Transformer
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
@@ -141,3 +142,28 @@ def test_launch_rejects_local_function():
 
     with pytest.raises(CompassError, match="module-level"):
         launch(local, 2, 1)
+
+
+def _rank_then_abort_at_exit() -> int:
+    # os.abort in the child's exit handlers: the process dies by SIGABRT after its result is saved and the
+    # process group is torn down, as a crash in the teardown did once in CI
+    import multiprocessing.util
+    import os
+
+    multiprocessing.util.Finalize(None, os.abort, exitpriority=100)
+    return dist.get_rank()
+
+
+def _abort_before_result() -> int:
+    import os
+
+    if dist.get_rank() == 1:
+        os.abort()
+    return dist.get_rank()
+
+
+def test_launch_keeps_results_saved_before_a_teardown_crash_and_fails_without_them():
+    with pytest.warns(RuntimeWarning, match="after every rank had saved its result"):
+        assert launch(_rank_then_abort_at_exit, 2, threads_per_proc=1, start_method="fork") == [0, 1]
+    with pytest.raises(mp.ProcessExitedException, match="SIGABRT"):
+        launch(_abort_before_result, 2, threads_per_proc=1, start_method="fork", timeout_s=20)
