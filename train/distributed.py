@@ -61,7 +61,9 @@ def _worker(
     )
     try:
         result = fn(*args)
-        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        # written whole, then renamed: `launch` trusts a result file only if it exists, so never a partial one
+        torch.save(result, Path(out_dir) / f"rank{rank}.pt.part")
+        os.replace(Path(out_dir) / f"rank{rank}.pt.part", Path(out_dir) / f"rank{rank}.pt")
         # every rank done before any tears the group down: a rank that destroyed its gloo group while another was
         # still in its last collective aborted ("terminate called without an active exception", once in CI)
         dist.barrier()
