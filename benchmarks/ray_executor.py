@@ -1,8 +1,10 @@
 """The Ray Data executor against the local executor, stage by stage, on a generated catalog (benchmarks/scale.py's).
 
-    python benchmarks/ray_executor.py --size 10k --reps 3 --work /tmp/ray-bench [--cpus 2]
+    python benchmarks/ray_executor.py --size 10k --reps 3 --work /tmp/ray-bench [--cpus 2] [--nodes 2]
 
-One local Ray cluster (`--cpus` CPUs, 127.0.0.1; its start-up is timed apart), then per repetition two copies of
+One local Ray cluster (`--cpus` CPUs, 127.0.0.1; its start-up is timed apart; with `--nodes N`, N nodes of
+cpus / N CPUs each, every one a raylet with its own object store, started by `ray.cluster_utils.Cluster` on this
+machine: shards and results cross between object stores as on a real cluster), then per repetition two copies of
 the same ingested catalog: the chain structured, langid, quality, dedup_signatures, dedup (global: the driver),
 split runs with the local executor on one and with Ray on the other, stage by stage (wall seconds, this process
 and Ray's workers together). Reported per stage: the median of the repetitions and its spread (min-max) for
@@ -105,6 +107,7 @@ def main() -> None:
     ap.add_argument("--size", default="10k")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--nodes", type=int, default=1, help="Ray nodes on this machine, --cpus split among them")
     ap.add_argument("--work", type=Path, default=Path("ray-bench"))
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -117,8 +120,17 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     base = base_catalog(n, args.work)
     t0 = time.perf_counter()
-    ray.init(num_cpus=args.cpus, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
-             log_to_driver=False)
+    if args.nodes > 1:
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": args.cpus // args.nodes,
+                                                                "include_dashboard": False})
+        for _ in range(args.nodes - 1):
+            cluster.add_node(num_cpus=args.cpus // args.nodes)
+        ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+    else:
+        ray.init(num_cpus=args.cpus, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
+                 log_to_driver=False)
     startup = time.perf_counter() - t0
     times: dict[str, dict[str, list[float]]] = {name: {"local": [], "ray": []} for name, _ in CHAIN}
     rss: dict[str, dict[str, list[float]]] = {name: {"local": [], "ray": [], "worker": []} for name, _ in CHAIN}
@@ -141,7 +153,7 @@ def main() -> None:
             p.unlink()
         print(f"rep {rep + 1}/{args.reps}: identical catalogs ({', '.join(TABLES)})", flush=True)
     ray.shutdown()
-    print(f"\n{n} products, {args.cpus} Ray CPUs, median of {args.reps} (min-max), wall s; "
+    print(f"\n{n} products, {args.cpus} Ray CPUs on {args.nodes} node(s), median of {args.reps} (min-max), wall s; "
           f"Ray start-up {startup:.1f} s (not counted)")
     print("| stage | local | ray | ray / local |\n|---|---|---|---|")
     total = {"local": 0.0, "ray": 0.0}

@@ -4,19 +4,24 @@
 through the same runner as the local executor (run record, pending selection, prepare, summary); only the loop
 over batches changes:
 
-1. the driver streams the stage's pending selection into Parquet shards of `stage.batch_size` rows in a temp
-   folder (each row tagged with its shard and its position, so the order is never lost);
-2. `ray.data.read_parquet("local://folder").map_batches(ShardWorker, ...)`: the shards are read on the driver's
-   node; one actor per CPU, wherever it runs, builds the stage once (`setup()`), runs `process` on each shard (a
-   polars frame) and returns every output table as Parquet bytes, one row per shard part and table;
+1. the driver streams the stage's pending selection in shards of `stage.batch_size` rows (each row tagged with
+   its shard and its position, so the order is never lost) into Ray's object store, one Arrow table a shard;
+2. `ray.data.from_arrow_refs(shards).map_batches(ShardWorker, ...)`: one actor per CPU, wherever it runs, builds
+   the stage once (`setup()`), runs `process` on each shard (a polars frame) and returns every output table as
+   Parquet bytes, one row per shard part and table;
 3. the driver takes them in shard order and commits each shard in one transaction through `stage.write`
    (idempotent on the keys), as the local executor commits each batch.
 
-Why Parquet, and the object store rather than a shared folder: DuckDB has one writer (the driver); Parquet keeps
-each table's types through the round trip; the object store reaches every node, so a cluster needs no filesystem
-that all nodes share. A worker killed mid-shard is restarted by Ray (actor restarts and task retries) and redoes
-the shard (its lost results are replaced, never doubled); a killed driver resumes from the catalog like the
-local executor (committed shards are no longer pending).
+Why the object store both ways: DuckDB has one writer (the driver), and the object store reaches every node, so a
+cluster needs no filesystem that all nodes share; Parquet keeps each result table's types through the round trip.
+The first version wrote the shards as Parquet files and read them with `read_parquet("local://...")`: its read
+tasks had to run on the driver's node, where the actors (half a CPU each, packed onto the first node) could hold
+every CPU, and a cluster of two 1-CPU nodes hung (tests/test_ray_cluster.py); Ray 2.60 also deprecates
+`local://` paths. With nothing else to schedule, an actor now reserves a whole CPU, so a pool of one actor per
+CPU spreads over the nodes. A worker killed mid-shard is restarted by Ray (actor restarts and task retries) and
+redoes the shard (its lost results are replaced, never doubled); a killed driver resumes from the catalog
+(committed shards are no longer pending). The shards of one stage are in the object store together (Ray spills
+them to disk past its memory), as the Parquet files were in a temp folder.
 
 A global stage (`shardable = False`: dedup clustering), a stage that cannot be shipped (not picklable after
 `prepare`, or listed in DRIVER_ONLY) and a stage with its own executor but no Ray variant of it say so in one line
@@ -31,8 +36,7 @@ import io
 import re
 import socket
 import sys
-import tempfile
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import polars as pl
@@ -44,7 +48,7 @@ from compass.stage import Selection, Stage
 EXTRA_HINT = "pip install 'compass-embed[ray]'"
 CONNECT_TIMEOUT_S = 5.0
 SHARD, ROW = "__compass_shard", "__compass_row"   # added to each exported row; dropped before `process`
-ACTOR_CPUS = 0.5
+ACTOR_CPUS = 1                                       # an actor per CPU (see the docstring)
 RESULT_COLUMNS = ("shard", "first", "rows", "table", "parquet")   # one row per shard part and output table
 MAX_RETRIES = 3                                      # a killed worker's shard is redone this many times
 
@@ -136,10 +140,9 @@ class ShardWorker:
         return pa.table(done, schema=_result_schema())
 
 
-def export_shards(cat: Catalog, sel: Selection, batch_size: int, folder: Path) -> int:
-    """Stream the selection into folder/shard-NNNNNNN.parquet, `batch_size` rows each; returns the shard count."""
+def export_shards(cat: Catalog, sel: Selection, batch_size: int) -> Iterator[Any]:
+    """The selection as Arrow tables of `batch_size` rows, each tagged with its shard and row numbers."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     reader = cat.con.cursor()   # a second connection: the snapshot the selection started with (see runner)
     n, row = 0, 0
@@ -150,11 +153,10 @@ def export_shards(cat: Catalog, sel: Selection, batch_size: int, folder: Path) -
             t = pa.Table.from_batches([rb])
             t = t.append_column(SHARD, pa.array([n] * rb.num_rows, pa.int64()))
             t = t.append_column(ROW, pa.array(range(row, row + rb.num_rows), pa.int64()))
-            pq.write_table(t, folder / f"shard-{n:07d}.parquet")
+            yield t
             n, row = n + 1, row + rb.num_rows
     finally:
         reader.close()
-    return n
 
 
 def _picklable(stage: Stage) -> str | None:
@@ -184,39 +186,34 @@ def execute_ray(cat: Catalog, stage: Stage, sel: Selection, summary: Any, *, pro
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.execution_options.preserve_order = True   # results arrive in shard order: commits stream behind them
-    with tempfile.TemporaryDirectory(prefix=f"compass-ray-{stage.name}-") as tmp:
-        shards = export_shards(cat, sel, stage.batch_size, Path(tmp))
-        if shards == 0:
-            commit(cat, stage, stage.finish(), summary)
-            return True
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        pool = concurrency or max(1, min(cpus, shards))
-        # local://: the shards are read on the driver's node (the only one that has them) and reach the actors,
-        # wherever they run, through the object store. One actor per CPU, each reserving less than a CPU: actors
-        # holding every CPU starve Ray Data's own file-listing and read tasks, and nothing starts (seen on 2 CPUs).
-        # read_parquet packs small files into one block (one actor would get every shard): cut it back into
-        # shard-sized blocks, in order, so each shard is a task of its own.
-        ds = ray.data.read_parquet(f"local://{tmp}", override_num_blocks=shards).repartition(
-            target_num_rows_per_block=stage.batch_size, strict=True).map_batches(
-            ShardWorker, fn_constructor_kwargs={"stage": stage}, batch_size=None, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=ACTOR_CPUS,
-            # Ray Data's default is unbounded: a stage that kills its worker every time would loop forever.
-            max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
-        # Results arrive in input order, so a shard is complete once a later one shows up: commit it then (a
-        # killed driver keeps every committed shard, as the local executor keeps its batches).
-        parts: dict[int, dict[tuple[int, str], bytes]] = {}
-        try:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                for shard, first, rows, table, data in zip(*(batch[c].to_pylist() for c in RESULT_COLUMNS)):
-                    parts.setdefault(shard, {})[(first, table)] = data
-                    summary.read += rows
-                for shard in sorted(parts)[:-1]:
-                    _commit_shard(cat, stage, parts.pop(shard), summary)
-        except Exception as e:
-            raise _user_error(e) from None
-        for shard in sorted(parts):
-            _commit_shard(cat, stage, parts[shard], summary)
+    shards = [ray.put(t) for t in export_shards(cat, sel, stage.batch_size)]
+    if not shards:
         commit(cat, stage, stage.finish(), summary)
+        return True
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    pool = concurrency or max(1, min(cpus, len(shards)))
+    # One block a shard, so each shard is a task of its own (batch_size=None: a block is a batch).
+    ds = ray.data.from_arrow_refs(shards).map_batches(
+        ShardWorker, fn_constructor_kwargs={"stage": stage}, batch_size=None, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=ACTOR_CPUS,
+        # Ray Data's default is unbounded: a stage that kills its worker every time would loop forever.
+        max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
+    del shards   # the dataset holds them now, until the stage ends
+    # Results arrive in input order, so a shard is complete once a later one shows up: commit it then (a
+    # killed driver keeps every committed shard, as the local executor keeps its batches).
+    parts: dict[int, dict[tuple[int, str], bytes]] = {}
+    try:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for shard, first, rows, table, data in zip(*(batch[c].to_pylist() for c in RESULT_COLUMNS)):
+                parts.setdefault(shard, {})[(first, table)] = data
+                summary.read += rows
+            for shard in sorted(parts)[:-1]:
+                _commit_shard(cat, stage, parts.pop(shard), summary)
+    except Exception as e:
+        raise _user_error(e) from None
+    for shard in sorted(parts):
+        _commit_shard(cat, stage, parts[shard], summary)
+    commit(cat, stage, stage.finish(), summary)
     return True
 
 
