@@ -129,8 +129,9 @@ def main() -> None:
             cluster.add_node(num_cpus=args.cpus // args.nodes)
         ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
     else:
-        ray.init(num_cpus=args.cpus, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
-                 log_to_driver=False)
+        # address="local": a new cluster even where another one (or the address file of one) is left over
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 logging_level="ERROR", log_to_driver=False)
     startup = time.perf_counter() - t0
     times: dict[str, dict[str, list[float]]] = {name: {"local": [], "ray": []} for name, _ in CHAIN}
     rss: dict[str, dict[str, list[float]]] = {name: {"local": [], "ray": [], "worker": []} for name, _ in CHAIN}
@@ -153,6 +154,8 @@ def main() -> None:
             p.unlink()
         print(f"rep {rep + 1}/{args.reps}: identical catalogs ({', '.join(TABLES)})", flush=True)
     ray.shutdown()
+    if args.nodes > 1:
+        cluster.shutdown()
     print(f"\n{n} products, {args.cpus} Ray CPUs on {args.nodes} node(s), median of {args.reps} (min-max), wall s; "
           f"Ray start-up {startup:.1f} s (not counted)")
     print("| stage | local | ray | ray / local |\n|---|---|---|---|")

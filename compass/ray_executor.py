@@ -86,7 +86,9 @@ def connect(address: str | None = None) -> Any:
     if ray.is_initialized():
         return ray
     if address in (None, "", "local"):
-        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        # "local": a new cluster of this machine's cores. Without it ray.init joins the cluster named in Ray's
+        # address file, and a file left by a cluster that died (killed, machine rebooted) made it wait forever.
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
         return ray
     if "://" in address:
         # Ray Client runs the driver's work on the head node, which cannot read the shards this process writes.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -34,7 +35,8 @@ CHAIN = [("structured", {"seed": 3}), ("langid", {}), ("quality", {}), ("dedup_s
 @pytest.fixture(scope="module")
 def cluster():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             logging_level="WARNING",
              log_to_driver=False)
     # The test's own stage (below) is shipped by value: workers cannot import the tests folder.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -97,6 +99,29 @@ def test_an_address_that_does_not_answer_fails_fast_naming_it(tmp_path):
         connect("nowhere")
     with pytest.raises(CompassError, match="Ray Client .ray://. is not supported"):
         connect(f"ray://127.0.0.1:{port}")
+
+
+def test_without_an_address_a_dead_clusters_address_file_is_ignored(base, tmp_path):
+    """`--executor ray` without --address starts a local cluster, even where Ray's address file names a cluster
+    that died (ray.init would wait for it forever). In a child, with its own Ray temp folder."""
+    import subprocess
+    import tempfile
+
+    path = _copy(base, tmp_path)
+    compass.run(path, "structured", {"seed": 3}, progress=False)
+    with tempfile.TemporaryDirectory(prefix="r", dir="/tmp") as ray_tmp:   # short: Ray's socket paths live there
+        with socket.socket() as s:      # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{s.getsockname()[1]}"
+        (Path(ray_tmp) / "ray").mkdir()
+        (Path(ray_tmp) / "ray" / "ray_current_cluster").write_text(dead)   # where ray.init looks
+        code = ("import sys, compass; s = compass.run(sys.argv[1], 'langid', executor='ray', progress=False); "
+                "print(s.read, sum(s.written.values()))")
+        proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=180,
+                              env={**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    read, written = proc.stdout.split()[-2:]
+    assert int(read) > 1000 and int(written) == int(read)
 
 
 def test_ray_missing_names_the_extra(base, tmp_path, monkeypatch):
@@ -224,6 +249,50 @@ def test_a_recipe_on_ray_gives_the_local_catalog(cluster, base, tmp_path, capsys
     assert "stage dedup is global: running on the driver" in err and "cannot be shipped" not in err
     sizes = assert_same_catalogs(cats["local"], cats["ray"])
     assert sizes["splits"] == sizes["examples"] > 1000
+
+
+# A second driver process on the test's cluster that SIGKILLs itself right after its first shard is committed:
+# other shards are then in flight or done on the actors, none of them committed.
+DRIVER = """import os, signal, sys
+import compass
+import compass.ray_executor as rx
+from compass.runner import build_stage
+
+commit = rx._commit_shard
+
+def once(*args):
+    commit(*args)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+rx._commit_shard = once
+st = build_stage("quality")
+st.batch_size = 150
+compass.run(sys.argv[1], st, executor="ray", address=sys.argv[2], progress=False)
+"""
+
+
+def test_a_killed_driver_resumes_from_the_catalog(cluster, base, tmp_path):
+    import signal
+    import subprocess
+
+    local, remote = _copy(base, tmp_path / "local"), _copy(base, tmp_path / "ray")
+    for path in (local, remote):
+        compass.run(path, "structured", {"seed": 3}, progress=False)
+    a = compass.run(local, "quality", progress=False)
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER, encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(script), str(remote), ray.get_runtime_context().gcs_address],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    with Catalog(remote) as cat:        # opening marks the killed run interrupted
+        assert cat.scalar("SELECT count(DISTINCT example_id) FROM decisions WHERE stage = 'quality'") == 150
+        assert cat.query("SELECT command, status FROM runs WHERE command = 'quality'") == [
+            {"command": "quality", "status": "interrupted"}]
+    st = build_stage("quality")
+    st.batch_size = 150
+    b = compass.run(remote, st, executor="ray", progress=False)
+    assert b.read == a.read - 150 > 0      # only what the killed driver had not committed
+    assert_same_catalogs(local, remote)
 
 
 class Refuses(DiesOnce):

@@ -61,7 +61,8 @@ def cluster():
     # The workers inherit the environment of the cluster started here: the key reaches them only that way.
     before = os.environ.get("OPENAI_API_KEY")
     os.environ["OPENAI_API_KEY"] = SECRET
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             logging_level="WARNING",
              log_to_driver=False)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the test's own worker class
     try:
