@@ -34,15 +34,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import nullcontext
 from typing import ClassVar
 
 import numpy as np
 import polars as pl
 import torch
-from pydantic import BaseModel, ConfigDict
 
 from compass.catalog.db import Catalog, Run, duckdb_memory
-from compass.errors import CompassError
 from compass.filters.mine_ann import ann_topk, build_index, read_index
 from compass.filters.mine_cache import (
     EncoderKeys,
@@ -51,104 +50,25 @@ from compass.filters.mine_cache import (
     encoder_keys,
     load_encoder,
 )
+from compass.filters.mine_config import MineConfig
 from compass.filters.mine_pool import (
     DEFAULT_RULE,
     TASK_RULES,
     Pool,
     PoolKey,
-    VectorFill,
     load_pool,
     load_queries,
     park_pool,
-    rules_params,
-    task_rule,
+    positive_facts,
     unpark_pool,
 )
-from compass.filters.mine_search import GUARDS, GuardConfig, Sets, hash_strings, select_negatives, share, stream_topk
+from compass.filters.mine_search import GUARDS, Sets, hash_strings, select_negatives, share, stream_topk
+from compass.filters.mine_vectors import VectorFill
 from compass.ids import params_hash, text_hash
 from compass.registry import stages
 from compass.runner import execute
 from compass.stage import Selection
 from compass.text import normalize, uses_spaces
-
-MINER_VERSION = 2  # bump when the mining semantics change, so old sets are not extended with new rules
-AUTO = "auto"      # --margin / --rank-window left to the per-task defaults
-
-
-class MineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = "e5-small"
-    langs: list[str] | None = None
-    top_k: int = 100                      # candidates retrieved per example (search depth)
-    rank_window: tuple[int, int] | str = AUTO
-    margin: float | None | str = AUTO     # None: no positive-aware margin
-    per_example: int = 5
-    near_dup: float | None = 0.8          # Jaccard threshold; None: exact (normalised) equality only
-    class_guard: bool = True
-    pool_by: str = "task"                 # task: same lang + task; lang: same lang, any task
-    pool: str = "positives"               # positives | products
-    cross_lingual: bool = False           # pool across the selected languages
-    batch_size: int = 64                  # encoder batch
-    mine_batch: int = 2048                # examples per batch (one search of the pool, one transaction)
-    cand_chunk: int = 16384               # candidate embeddings per streamed chunk
-    duckdb_memory: str | None = "512MB"   # DuckDB memory_limit while reading pools and mining (spills past it)
-    device: str = "cpu"
-    progress: bool = True
-    block: int = 1 << 25                  # max scores alive at once in the search (128 MB)
-    ann_min: int = 0                      # pools of at least this many texts: IVF index (mine_ann); 0: all exact
-    nprobe: int = 32                      # IVF lists searched a query (of 4 sqrt(n)); nlist searches exactly
-
-    def window(self, task: str) -> tuple[int, int]:
-        return task_rule(task).rank_window if self.rank_window == AUTO else tuple(self.rank_window)
-
-    def margin_for(self, task: str) -> float | None:
-        return task_rule(task).margin if self.margin == AUTO else self.margin
-
-    def validate(self) -> None:
-        if self.rank_window != AUTO:
-            if isinstance(self.rank_window, str):
-                raise CompassError(f"--rank-window {self.rank_window!r}: write it as LO:HI, e.g. 10:100, or auto")
-            lo, hi = self.rank_window
-            if not (0 <= lo < hi):
-                raise CompassError(f"--rank-window {lo}:{hi}: need 0 <= lo < hi, e.g. 10:100")
-        for lo, hi in {self.window(t) for t in [*TASK_RULES, "*"]}:
-            if lo >= self.top_k:
-                raise CompassError(f"--rank-window {lo}:{hi} starts at or past --top-k {self.top_k}: nothing would "
-                                   f"be eligible; raise --top-k above {lo} or lower the window start")
-        if isinstance(self.margin, str) and self.margin != AUTO:
-            raise CompassError(f"--margin {self.margin!r}: use a value in (0, 1], auto, or 0 to disable it")
-        if self.margin not in (AUTO, None) and not (0 < self.margin <= 1):
-            raise CompassError(f"--margin {self.margin}: use a value in (0, 1], e.g. 0.95, or 0 to disable it")
-        if self.per_example < 1 or self.top_k < 1:
-            raise CompassError("--per-example and --top-k must be at least 1")
-        if self.near_dup is not None and not (0 < self.near_dup <= 1):
-            raise CompassError(f"--near-dup {self.near_dup}: use a Jaccard threshold in (0, 1], or 0 to disable")
-        if self.ann_min < 0 or self.nprobe < 1:
-            raise CompassError(f"--ann-min {self.ann_min} / --nprobe {self.nprobe}: need --ann-min >= 0 (0: exact "
-                               "search for every pool) and --nprobe >= 1, e.g. --ann-min 50000 --nprobe 32")
-        if self.pool_by not in ("task", "lang"):
-            raise CompassError(f"--pool-by {self.pool_by!r}: use task or lang")
-        if self.pool not in ("positives", "products"):
-            raise CompassError(f"--pool {self.pool!r}: use positives (kept positives) or products (every product "
-                               "text of the language and market, plus the positives)")
-
-    def guard_config(self, task: str) -> GuardConfig:
-        lo, hi = self.window(task)
-        return GuardConfig(depth=self.top_k, lo=lo, hi=hi, margin=self.margin_for(task), per_example=self.per_example)
-
-    def set_params(self, model_fp: str, prompts: dict | None = None) -> dict:
-        """What decides the negatives (not langs, batch sizes or device): the negative set's identity."""
-        p = {"miner": MINER_VERSION, "model_fp": model_fp, "top_k": self.top_k,
-             "rank_window": self.rank_window if self.rank_window == AUTO else list(self.rank_window),
-             "margin": self.margin, "per_example": self.per_example, "near_dup": self.near_dup,
-             "class_guard": self.class_guard, "pool_by": self.pool_by, "pool": self.pool,
-             "cross_lingual": self.cross_lingual, "normalize_embeddings": True, "prompts": prompts or {}}
-        if AUTO in (self.margin, self.rank_window) or self.pool == "products":
-            p["task_rules"] = rules_params()
-        if self.ann_min:   # absent when exact: sets mined exactly before the IVF index keep their id
-            p["search"] = {"ann_min": self.ann_min, "nprobe": self.nprobe, "index": "ivf-flat, 4 sqrt(n) lists"}
-        return p
 
 
 def example_keys(class_id: str, translation_group: str | None) -> list[str]:
@@ -242,20 +162,10 @@ class MineStage(EncoderStage):
         self.ivf_pools = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="compass-mine-")
         fill = VectorFill(self.encoder.dim)     # every pool's vectors in one scan of the cache, after the loop
-        for lg, tk, mk, example_langs in keys:
-            key = PoolKey(lg, tk, mk, self.config.pool)
-            pool = load_pool(cat, key, self._langs, self.encoder.keys["document"], self.encoder.dim, self._tmp.name,
-                             {uses_spaces(x) for x in example_langs}, self.config.duckdb_memory,
-                             self.config.cand_chunk, fill)
-            if pool is None:            # no candidate at all: its examples stay pending, as before the port
-                continue
-            with duckdb_memory(cat, self.config.duckdb_memory):
-                pool.queries = load_queries(
-                    cat, f"SELECT substr(sha256(k.anchor), 1, 20) AS h FROM kept_examples k WHERE {where} AND "
-                    f"{lang} = ? AND {task} = ? AND {market} = ?", [*params, lg, tk, mk], self.encoder.keys["query"],
-                    self.encoder.dim, os.path.join(self._tmp.name, f"queries{len(self._parked)}.npy"),
-                    self.config.cand_chunk, fill)
-            self._parked[key] = park_pool(pool, self._tmp.name)
+        facts = positive_facts(cat, self.config.duckdb_memory) if keys else nullcontext()
+        with facts as table:                   # what makes each text a positive, for every pool in one scan
+            for lg, tk, mk, example_langs in keys:
+                self._read_pool(cat, PoolKey(lg, tk, mk, self.config.pool), example_langs, where, params, fill, table)
         fill.run(cat, self.config.duckdb_memory, self.config.cand_chunk)
         for key, path in list(self._parked.items()) if self.config.ann_min else []:   # IVF, now the vectors are in
             pool = unpark_pool(path)
@@ -263,6 +173,23 @@ class MineStage(EncoderStage):
                 pool.ann = build_index(pool.emb, os.path.join(self._tmp.name, f"ivf{len(self.ivf_pools)}.faiss"))
                 self.ivf_pools[key.label()] = len(pool)
                 self._parked[key] = park_pool(pool, self._tmp.name)
+
+    def _read_pool(self, cat: Catalog, key: PoolKey, example_langs: list[str], where: str, params: list,
+                   fill: VectorFill, facts: str) -> None:
+        """Read one pool and its pending examples' query hashes (vectors planned in `fill`), then park it."""
+        pool = load_pool(cat, key, self._langs, self.encoder.keys["document"], self.encoder.dim, self._tmp.name,
+                         {uses_spaces(x) for x in example_langs}, self.config.duckdb_memory, self.config.cand_chunk,
+                         fill, facts)
+        if pool is None:            # no candidate at all: its examples stay pending, as before the port
+            return
+        lang, task, market = self._keys_sql()
+        with duckdb_memory(cat, self.config.duckdb_memory):
+            pool.queries = load_queries(
+                cat, f"SELECT substr(sha256(k.anchor), 1, 20) AS h FROM kept_examples k WHERE {where} AND "
+                f"{lang} = ? AND {task} = ? AND {market} = ?", [*params, key.lang, key.task, key.market],
+                self.encoder.keys["query"], self.encoder.dim,
+                os.path.join(self._tmp.name, f"queries{len(self._parked)}.npy"), self.config.cand_chunk, fill)
+        self._parked[key] = park_pool(pool, self._tmp.name)
 
     def close(self) -> None:
         """Drop the pools, their files and their memory-mapped vectors."""

@@ -23,16 +23,17 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import torch
 
 from compass.catalog.db import Catalog, duckdb_memory, registered
 from compass.errors import CompassError
 from compass.filters.mine_search import Sets, TextKeys
+from compass.filters.mine_vectors import VectorFill, hash_array
 from compass.tasks import category_class, item_class  # the class rules, in one place
 
 
@@ -163,13 +164,45 @@ class Pool:
             yield torch.arange(s, s + len(e), device=device), torch.from_numpy(e).to(device)
 
 
+POSITIVES = "_mine_positives"   # the temp table `positive_facts` makes
+
+
+@contextmanager
+def positive_facts(cat: Catalog, memory: str | None = None) -> Iterator[str]:
+    """A temp table, per distinct positive text (by the text hash pools use): the class ids and translation groups
+    of every example (kept or not) whose positive it is, the first kept one's id, and its examples' dedup
+    clusters (NULL when dedup never ran). One scan of `examples` for every pool: each pool used to join
+    `examples` and the `positive_clusters` view (a window over dedup_members) on its own texts, two scans of the
+    catalog a pool (14% of `mine` at 100k products)."""
+    has_clusters = bool(cat.scalar("SELECT count(*) FROM information_schema.tables "
+                                   "WHERE table_name = 'positive_clusters'"))
+    clusters = ("list(DISTINCT pc.cluster_id) FILTER (WHERE pc.cluster_id IS NOT NULL)" if has_clusters
+                else "NULL::VARCHAR[]")
+    with duckdb_memory(cat, memory):
+        cat.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {POSITIVES} AS SELECT substr(sha256(e.positive), 1, 20) AS h, "
+            "list(DISTINCT e.class_id) AS classes, list(DISTINCT e.translation_group) AS groups, "
+            "min(e.id) FILTER (WHERE e.id IN (SELECT id FROM kept_examples)) AS ex, "
+            f"{clusters} AS clusters FROM examples e "
+            + ("LEFT JOIN positive_clusters pc ON pc.example_id = e.id " if has_clusters else "")
+            + "WHERE e.positive IS NOT NULL GROUP BY 1")
+    try:
+        yield POSITIVES
+    finally:
+        cat.con.execute(f"DROP TABLE IF EXISTS {POSITIVES}")
+
+
 def load_pool(cat: Catalog, key: PoolKey, langs: list[str] | None, emb_key: str, dim: int, folder: str,
               spaced: set[bool], memory: str | None = None, chunk: int = 16384,
-              fill: VectorFill | None = None) -> Pool | None:
+              fill: VectorFill | None = None, facts: str | None = None) -> Pool | None:
     """Read pool `key` (None when it has no text); its embeddings (cache key `emb_key`) must all be cached.
 
     With `fill`, the pool's vector file is only planned: it reads as zeros until `fill.run` (one scan of the cache
-    for every pool planned in it); without, it is filled here."""
+    for every pool planned in it); without, it is filled here. `facts`: the table of `positive_facts`, made for
+    every pool at once (without, this pool makes its own)."""
+    if facts is None:
+        with positive_facts(cat, memory) as made:
+            return load_pool(cat, key, langs, emb_key, dim, folder, spaced, memory, chunk, fill, made)
     sql, params = pool_sql(key, langs)
     rows = cat.frame(sql, params)
     n = rows.height
@@ -184,9 +217,7 @@ def load_pool(cat: Catalog, key: PoolKey, langs: list[str] | None, emb_key: str,
     with registered(cat.con, "_mine_pool", table), duckdb_memory(cat, memory):
         # every example (kept or not) whose positive is the text makes it a positive of that class
         for pos, cls, groups, ex in cat.con.execute(
-                "SELECT p.pos, list(DISTINCT e.class_id), list(DISTINCT e.translation_group), min(e.id) FILTER "
-                "(WHERE e.id IN (SELECT id FROM kept_examples)) FROM examples e JOIN _mine_pool p ON "
-                "p.text = e.positive GROUP BY p.pos").fetchall():
+                f"SELECT p.pos, x.classes, x.groups, x.ex FROM _mine_pool p JOIN {facts} x ON x.h = p.h").fetchall():
             for c in [*cls, *(f"tg:{g}" for g in groups if g)]:
                 owners.append(pos)
                 keys.append(class_ids.setdefault(c, len(class_ids)))
@@ -196,14 +227,12 @@ def load_pool(cat: Catalog, key: PoolKey, langs: list[str] | None, emb_key: str,
                 owners.append(pos)
                 keys.append(class_ids.setdefault(c, len(class_ids)))
         clusters = None
-        if cat.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'positive_clusters'"):
-            got = cat.con.execute(
-                "SELECT DISTINCT p.pos, pc.cluster_id FROM positive_clusters pc JOIN examples e ON "
-                "e.id = pc.example_id JOIN _mine_pool p ON p.text = e.positive").fetchall()
-            if got:
-                ids: dict[str, int] = {}
-                clusters = Sets.from_pairs(np.array([g[0] for g in got], np.int64),
-                                           np.array([ids.setdefault(g[1], len(ids)) for g in got], np.int64), n)
+        got = cat.con.execute(f"SELECT p.pos, unnest(x.clusters) FROM _mine_pool p JOIN {facts} x ON x.h = p.h "
+                              "WHERE len(x.clusters) > 0").fetchall()
+        if got:
+            ids: dict[str, int] = {}
+            clusters = Sets.from_pairs(np.array([g[0] for g in got], np.int64),
+                                       np.array([ids.setdefault(g[1], len(ids)) for g in got], np.int64), n)
     now = fill is None
     fill = fill or VectorFill(dim)
     emb = fill.add(emb_key, hashes, os.path.join(folder, f"pool{len(os.listdir(folder))}.npy"))
@@ -263,110 +292,6 @@ def unpark_pool(path: str) -> Pool:
         pool, emb, q = pickle.load(fh)
     return replace(pool, emb=np.load(emb, mmap_mode="r"),
                    queries=None if q is None else Queries(q[0], np.load(q[1], mmap_mode="r")))
-
-
-def hash_array(col) -> np.ndarray:
-    """An Arrow column of 20-character text hashes as (n,) S20, without a Python string per row."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks() if col.num_chunks else pa.array([], pa.string())
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        col = col.cast(pa.string())
-    if col.null_count == 0 and len(col):
-        off = np.frombuffer(col.buffers()[1], np.int64 if pa.types.is_large_string(col.type) else np.int32,
-                            len(col) + 1, col.offset * (8 if pa.types.is_large_string(col.type) else 4))
-        if (np.diff(off) == 20).all():
-            return np.frombuffer(col.buffers()[2], np.uint8, int(off[-1] - off[0]), int(off[0])).view("S20").copy()
-    return np.array(col.to_pylist(), dtype="S20")
-
-
-class VectorFill:
-    """Cached vectors into many memory-mapped files (one per pool and per pool's queries), in one scan of the
-    embedding cache per cache key.
-
-    Why: each file filled by its own query (`text_hash IN (...)`, a semi-join) scanned the whole cache, vectors
-    included: at 1M products, 45 pools x 2 such scans of a 3 GB table were a tenth of `mine`'s time and grew with
-    the catalog times the pools. The files are written with `os.pwrite`, through the page cache: a file mapped
-    for writing would hold every page it touched in the process's resident memory until it was closed. The query
-    stays a semi-join (`IN`), whose hash table DuckDB builds on the wanted hashes: a plain join may pick the cache
-    side, vectors included, as its build side and hold them all (measured: 1.4 GB at 300k vectors).
-    """
-
-    def __init__(self, dim: int):
-        self.dim = dim
-        self._want: dict[str, list[tuple[np.ndarray, str, int]]] = {}   # key -> [(sorted S20 hashes, file, offset)]
-
-    def add(self, key: str, hashes: np.ndarray, path: str) -> np.ndarray:
-        """Plan `path` to hold the vectors of `hashes` (sorted), row i that of hashes[i]; returns the file mapped
-        read-only (zeros until `run`: the mapping shares the page cache `run` writes through)."""
-        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(hashes), self.dim)).flush()
-        mapped = np.load(path, mmap_mode="r")
-        self._want.setdefault(key, []).append((hashes, path, mapped.offset))   # offset: where the .npy data starts
-        return mapped
-
-    def run(self, cat: Catalog, memory: str | None = None, chunk: int = 16384, per_scan: int = 1 << 20) -> None:
-        """Fill every planned file; every hash must be found in the cache. A scan looks for at most `per_scan`
-        distinct texts (DuckDB's hash table of them and their Arrow copy stay around 100 MB a million)."""
-        row_bytes = self.dim * 4
-        for key, want in self._want.items():
-            if not sum(len(w[0]) for w in want):
-                continue
-            # every (hash, file, row) wanted, sorted by hash: a text may be wanted by several files
-            h = np.concatenate([w[0] for w in want])
-            f = np.repeat(np.arange(len(want), dtype=np.int32), [len(w[0]) for w in want])
-            r = np.concatenate([np.arange(len(w[0]), dtype=np.int64) for w in want])
-            order = np.argsort(h, kind="stable")
-            h, f, r = h[order], f[order], r[order]
-            del order
-            distinct = h[np.r_[True, h[1:] != h[:-1]]]
-            done = 0
-            for s in range(0, len(distinct), per_scan):
-                with registered(cat.con, "_mine_need", pa.table({"h": _strings(distinct[s:s + per_scan])})), \
-                        duckdb_memory(cat, memory):
-                    for rb in cat.con.execute("SELECT text_hash, vec FROM embedding_cache WHERE model_fp = ? AND "
-                                              "text_hash IN (SELECT h FROM _mine_need)", [key]).to_arrow_reader(chunk):
-                        if rb.num_rows == 0:
-                            continue
-                        got = hash_array(rb.column(0))
-                        vec = rb.column(1).flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-                        vec = vec.reshape(rb.num_rows, self.dim)
-                        lo, hi = np.searchsorted(h, got, "left"), np.searchsorted(h, got, "right")
-                        n = hi - lo                                              # files wanting each row's text
-                        src = np.repeat(np.arange(rb.num_rows), n)
-                        tgt = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
-                        self._write(want, vec, src, f[tgt], r[tgt], row_bytes)
-                        done += len(tgt)
-            if done != len(h):
-                raise CompassError(f"embedding cache lacks {len(h) - done} of {len(h)} wanted vectors for encoder "
-                                   f"key {key}: run the encode stage first (`compass mine` does)")
-        self._want = {}
-
-    @staticmethod
-    def _write(want: list, vec: np.ndarray, src: np.ndarray, files: np.ndarray, rows: np.ndarray,
-               row_bytes: int) -> None:
-        """vec[src[t]] to row rows[t] of file files[t], each file opened once a call: a pool per market can make
-        hundreds of files, too many to hold open at once under the usual limit of 1,024 descriptors."""
-        if not len(files):
-            return
-        order = np.argsort(files, kind="stable")
-        src, files, rows = src[order], files[order], rows[order]
-        bounds = np.flatnonzero(np.r_[True, files[1:] != files[:-1], True])
-        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-            _, path, offset = want[int(files[a])]
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                for i, row in zip(src[a:b].tolist(), rows[a:b].tolist()):
-                    os.pwrite(fd, vec[i].tobytes(), offset + row * row_bytes)
-            finally:
-                os.close(fd)
-
-
-def _strings(hashes: np.ndarray) -> pa.Array:
-    """(n,) S20 as an Arrow string array, from one buffer (a Python str each was 80+ bytes a hash)."""
-    if len(hashes) and (np.char.str_len(hashes) == 20).all():
-        offsets = np.arange(0, 20 * (len(hashes) + 1), 20, dtype=np.int32)
-        return pa.StringArray.from_buffers(len(hashes), pa.py_buffer(offsets.tobytes()),
-                                           pa.py_buffer(np.ascontiguousarray(hashes).tobytes()))
-    return pa.array([x.decode() for x in hashes], pa.string())
 
 
 def _product_classes(cat: Catalog, key: PoolKey) -> Iterator[tuple[int, str]]:

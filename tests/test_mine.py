@@ -530,7 +530,7 @@ def test_vector_fill_reads_every_file_in_one_scan_and_names_what_is_missing(tmp_
     import pyarrow as pa
 
     from compass.errors import CompassError
-    from compass.filters.mine_pool import VectorFill, _strings, hash_array
+    from compass.filters.mine_vectors import VectorFill, _strings, hash_array
 
     cat = _catalog(tmp_path / "c.duckdb")
     rng = np.random.default_rng(0)
@@ -560,3 +560,45 @@ def test_vector_fill_reads_every_file_in_one_scan_and_names_what_is_missing(tmp_
     assert _strings(hashes[:3]).to_pylist() == [h.decode() for h in hashes[:3]]
     assert _strings(np.array([b"short", b"x" * 20])).to_pylist() == ["short", "x" * 20]
     cat.close()
+
+
+def test_pool_classes_and_clusters_from_one_scan_equal_each_texts_own_examples(tmp_path):
+    """`positive_facts` (one scan of examples for every pool) gives each pool text the classes, translation groups,
+    kept example and dedup clusters of the examples whose positive it is, as read text by text here."""
+    from compass.filters.mine_pool import PoolKey, VectorFill, load_pool, positive_facts
+
+    cat = _fixed_catalog(tmp_path / "c.duckdb")
+    # a rejected example with QUERY's positive: its class still counts, but it is not the text's kept example
+    rejected = {**_ex("zzz", POSITIVE, "item:en:rejected"), "id": "0" * 16}
+    with cat.transaction() as con:
+        insert_frame(con, "examples", pl.DataFrame([rejected]), ["id"])
+        con.execute("INSERT INTO decisions (example_id, stage, keep, reason, enforced) VALUES (?, 'quality', FALSE, "
+                    "'quality:test', TRUE)", [rejected["id"]])
+    examples = cat.query("SELECT id, positive, class_id, translation_group FROM examples")
+    kept = {r["id"] for r in cat.query("SELECT id FROM kept_examples")}
+    clusters = {r["example_id"]: r["cluster_id"] for r in cat.query("SELECT * FROM positive_clusters")}
+    assert clusters and len(kept) < len(examples)
+    folder = tmp_path / "pools"
+    folder.mkdir()
+    with positive_facts(cat) as facts:
+        pools = [load_pool(cat, PoolKey(lang, "*", "*", "positives"), None, "k", 4, str(folder), {True},
+                           fill=VectorFill(4), facts=facts) for lang in ("en", "ms")]   # vectors: not read
+    for pool in pools:
+        names = {v: k for k, v in pool.class_ids.items()}
+        want_cl, got_cl = [], []
+        for pos, text in enumerate(pool.texts.to_list()):
+            own = [e for e in examples if e["positive"] == text]
+            want = {e["class_id"] for e in own} | {f"tg:{e['translation_group']}" for e in own
+                                                   if e["translation_group"]}
+            _, got = pool.classes.gather(np.array([pos]))
+            assert {names[int(k)] for k in got} == want, text
+            assert pool.example_ids[pos] == min((e["id"] for e in own if e["id"] in kept), default=None), text
+            if text == POSITIVE:
+                assert "item:en:rejected" in want and pool.example_ids[pos] == QUERY["id"] != rejected["id"]
+            want_cl.append({clusters[e["id"]] for e in own if e["id"] in clusters})
+            got_cl.append(set() if pool.clusters is None else set(pool.clusters.gather(np.array([pos]))[1].tolist()))
+        # clusters are numbered per pool: the same sizes, and two texts share a number iff they share a cluster
+        assert [len(c) for c in got_cl] == [len(c) for c in want_cl]
+        assert all(bool(want_cl[i] & want_cl[j]) == bool(got_cl[i] & got_cl[j])
+                   for i in range(len(want_cl)) for j in range(len(want_cl)))
+    assert any(p.clusters is not None for p in pools)
