@@ -110,6 +110,8 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=1, help="Ray nodes on this machine, --cpus split among them")
     ap.add_argument("--work", type=Path, default=Path("ray-bench"))
     args = ap.parse_args()
+    if not 1 <= args.nodes <= args.cpus:   # a node of 0 CPUs takes no actor: the run would wait forever
+        ap.error(f"--nodes {args.nodes} with --cpus {args.cpus}: need 1 <= nodes <= cpus, e.g. --nodes 2 --cpus 2")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 

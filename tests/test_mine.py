@@ -565,7 +565,8 @@ def test_vector_fill_reads_every_file_in_one_scan_and_names_what_is_missing(tmp_
 def test_pool_classes_and_clusters_from_one_scan_equal_each_texts_own_examples(tmp_path):
     """`positive_facts` (one scan of examples for every pool) gives each pool text the classes, translation groups,
     kept example and dedup clusters of the examples whose positive it is, as read text by text here."""
-    from compass.filters.mine_pool import PoolKey, VectorFill, load_pool, positive_facts
+    from compass.filters.mine_pool import PoolKey, load_pool, positive_facts
+    from compass.filters.mine_vectors import VectorFill
 
     cat = _fixed_catalog(tmp_path / "c.duckdb")
     # a rejected example with QUERY's positive: its class still counts, but it is not the text's kept example

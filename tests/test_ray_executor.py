@@ -36,8 +36,7 @@ CHAIN = [("structured", {"seed": 3}), ("langid", {}), ("quality", {}), ("dedup_s
 def cluster():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level="WARNING",
-             log_to_driver=False)
+             logging_level="WARNING", log_to_driver=False)
     # The test's own stage (below) is shipped by value: workers cannot import the tests folder.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield ray

@@ -62,8 +62,7 @@ def cluster():
     before = os.environ.get("OPENAI_API_KEY")
     os.environ["OPENAI_API_KEY"] = SECRET
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level="WARNING",
-             log_to_driver=False)
+             logging_level="WARNING", log_to_driver=False)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the test's own worker class
     try:
         yield ray
