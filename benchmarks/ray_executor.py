@@ -1,12 +1,13 @@
 """The Ray Data executor against the local executor, stage by stage, on a generated catalog (benchmarks/scale.py's).
 
-    python benchmarks/ray_executor.py --size 10k --reps 3 --work /tmp/ray-bench [--cpus 2] [--nodes 2]
+    python benchmarks/ray_executor.py --size 10k --reps 3 --work /tmp/ray-bench [--cpus 2] [--nodes 2] [--start mine]
 
 One local Ray cluster (`--cpus` CPUs, 127.0.0.1; its start-up is timed apart; with `--nodes N`, N nodes of
 cpus / N CPUs each, every one a raylet with its own object store, started by `ray.cluster_utils.Cluster` on this
 machine: shards and results cross between object stores as on a real cluster), then per repetition two copies of
 the same ingested catalog: the chain structured, langid, quality, dedup_signatures, dedup (global: the driver),
-split runs with the local executor on one and with Ray on the other, stage by stage (wall seconds, this process
+split, encode (the driver) and mine (benchmarks/scale.py's static model; `--no-mine` stops after split) runs with
+the local executor on one and with Ray on the other, stage by stage (wall seconds, this process
 and Ray's workers together). Reported per stage: the median of the repetitions and its spread (min-max) for
 each executor, and the ratio Ray / local (the baseline, measured in the same run); and the peak RSS of the driver
 with each executor and of the largest Ray worker process (`Peaks`). Each repetition also checks
@@ -30,9 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CHAIN = [("structured", {}), ("langid", {}), ("quality", {}), ("dedup_signatures", {}), ("dedup", {}),
          ("split", {"test": 0.1, "dev": 0.05})]
+# then mining with the static model of benchmarks/scale.py: `encode` (on the driver) and `mine` (on Ray, its pools
+# shipped to the actors through the object store)
+MINING = [("encode", {"sources": ["anchors", "positives"], "batch_size": 256}), ("mine", {"progress": False})]
 TABLES = {"examples": ["id"], "decisions": ["example_id", "stage", "params_hash"],
           "minhash_signatures": ["text_hash", "shingling"], "example_signatures": ["example_id", "field"],
-          "splits": ["example_id"]}
+          "splits": ["example_id"], "negatives": ["set_id", "example_id", "rank"],
+          "mined_examples": ["set_id", "example_id"]}
 VOLATILE = {"run_id", "created_at"}
 
 
@@ -109,6 +114,9 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--nodes", type=int, default=1, help="Ray nodes on this machine, --cpus split among them")
     ap.add_argument("--work", type=Path, default=Path("ray-bench"))
+    ap.add_argument("--no-mine", action="store_true", help="stop after split (no encode and mine)")
+    ap.add_argument("--start", default="structured", help="time from this stage on (the ones before run once, "
+                    "locally, untimed)")
     args = ap.parse_args()
     if not 1 <= args.nodes <= args.cpus:   # a node of 0 CPUs takes no actor: the run would wait forever
         ap.error(f"--nodes {args.nodes} with --cpus {args.cpus}: need 1 <= nodes <= cpus, e.g. --nodes 2 --cpus 2")
@@ -121,6 +129,24 @@ def main() -> None:
     n = parse_size(args.size)
     args.work.mkdir(parents=True, exist_ok=True)
     base = base_catalog(n, args.work)
+    if not args.no_mine:
+        from scale import build_static_model
+
+        model = str(build_static_model(args.work / "static-model"))
+        CHAIN.extend((name, {**cfg, "model": model}) for name, cfg in MINING)
+    names = [name for name, _ in CHAIN]
+    if args.start not in names:
+        ap.error(f"--start {args.start}: use one of {', '.join(names)}")
+    first = names.index(args.start)
+    if first:   # the stages before --start once, with the local executor, untimed: the base of every repetition
+        done = args.work / f"base-{n}-before-{args.start}.duckdb"
+        if not done.exists():
+            shutil.copy(base, done.with_suffix(".tmp"))
+            for name, cfg in CHAIN[:first]:
+                compass.run(done.with_suffix(".tmp"), build_stage(name, cfg), progress=False)
+            done.with_suffix(".tmp").rename(done)
+        base = done
+    del CHAIN[:first]
     t0 = time.perf_counter()
     if args.nodes > 1:
         from ray.cluster_utils import Cluster

@@ -27,16 +27,24 @@ A global stage (`shardable = False`: dedup clustering), a stage that cannot be s
 `prepare`, or listed in DRIVER_ONLY) and a stage with its own executor but no Ray variant of it say so in one line
 and run on the driver. LLM generation has its own: compass.datagen.llm_ray (planning and commits on the driver,
 the requests answered by a Ray actor pool, or by ray.data.llm's vLLM engines on GPUs). Files a stage reads in
-`setup` (the fastText model, leakage's eval folders) must exist at the same path on every node.
+`setup` (the fastText model, leakage's eval folders) must exist at the same path on every node. Files a stage's
+`prepare` wrote for `process` (mining's pools: texts, guard keys, vectors) are named by `Stage.files` and travel
+through the object store too, an object a file; an actor copies a unit into its own temp folder when a batch first
+needs it (`FileCopies`).
 """
 
 from __future__ import annotations
 
+import atexit
 import io
+import os
 import re
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -61,7 +69,6 @@ def _result_schema() -> Any:
 
 # Shardable stages that still run on the driver, and why (checked by name: their modules are not Ray's business).
 DRIVER_ONLY = {
-    "mine": "its candidate pools are memory-mapped files in a temp folder of the driver",
     "encode": "it encodes with the model the driver loaded, on the driver's device",
 }
 
@@ -113,13 +120,53 @@ def connect(address: str | None = None) -> Any:
     return ray
 
 
+class FileCopies:
+    """An actor's copies of the files a stage's `prepare` left on the driver (`Stage.files`): each unit fetched
+    from the object store into the actor's own temp folder on first use. Only the `keep` units used last stay on disk:
+    a stage reads a unit when a batch first needs it (mining maps a pool's vectors, and a deleted file stays
+    readable through its mapping), and the selection comes ordered by unit, so an actor moves on and never back."""
+
+    def __init__(self, refs: dict[str, list[tuple[str, Any]]], keep: int = 4):
+        self.refs, self.keep = refs, keep
+        self.folder = tempfile.mkdtemp(prefix="compass-ray-files-")
+        atexit.register(shutil.rmtree, self.folder, True)   # Ray ends a finished pool's actors by a normal exit
+        self.local: dict[str, dict[str, str]] = {}   # unit -> {file name: path}, least recently used first
+        self.fetched = 0                              # units copied so far (each into a folder of its own)
+
+    def fetch(self, unit: str) -> dict[str, str]:
+        import ray
+
+        if unit in self.local:
+            self.local[unit] = self.local.pop(unit)    # the most recently used last
+        else:
+            if unit not in self.refs:
+                raise CompassError(f"file unit {unit!r} was not shipped to this worker (the stage's `files` "
+                                   "must name every unit `process` reads)")
+            folder = os.path.join(self.folder, str(self.fetched))
+            os.mkdir(folder)
+            self.fetched += 1
+            paths = {}
+            for name, ref in self.refs[unit]:
+                paths[name] = os.path.join(folder, name)
+                with open(paths[name], "wb") as fh:
+                    fh.write(ray.get(ref))
+            self.local[unit] = paths
+            for old in list(self.local)[:-self.keep]:
+                shutil.rmtree(os.path.dirname(next(iter(self.local.pop(old).values()))), ignore_errors=True)
+        return self.local[unit]
+
+
 class ShardWorker:
     """One per Ray actor: the stage, set up once; each call processes the shards in its batch and returns their
     outputs as Parquet bytes, one row per (shard part, table): they travel back through Ray's object store, so
-    no node needs a filesystem the driver sees (a retried task's rows replace the lost ones)."""
+    no node needs a filesystem the driver sees (a retried task's rows replace the lost ones). `files`: the object
+    refs of the files the stage's `prepare` left on the driver, fetched by the stage when it needs them."""
 
-    def __init__(self, stage: Stage):
+    def __init__(self, stage: Stage, files: dict[str, list[tuple[str, Any]]] | None = None):
         self.stage = stage
+        if files:
+            self.copies = FileCopies(files)
+            self.stage.use_files(self.copies.fetch)
         self.stage.setup()
 
     def __call__(self, batch: Any) -> Any:
@@ -188,6 +235,9 @@ def execute_ray(cat: Catalog, stage: Stage, sel: Selection, summary: Any, *, pro
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.execution_options.preserve_order = True   # results arrive in shard order: commits stream behind them
+    # The files `prepare` left on this machine (mining's pools), one object each: actors fetch a unit on first use.
+    files = {unit: [(os.path.basename(p), ray.put(Path(p).read_bytes())) for p in paths]
+             for unit, paths in stage.files().items()}
     shards = [ray.put(t) for t in export_shards(cat, sel, stage.batch_size)]
     if not shards:
         commit(cat, stage, stage.finish(), summary)
@@ -196,7 +246,7 @@ def execute_ray(cat: Catalog, stage: Stage, sel: Selection, summary: Any, *, pro
     pool = concurrency or max(1, min(cpus, len(shards)))
     # One block a shard, so each shard is a task of its own (batch_size=None: a block is a batch).
     ds = ray.data.from_arrow_refs(shards).map_batches(
-        ShardWorker, fn_constructor_kwargs={"stage": stage}, batch_size=None, batch_format="pyarrow",
+        ShardWorker, fn_constructor_kwargs={"stage": stage, "files": files}, batch_size=None, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=ACTOR_CPUS,
         # Ray Data's default is unbounded: a stage that kills its worker every time would loop forever.
         max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)

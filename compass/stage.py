@@ -16,6 +16,8 @@ same way. It declares:
   batch), so concatenating the outputs of any split of the input equals the output of the whole input (a test
   pins this for every shardable stage). A global stage (dedup clustering, split assignment) is False: the
   runner feeds it every batch, in order, in one process, and calls `finish()` once at the end.
+- `files()` / `use_files(fetch)`: what `prepare` left on disk for `process` (mining's pools), so an executor
+  whose workers run on other machines can ship it.
 
 A stage holds no connection: `prepare(cat)` may read the catalog before the first batch but must not keep `cat`;
 heavy state (models, rules) loads in `setup()`, after the stage was built (cheap to build and to ship to a
@@ -132,6 +134,19 @@ class Stage(ABC):
     def summarize(self, outputs: dict[str, pl.DataFrame]) -> dict[str, Any]:
         """Counts to add to the run summary for one batch (summed by the runner), e.g. reject reasons."""
         return {}
+
+    # -- files `prepare` left on the driver's disk ---------------------------------------------------------
+    def files(self) -> dict[str, list[str]]:
+        """The files on this machine that `process` reads (what `prepare` wrote), in units that a batch reads
+        whole: {unit: [paths]}. An executor that runs `process` on other machines ships them (through Ray's
+        object store) and hands the stage's copy there a `fetch` (`use_files`). Default: none, the stage's state
+        travels with it when it is pickled."""
+        return {}
+
+    def use_files(self, fetch: Callable[[str], dict[str, str]]) -> None:
+        """On a worker: `fetch(unit)` copies a unit of `files` here on its first call and returns {file name:
+        local path}; the stage reads its files through it instead of the driver's paths."""
+        raise NotImplementedError(f"stage {self.name} names files in `files` but cannot read them elsewhere")
 
 
 Writer = Callable[[duckdb.DuckDBPyConnection, pl.DataFrame], int]

@@ -59,6 +59,7 @@ from compass.filters.mine_pool import (
     load_pool,
     load_queries,
     park_pool,
+    pool_files,
     positive_facts,
     unpark_pool,
 )
@@ -87,7 +88,8 @@ NEG_SCHEMA = {"set_id": pl.Utf8, "example_id": pl.Utf8, "rank": pl.Int64, "negat
 class MineStage(EncoderStage):
     """Kept examples -> hard negatives (`negatives`) and one `mined_examples` row each, in negative set `set_id`.
 
-    Shardable: an example's negatives depend on its own row and on the pools `prepare` read.
+    Shardable: an example's negatives depend on its own row and on the pools `prepare` read. The pools are files
+    (`files`), so an executor can ship them to workers on other machines (`use_files`).
     """
 
     name: ClassVar[str] = "mine"
@@ -108,6 +110,19 @@ class MineStage(EncoderStage):
         self._langs = self.config.langs
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._set_id: str | None = None
+        self._fetch = None                            # on a Ray worker: the parked pools' files, copied here
+
+    def __getstate__(self) -> dict:
+        # What a worker needs to run `process`: the config, the set's identity and the parked pools' names (their
+        # files travel apart: `files`). Not the driver's model (`process` never encodes), temp folder or pools.
+        return {**self.__dict__, "model": None, "_tmp": None, "pools": {}, "_indexes": {}, "_fetch": None}
+
+    def files(self) -> dict[str, list[str]]:
+        """Every parked pool, a unit each: its pickle, vectors, query vectors and IVF index."""
+        return {os.path.basename(path): pool_files(path) for path in self._parked.values()}
+
+    def use_files(self, fetch) -> None:
+        self._fetch = fetch
 
     def use(self, model=None, encoder: EncoderKeys | None = None) -> MineStage:
         self._set_id = None
@@ -202,7 +217,10 @@ class MineStage(EncoderStage):
         """The pool of `key`, read back from its file on first use; the pools of earlier keys are dropped (the
         selection comes ordered by pool, so only the pools of one batch are held, whatever the catalog's size)."""
         if key not in self.pools and key in self._parked:
-            self.pools[key] = unpark_pool(self._parked[key])
+            path = self._parked[key]
+            if self._fetch is not None:      # a worker elsewhere: the pool's files, copied from the driver
+                path = self._fetch(os.path.basename(path))[os.path.basename(path)]
+            self.pools[key] = unpark_pool(path)
             if self.pools[key].ann is not None:
                 self._indexes[key] = read_index(self.pools[key].ann)
         return self.pools.get(key)

@@ -278,20 +278,41 @@ def load_queries(cat: Catalog, anchors_sql: str, params: list, query_key: str, d
 
 
 def park_pool(pool: Pool, folder: str) -> str:
-    """Write `pool` (its vectors are files already) to a file in `folder`; returns the file to `unpark_pool`."""
+    """Write `pool` (its vectors are files already) to a file in `folder`; returns the file to `unpark_pool`.
+
+    The pickle names its other files (vectors, queries, IVF index) by name only, in the same folder, so the
+    folder's files can be copied elsewhere and unparked there (`pool_files`: what an executor ships to workers on
+    other machines). A small header comes first: `pool_files` reads it without loading the pool."""
     path = os.path.join(folder, f"pool{len(os.listdir(folder))}.pkl")
     q = pool.queries
+    files = {"emb": os.path.basename(pool.emb.filename), "queries": None if q is None else os.path.basename(
+        q.emb.filename), "ann": None if pool.ann is None else os.path.basename(pool.ann)}
+    for name in filter(None, files.values()):
+        if not os.path.exists(os.path.join(folder, name)):   # every file of a pool lives in one folder
+            raise RuntimeError(f"mine: pool file {name} is not in {folder}")
     with open(path, "wb") as fh:
-        pickle.dump((replace(pool, emb=None, queries=None), pool.emb.filename,
-                     None if q is None else (q.hashes, q.emb.filename)), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(files, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump((replace(pool, emb=None, queries=None, ann=None), None if q is None else q.hashes), fh,
+                    protocol=pickle.HIGHEST_PROTOCOL)
     return path
 
 
-def unpark_pool(path: str) -> Pool:
+def pool_files(path: str) -> list[str]:
+    """The files of a parked pool: `path` (the pickle) first, then the files it names, in its folder."""
     with open(path, "rb") as fh:
-        pool, emb, q = pickle.load(fh)
-    return replace(pool, emb=np.load(emb, mmap_mode="r"),
-                   queries=None if q is None else Queries(q[0], np.load(q[1], mmap_mode="r")))
+        files = pickle.load(fh)
+    return [path] + [os.path.join(os.path.dirname(path), name) for name in files.values() if name]
+
+
+def unpark_pool(path: str) -> Pool:
+    folder = os.path.dirname(path)
+    with open(path, "rb") as fh:
+        files = pickle.load(fh)
+        pool, q = pickle.load(fh)
+    return replace(pool, emb=np.load(os.path.join(folder, files["emb"]), mmap_mode="r"),
+                   queries=None if q is None else Queries(q, np.load(os.path.join(folder, files["queries"]),
+                                                                     mmap_mode="r")),
+                   ann=files["ann"] and os.path.join(folder, files["ann"]))
 
 
 def _product_classes(cat: Catalog, key: PoolKey) -> Iterator[tuple[int, str]]:

