@@ -24,13 +24,13 @@ redoes the shard (its lost results are replaced, never doubled); a killed driver
 them to disk past its memory), as the Parquet files were in a temp folder.
 
 A global stage (`shardable = False`: dedup clustering), a stage that cannot be shipped (not picklable after
-`prepare`, or listed in DRIVER_ONLY) and a stage with its own executor but no Ray variant of it say so in one line
-and run on the driver. LLM generation has its own: compass.datagen.llm_ray (planning and commits on the driver,
-the requests answered by a Ray actor pool, or by ray.data.llm's vLLM engines on GPUs). Files a stage reads in
-`setup` (the fastText model, leakage's eval folders) must exist at the same path on every node. Files a stage's
-`prepare` wrote for `process` (mining's pools: texts, guard keys, vectors) are named by `Stage.files` and travel
-through the object store too, an object a file; an actor copies a unit into its own temp folder when a batch first
-needs it (`FileCopies`).
+`prepare`, or naming a reason in `driver_only`: encoding or mining on a GPU) and a stage with its own executor but
+no Ray variant of it say so in one line and run on the driver. LLM generation has its own: compass.datagen.llm_ray
+(planning and commits on the driver, the requests answered by a Ray actor pool, or by ray.data.llm's vLLM engines
+on GPUs). Files a stage reads in `setup` (the fastText model, leakage's eval folders) must exist at the same path
+on every node. Files a stage's `prepare` wrote for `process` (mining's pools: texts, guard keys, vectors) are named
+by `Stage.files` and travel through the object store too, an object a file; an actor copies a unit into its own
+temp folder when a batch first needs it (`FileCopies`).
 """
 
 from __future__ import annotations
@@ -65,12 +65,6 @@ def _result_schema() -> Any:
     import pyarrow as pa
 
     return pa.schema(list(zip(RESULT_COLUMNS, (pa.int64(), pa.int64(), pa.int64(), pa.string(), pa.binary()))))
-
-
-# Shardable stages that still run on the driver, and why (checked by name: their modules are not Ray's business).
-DRIVER_ONLY = {
-    "encode": "it encodes with the model the driver loaded, on the driver's device",
-}
 
 
 def require_ray() -> Any:
@@ -227,7 +221,7 @@ def execute_ray(cat: Catalog, stage: Stage, sel: Selection, summary: Any, *, pro
     if not stage.shardable:
         _say(f"stage {stage.name} is global: running on the driver")
         return False
-    why = DRIVER_ONLY.get(stage.name) or _picklable(stage)
+    why = stage.driver_only or _picklable(stage)
     if why:
         _say(f"stage {stage.name} cannot be shipped to Ray workers ({why}): running on the driver")
         return False

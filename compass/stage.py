@@ -78,6 +78,8 @@ class Stage(ABC):
     # Uncapped, DuckDB kept the sorted pending rows and every block it read: 2.7 GB for structured's selection of
     # 1M products, 8 GB in langid over 5M examples (issue 15).
     duckdb_memory: ClassVar[str | None] = "1GB"
+    # Why a shardable stage must still run on the driver under a distributed executor (None: it need not).
+    driver_only: ClassVar[str | None] = None
 
     def __init__(self, config: BaseModel | dict | None = None, **overrides: Any):
         if config is None:

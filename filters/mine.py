@@ -115,7 +115,7 @@ class MineStage(EncoderStage):
     def __getstate__(self) -> dict:
         # What a worker needs to run `process`: the config, the set's identity and the parked pools' names (their
         # files travel apart: `files`). Not the driver's model (`process` never encodes), temp folder or pools.
-        return {**self.__dict__, "model": None, "_tmp": None, "pools": {}, "_indexes": {}, "_fetch": None}
+        return {**super().__getstate__(), "_tmp": None, "pools": {}, "_indexes": {}, "_fetch": None}
 
     def files(self) -> dict[str, list[str]]:
         """Every parked pool, a unit each: its pickle, vectors, query vectors and IVF index."""

@@ -234,7 +234,24 @@ class EncoderStage(Stage):
     def load_model(self):
         if self.model is None:
             self.model = load_encoder(self.config.model, self.config.device)
+            if self._encoder is not None and model_fingerprint(self.model) != self._encoder.fp:
+                # a worker on another machine, whose files at this path are not the driver's model
+                raise CompassError(f"--model {self.config.model}: the model loaded here is not the one the run "
+                                   f"was planned with (fingerprint {model_fingerprint(self.model)}, expected "
+                                   f"{self._encoder.fp}): put the same model files at that path on every node")
         return self.model
+
+    @property
+    def driver_only(self) -> str | None:
+        """Why the stage must run on the driver (Ray actors reserve CPUs), or None."""
+        if self.config.device != "cpu":
+            return f"it runs on --device {self.config.device}, and Ray actors here reserve CPUs only"
+        return None
+
+    def __getstate__(self) -> dict:
+        # Shipped to a worker without the driver's model: a worker loads it from `config.model` (the same files at
+        # the same path on every node, as for the fastText model) and checks its fingerprint against the keys.
+        return {**self.__dict__, "model": None}
 
     @property
     def encoder(self) -> EncoderKeys:
@@ -280,7 +297,7 @@ class EncodeStage(EncoderStage):
 
     Pending: the distinct texts of `sources` with no embedding under this key, so each distinct text is
     tokenized and encoded once, and a rerun (or a second negative set with the same encoder) encodes nothing.
-    Shardable: a text's embedding depends on the text alone.
+    Shardable: a text's embedding depends on the text alone (on Ray, each actor loads the model from its path).
     """
 
     name: ClassVar[str] = "encode"

