@@ -116,9 +116,10 @@ def connect(address: str | None = None) -> Any:
 
 class FileCopies:
     """An actor's copies of the files a stage's `prepare` left on the driver (`Stage.files`): each unit fetched
-    from the object store into the actor's own temp folder on first use. Only the `keep` units used last stay on disk:
-    a stage reads a unit when a batch first needs it (mining maps a pool's vectors, and a deleted file stays
-    readable through its mapping), and the selection comes ordered by unit, so an actor moves on and never back."""
+    from the object store into the actor's own temp folder on first use. Only the `keep` units used last stay on
+    disk: a stage reads a unit when a batch first needs it (mining maps a pool's vectors, and a deleted file stays
+    readable through its mapping), and the selection comes ordered by unit, so an actor seldom goes back (a unit
+    removed is fetched again). The folder goes when the actor exits (an actor killed outright leaves it behind)."""
 
     def __init__(self, refs: dict[str, list[tuple[str, Any]]], keep: int = 4):
         self.refs, self.keep = refs, keep

@@ -104,6 +104,29 @@ def _edits(n: int = 300, seed: int = 5) -> np.ndarray:
     return signatures([shingles(" ".join(t), "en") for t in texts])
 
 
+def test_lsh_index_walks_a_bucket_past_a_failing_head_in_any_batches():
+    """Row 2 shares band 0 with rows 0 and 1 and no other band with anyone; row 0, the bucket's head, is far from
+    it, row 1 is its near-duplicate (120 of 128 slots): only the walk along band 0's bucket finds row 1, and the
+    bucket's chain must link rows across batches."""
+    from compass.filters.minhash import bands
+
+    ranges = bands(0.8, 128)
+    sigs = np.random.default_rng(0).integers(0, 2**32 - 1, size=(5, 128), dtype=np.uint32)   # rows 3, 4: others
+    sigs[1] = sigs[2]
+    (lo, hi), rest = ranges[0], ranges[1:]
+    sigs[0, lo:hi] = sigs[2, lo:hi]
+    for a, _ in rest:
+        sigs[1, a] ^= 1                       # one slot off in every other band: no other bucket is shared
+    expect = first_seen(sigs, 0.8).tolist()
+    assert expect == [-1, -1, 1, -1, -1]
+    for sizes in ([5], [1] * 5, [2, 3], [1, 1, 3], [1, 2, 2]):
+        lsh, got, at = LSHIndex(0.8), [], 0
+        for m in sizes:
+            got += lsh.add(sigs[at:at + m]).tolist()
+            at += m
+        assert got == expect, sizes
+
+
 def test_lsh_index_key_collisions_fall_back_to_the_exact_grouping(monkeypatch):
     import compass.filters.minhash as mh
 
