@@ -6,7 +6,7 @@ One local Ray cluster (`--cpus` CPUs, 127.0.0.1; its start-up is timed apart; wi
 cpus / N CPUs each, every one a raylet with its own object store, started by `ray.cluster_utils.Cluster` on this
 machine: shards and results cross between object stores as on a real cluster), then per repetition two copies of
 the same ingested catalog: the chain structured, langid, quality, dedup_signatures, dedup (global: the driver),
-split, encode (the driver) and mine (benchmarks/scale.py's static model; `--no-mine` stops after split) runs with
+split, encode and mine (benchmarks/scale.py's static model; `--no-mine` stops after split) runs with
 the local executor on one and with Ray on the other, stage by stage (wall seconds, this process
 and Ray's workers together). Reported per stage: the median of the repetitions and its spread (min-max) for
 each executor, and the ratio Ray / local (the baseline, measured in the same run); and the peak RSS of the driver
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CHAIN = [("structured", {}), ("langid", {}), ("quality", {}), ("dedup_signatures", {}), ("dedup", {}),
          ("split", {"test": 0.1, "dev": 0.05})]
-# then mining with the static model of benchmarks/scale.py: `encode` (on the driver) and `mine` (on Ray, its pools
-# shipped to the actors through the object store)
+# then mining with the static model of benchmarks/scale.py: `encode` and `mine` (both on Ray: each actor loads the
+# model from its path; mine's pools are shipped to the actors through the object store)
 MINING = [("encode", {"sources": ["anchors", "positives"], "batch_size": 256}), ("mine", {"progress": False})]
 TABLES = {"examples": ["id"], "decisions": ["example_id", "stage", "params_hash"],
           "minhash_signatures": ["text_hash", "shingling"], "example_signatures": ["example_id", "field"],
@@ -133,8 +133,9 @@ def main() -> None:
         from scale import build_static_model
 
         model = str(build_static_model(args.work / "static-model"))
-        CHAIN.extend((name, {**cfg, "model": model}) for name, cfg in MINING)
-    names = [name for name, _ in CHAIN]
+        mining = [(name, {**cfg, "model": model}) for name, cfg in MINING]
+    chain = CHAIN + (mining if not args.no_mine else [])
+    names = [name for name, _ in chain]
     if args.start not in names:
         ap.error(f"--start {args.start}: use one of {', '.join(names)}")
     first = names.index(args.start)
@@ -142,11 +143,11 @@ def main() -> None:
         done = args.work / f"base-{n}-before-{args.start}.duckdb"
         if not done.exists():
             shutil.copy(base, done.with_suffix(".tmp"))
-            for name, cfg in CHAIN[:first]:
+            for name, cfg in chain[:first]:
                 compass.run(done.with_suffix(".tmp"), build_stage(name, cfg), progress=False)
             done.with_suffix(".tmp").rename(done)
         base = done
-    del CHAIN[:first]
+    chain = chain[first:]
     t0 = time.perf_counter()
     if args.nodes > 1:
         from ray.cluster_utils import Cluster
@@ -161,14 +162,14 @@ def main() -> None:
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                  logging_level="ERROR", log_to_driver=False)
     startup = time.perf_counter() - t0
-    times: dict[str, dict[str, list[float]]] = {name: {"local": [], "ray": []} for name, _ in CHAIN}
-    rss: dict[str, dict[str, list[float]]] = {name: {"local": [], "ray": [], "worker": []} for name, _ in CHAIN}
+    times: dict[str, dict[str, list[float]]] = {name: {"local": [], "ray": []} for name, _ in chain}
+    rss: dict[str, dict[str, list[float]]] = {name: {"local": [], "ray": [], "worker": []} for name, _ in chain}
     for rep in range(args.reps):
         cats = {}
         for ex in ("local", "ray"):
             cats[ex] = args.work / f"rep{rep}-{ex}.duckdb"
             shutil.copy(base, cats[ex])
-        for name, cfg in CHAIN:
+        for name, cfg in chain:
             for ex in ("local", "ray") if rep % 2 == 0 else ("ray", "local"):   # alternate who goes first
                 t = time.perf_counter()
                 with Peaks() as peak:
@@ -188,7 +189,7 @@ def main() -> None:
           f"Ray start-up {startup:.1f} s (not counted)")
     print("| stage | local | ray | ray / local |\n|---|---|---|---|")
     total = {"local": 0.0, "ray": 0.0}
-    for name, _ in CHAIN:
+    for name, _ in chain:
         med = {ex: statistics.median(v) for ex, v in times[name].items()}
         total = {ex: total[ex] + med[ex] for ex in total}
         cell = {ex: f"{med[ex]:.1f} ({min(v):.1f}-{max(v):.1f})" for ex, v in times[name].items()}
@@ -196,7 +197,7 @@ def main() -> None:
     print(f"| chain | {total['local']:.1f} | {total['ray']:.1f} | {total['ray'] / total['local']:.2f} |")
     print("\npeak RSS MB, median (min-max): the driver with each executor, and the largest Ray worker process")
     print("| stage | local (driver) | ray (driver) | ray (largest worker) |\n|---|---|---|---|")
-    for name, _ in CHAIN:
+    for name, _ in chain:
         cell = {k: f"{statistics.median(v):,.0f} ({min(v):,.0f}-{max(v):,.0f})" if v else "-"
                 for k, v in rss[name].items()}
         print(f"| {name} | {cell['local']} | {cell['ray']} | {cell['worker']} |")

@@ -234,11 +234,12 @@ class EncoderStage(Stage):
     def load_model(self):
         if self.model is None:
             self.model = load_encoder(self.config.model, self.config.device)
-            if self._encoder is not None and model_fingerprint(self.model) != self._encoder.fp:
+            fp = None if self._encoder is None else model_fingerprint(self.model)
+            if fp is not None and fp != self._encoder.fp:
                 # a worker on another machine, whose files at this path are not the driver's model
                 raise CompassError(f"--model {self.config.model}: the model loaded here is not the one the run "
-                                   f"was planned with (fingerprint {model_fingerprint(self.model)}, expected "
-                                   f"{self._encoder.fp}): put the same model files at that path on every node")
+                                   f"was planned with (fingerprint {fp}, expected {self._encoder.fp}): put the "
+                                   "same model files at that path on every node")
         return self.model
 
     @property
