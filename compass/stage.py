@@ -51,8 +51,9 @@ class Selection:
     """A stage's pending input: SQL (bound parameters) that the runner streams batch by batch.
 
     `total` (optional SQL with the same parameters, returning one count) sizes the progress bar; without it the
-    bar counts up with no total. The SQL must have a deterministic ORDER BY: the order is part of the result for
-    order-dependent stages (first-seen dedup) and keeps resumed runs identical to uninterrupted ones.
+    bar counts up with no total. A global stage's SQL must have a deterministic ORDER BY: the order is part of its
+    result (first-seen dedup), and resumed runs stay identical to uninterrupted ones. A shardable stage's output
+    does not depend on how its input is cut or ordered, so it may leave the sort out.
     """
 
     sql: str
@@ -78,6 +79,13 @@ class Stage(ABC):
     # Uncapped, DuckDB kept the sorted pending rows and every block it read: 2.7 GB for structured's selection of
     # 1M products, 8 GB in langid over 5M examples (issue 15).
     duckdb_memory: ClassVar[str | None] = "1GB"
+    # Tables whose keys the pending selection guarantees are new, so each batch appends its rows without the
+    # anti-join that reads the table's keys (O(rows so far) a batch, O(n^2 / batch) a run: 13% of langid's CPU at
+    # 1M products, issue 15). It holds when the selection excludes every key this stage wrote (a killed run's
+    # committed batches included), yields each input row once (a run's batches are disjoint: the local executor
+    # streams one snapshot, the Ray executor commits each exported shard once), a row's outputs carry keys of that
+    # row only, and DuckDB's file lock keeps every other writer out. tests/test_appends.py checks it per stage.
+    appends: ClassVar[frozenset[str]] = frozenset()
     # Why a shardable stage must still run on the driver under a distributed executor (None: it need not).
     driver_only: ClassVar[str | None] = None
 
@@ -130,7 +138,7 @@ class Stage(ABC):
             if table not in self.writes:
                 raise RuntimeError(f"stage {self.name} returned rows for {table!r}, which it does not declare in "
                                    f"`writes` ({', '.join(self.writes) or 'nothing'})")
-            added[table] = insert_frame(con, table, frame, list(self.writes[table]))
+            added[table] = insert_frame(con, table, frame, list(self.writes[table]), new_keys=table in self.appends)
         return added
 
     def summarize(self, outputs: dict[str, pl.DataFrame]) -> dict[str, Any]:
@@ -154,13 +162,15 @@ class Stage(ABC):
 Writer = Callable[[duckdb.DuckDBPyConnection, pl.DataFrame], int]
 
 
-def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, key: list[str]) -> int:
+def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, key: list[str], *,
+                 new_keys: bool = False) -> int:
     """Bulk insert `frame` into `table`, skipping rows whose `key` already exists; returns rows added.
 
-    (compass.catalog.writes.insert_rows: the count comes from the INSERT itself, not two count(*) of the table.)"""
+    (compass.catalog.writes.insert_rows: the count comes from the INSERT itself, not two count(*) of the table;
+    `new_keys`: the caller guarantees the keys are new, see `Stage.appends`.)"""
     from compass.catalog.writes import insert_rows
 
-    return insert_rows(con, table, frame, list(key))
+    return insert_rows(con, table, frame, list(key), new_keys=new_keys)
 
 
 def drive(cat: Catalog, stage: Any, pending: pl.DataFrame, write: Writer, batch_size: int = 2000,

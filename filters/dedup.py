@@ -158,6 +158,9 @@ class Dedup(Filter):
     writes: ClassVar[dict[str, tuple[str, ...]]] = {
         "decisions": ("example_id", "stage", "params_hash"), "dedup_members": MEMBER_KEY,
         "minhash_signatures": SIG_KEY, "example_signatures": LINK_KEY}
+    # One decision and one member row per field for each pending example (keyed by it and these params); the
+    # signatures are keyed by text, which other examples share, and keep the anti-join.
+    appends: ClassVar[frozenset[str]] = frozenset({"decisions", "dedup_members"})
 
     def __init__(self, config: DedupConfig | dict | None = None, **overrides: Any):
         super().__init__(config, **overrides)

@@ -108,6 +108,8 @@ class DedupSignatures(Stage):
     Config = SignatureConfig
     writes: ClassVar[dict[str, tuple[str, ...]]] = {"minhash_signatures": SIG_KEY, "example_signatures": LINK_KEY}
     shardable: ClassVar[bool] = True
+    # Links are keyed by example (new ones only, see `select`); signatures by text, which examples share.
+    appends: ClassVar[frozenset[str]] = frozenset({"example_signatures"})
     batch_size: ClassVar[int] = 20000
     unit: ClassVar[str] = "examples"
     duckdb_memory: ClassVar[str | None] = "512MB"   # its selection joins every link row: DuckDB spills past this
@@ -117,12 +119,15 @@ class DedupSignatures(Stage):
         self._perms: np.ndarray | None = None
 
     def select(self, langs: list[str] | None = None) -> Selection:
-        # Pending: kept so far (no enforced rejection) and without both field links for these signature params.
+        # Pending: kept so far (no enforced rejection) and without a link for these signature params. An example
+        # with some links was signed by `dedup` itself (anchors only, without --cluster-positives), which signs
+        # whatever it still lacks; so this stage writes every link of an example at once, each key new.
         where, params = pending_where(None, None, langs)
-        where += (" AND (SELECT count(*) FROM example_signatures s WHERE s.example_id = e.id "
-                  f"AND s.sig_params = {sql_hex(self.config.sig_params())}) < {len(FIELDS)}")
-        return Selection(f"SELECT e.id, e.lang, e.anchor, e.positive FROM examples e {where} "
-                         "ORDER BY e.created_at, e.id", params, f"SELECT count(*) FROM examples e {where}")
+        where += (" AND NOT EXISTS (SELECT 1 FROM example_signatures s WHERE s.example_id = e.id "
+                  f"AND s.sig_params = {sql_hex(self.config.sig_params())})")
+        # No ORDER BY: a text's signature does not depend on which batch signs it (see pending_selection).
+        return Selection(f"SELECT e.id, e.lang, e.anchor, e.positive FROM examples e {where}", params,
+                         f"SELECT count(*) FROM examples e {where}")
 
     def setup(self) -> None:
         if self._perms is None:

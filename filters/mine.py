@@ -96,6 +96,9 @@ class MineStage(EncoderStage):
     Config = MineConfig
     writes = {"negatives": ("set_id", "example_id", "rank"), "mined_examples": ("set_id", "example_id"),
               "negative_sets": ("set_id",)}
+    # pending: kept examples with no mined_examples row in the set; a batch writes that row and the example's
+    # negatives together, so neither key was written before
+    appends = frozenset({"negatives", "mined_examples"})
     unit: ClassVar[str] = "examples"
     volatile = frozenset({"batch_size", "mine_batch", "cand_chunk", "duckdb_memory", "device", "progress", "block"})
 

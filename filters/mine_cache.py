@@ -304,6 +304,7 @@ class EncodeStage(EncoderStage):
     name: ClassVar[str] = "encode"
     Config = EncodeConfig
     writes = {"embedding_cache": ("model_fp", "text_hash"), "encoder_models": ("model_fp",)}
+    appends = frozenset({"embedding_cache"})   # pending: distinct texts with no cache row for this model
     batch_size: ClassVar[int] = ENCODE_CHUNK
     unit: ClassVar[str] = "texts"
     volatile = frozenset({"batch_size", "device"})

@@ -257,6 +257,44 @@ def test_signature_stage_then_clustering_reads_stored_signatures(tmp_path):
     assert results[0] == results[1]
 
 
+def test_an_example_dedup_signed_in_part_is_left_to_dedup_and_each_link_is_written_once(tmp_path):
+    """Without --cluster-positives `dedup` signs anchors only; `dedup_signatures` (which appends its links without
+    checking the table, `Stage.appends`) then leaves those examples alone, and a later `dedup` with positives
+    signs the rest itself: the same clusters as signing everything first, each link once."""
+    import compass
+    from compass.filters.dedup_signatures import LINK_KEY, DedupSignatures
+
+    rows = [("vi", "query2title", VI_Q, "Giày Nike Air Max 90"),        # no near-copies among these three
+            ("vi", "query2title", "áo thun nam cotton cổ tròn", "Áo thun nam"),
+            ("id", "query2title", ID_Q, "Sepatu Nike Pegasus 40")]
+    results = []
+    for partly in (True, False):
+        cat = Catalog(tmp_path / f"c{partly}.duckdb", create=True)
+        ids = add(cat, rows)
+        if partly:
+            compass.run(cat, Dedup, {"cluster_positives": False}, progress=False)
+            assert cat.scalar("SELECT count(*) FROM example_signatures") == 3          # anchors only
+            add(cat, [("id", "query2title", ID_Q + " promo", "Sepatu Nike Pegasus 40")], start=10)
+            s = compass.run(cat, DedupSignatures, progress=False)
+            assert s.read == 1 and s.written["example_signatures"] == 2            # the new example only
+        else:
+            add(cat, [("id", "query2title", ID_Q + " promo", "Sepatu Nike Pegasus 40")], start=10)
+            compass.run(cat, DedupSignatures, progress=False)
+        compass.run(cat, Dedup, progress=False)
+        keys = ", ".join(LINK_KEY)
+        assert cat.scalar(f"SELECT count(*) FROM (SELECT {keys} FROM example_signatures GROUP BY ALL "
+                          "HAVING count(*) > 1)") == 0
+        assert cat.scalar("SELECT count(*) FROM example_signatures") == 8
+        h = Dedup().params_hash
+        results.append((cat.query("SELECT example_id, field, cluster_id FROM dedup_members WHERE params_hash = ? "
+                                  "ORDER BY ALL", [h]),
+                        cat.query("SELECT example_id, reason FROM decisions WHERE params_hash = ? ORDER BY ALL", [h])))
+        assert {r["example_id"] for r in results[-1][1]} >= set(ids)
+        cat.close()
+    assert results[0] == results[1] and len(results[0][0]) == 8
+    assert sum(r["reason"].startswith("dedup:near_dup_of:") for r in results[0][1]) == 1   # the promo copy
+
+
 def test_a_changed_threshold_clusters_again_what_is_kept(tmp_path):
     """Decisions and members are keyed by the clustering parameters: a lower threshold judges the kept examples
     again with its own clusters (an example is never its own duplicate), and rejects the looser near-copy."""

@@ -148,6 +148,7 @@ class Split(Stage):
     name = "split"
     Config = SplitConfig
     writes = {"splits": ("example_id",), "split_policies": ("policy_hash",)}
+    appends = frozenset({"splits"})   # pending: examples without a split row (one row each: products' ids are unique)
     batch_size = 20000
 
     @property
