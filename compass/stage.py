@@ -11,7 +11,8 @@ same way. It declares:
   these params has written, so a killed run resumes where its last committed batch ended.
 - `writes`: `{table: key columns}`. `process(batch) -> {table: frame}` returns every output as data; the runner
   writes each batch's outputs in one transaction, idempotently on the keys (`write` may be overridden for a
-  stage that must also touch rows it did not create, inside that same transaction).
+  stage that must also touch rows it did not create, inside that same transaction). `appends` names the tables
+  whose keys the selection itself guarantees are new: their rows are appended without reading the table.
 - `shardable`: True when `process` depends only on its batch (and on what `prepare` loaded before the first
   batch), so concatenating the outputs of any split of the input equals the output of the whole input (a test
   pins this for every shardable stage). A global stage (dedup clustering, split assignment) is False: the

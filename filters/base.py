@@ -85,8 +85,9 @@ class Filter(Stage):
     writes: ClassVar[dict[str, tuple[str, ...]]] = {"decisions": DECISION_KEY}
     # The pending selection excludes what this stage judged with these params: its decisions' keys are new.
     appends: ClassVar[frozenset[str]] = frozenset({"decisions"})
-    # Rows per transaction: each commit's insert anti-joins the decisions table once, so fewer, larger batches
-    # keep a stage linear in the catalog (2,000 made langid 15.5x slower from 100k to 1M products, issue 15).
+    # Rows per transaction: each commit has a fixed cost (and, before `appends`, anti-joined the decisions table),
+    # so fewer, larger batches keep a stage linear in the catalog (2,000 made langid 15.5x slower from 100k to 1M
+    # products, issue 15); a killed run redoes at most one batch.
     batch_size: ClassVar[int] = 20000
     unit: ClassVar[str] = "examples"
 
