@@ -19,6 +19,26 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "catalog" / "samples"
 
 
+def two_language_catalog(path: Path) -> Path:
+    """A new catalog at `path` holding two languages of the bundled samples (th and vi, 163 products each)."""
+    from compass.catalog.db import Catalog, init_catalog
+    from compass.catalog.ingest import ingest_files
+
+    init_catalog(path)
+    with Catalog(path) as cat:
+        ingest_files(cat, [(SAMPLES / "th.jsonl", "th", "TH"), (SAMPLES / "vi.jsonl", "vi", "VN")])
+    return path
+
+
+def copy_catalog(base: Path, to: Path) -> Path:
+    """`base` copied to `to`/c.duckdb (a test's own copy of a module's catalog)."""
+    import shutil
+
+    to.mkdir(parents=True, exist_ok=True)
+    shutil.copy(base, to / "c.duckdb")
+    return to / "c.duckdb"
+
+
 def run_cli(*args: str, catalog: Path | None = None, check: bool = True, env: dict | None = None,
             input: str | None = None) -> subprocess.CompletedProcess:
     """Run the real `compass` CLI in a subprocess (as a user would)."""

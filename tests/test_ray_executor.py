@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import copy_catalog, two_language_catalog
 
 import compass
-from compass.catalog.db import Catalog, init_catalog
+from compass.catalog.db import Catalog
 from compass.errors import CompassError
 from compass.runner import RunSummary, build_stage, execute, run_config
 from compass.stage import Stage
@@ -46,19 +46,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """Two languages of the bundled samples (163 products each), ingested once, copied per test."""
-    from compass.catalog.ingest import ingest_files
-
-    path = tmp_path_factory.mktemp("base") / "c.duckdb"
-    init_catalog(path)
-    with Catalog(path) as cat:
-        ingest_files(cat, [(SAMPLES / "th.jsonl", "th", "TH"), (SAMPLES / "vi.jsonl", "vi", "VN")])
-    return path
-
-
-def _copy(base: Path, to: Path) -> Path:
-    to.mkdir(parents=True, exist_ok=True)
-    shutil.copy(base, to / "c.duckdb")
-    return to / "c.duckdb"
+    return two_language_catalog(tmp_path_factory.mktemp("base") / "c.duckdb")
 
 
 def table(path: Path, name: str) -> pl.DataFrame:
@@ -106,7 +94,7 @@ def test_without_an_address_a_dead_clusters_address_file_is_ignored(base, tmp_pa
     import subprocess
     import tempfile
 
-    path = _copy(base, tmp_path)
+    path = copy_catalog(base, tmp_path)
     compass.run(path, "structured", {"seed": 3}, progress=False)
     with tempfile.TemporaryDirectory(prefix="r", dir="/tmp") as ray_tmp:   # short: Ray's socket paths live there
         with socket.socket() as s:      # a port nothing listens on
@@ -126,7 +114,7 @@ def test_without_an_address_a_dead_clusters_address_file_is_ignored(base, tmp_pa
 def test_ray_missing_names_the_extra(base, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)       # what `import ray` meets where Ray is not installed
     with pytest.raises(CompassError, match=r"pip install 'compass-embed\[ray\]'"):
-        compass.run(_copy(base, tmp_path), "quality", executor="ray", progress=False)
+        compass.run(copy_catalog(base, tmp_path), "quality", executor="ray", progress=False)
 
 
 def own_loop(cat, stage, rec, langs=None, progress=True):
@@ -143,7 +131,7 @@ class OwnLoop(Stage):
 
 
 def test_a_stage_with_its_own_executor_runs_on_the_driver_and_says_so(base, tmp_path, capsys):
-    s = compass.run(_copy(base, tmp_path), OwnLoop(), executor="ray", progress=False)
+    s = compass.run(copy_catalog(base, tmp_path), OwnLoop(), executor="ray", progress=False)
     assert s.read == 7
     assert ("stage toy_own_loop has its own executor (test_ray_executor:own_loop): running on the driver"
             in capsys.readouterr().err)
@@ -151,11 +139,11 @@ def test_a_stage_with_its_own_executor_runs_on_the_driver_and_says_so(base, tmp_
 
 def test_unknown_executor_is_refused(base, tmp_path):
     with pytest.raises(CompassError, match="unknown executor 'spark': use one of local, ray"):
-        compass.run(_copy(base, tmp_path), "quality", executor="spark", progress=False)
+        compass.run(copy_catalog(base, tmp_path), "quality", executor="spark", progress=False)
 
 
 def test_ray_executor_gives_the_local_catalog_table_by_table(cluster, base, tmp_path, capsys):
-    local, remote = _copy(base, tmp_path / "local"), _copy(base, tmp_path / "ray")
+    local, remote = copy_catalog(base, tmp_path / "local"), copy_catalog(base, tmp_path / "ray")
     ev = tmp_path / "ev"                    # an eval set holding two sample titles: leakage rejects their pairs
     ev.mkdir()
     titles = [json.loads(line)["title"] for line in (SAMPLES / "vi.jsonl").read_text(encoding="utf-8").splitlines()[:2]]
@@ -212,7 +200,7 @@ def test_a_killed_worker_is_retried_and_the_catalog_is_the_same(cluster, base, t
     from compass.ray_executor import execute_ray
 
 
-    local, remote = _copy(base, tmp_path / "local"), _copy(base, tmp_path / "ray")
+    local, remote = copy_catalog(base, tmp_path / "local"), copy_catalog(base, tmp_path / "ray")
     for path in (local, remote):
         compass.run(path, "structured", {"seed": 3}, executor="local", progress=False)
     a = compass.run(local, "quality", progress=False)
@@ -242,7 +230,7 @@ def test_a_recipe_on_ray_gives_the_local_catalog(cluster, base, tmp_path, capsys
                       "  - split: {test: 0.2, dev: 0.1}\nreport: false\n", encoding="utf-8")
     cats = {}
     for ex in ("local", "ray"):
-        cats[ex] = _copy(base, tmp_path / ex)
+        cats[ex] = copy_catalog(base, tmp_path / ex)
         run(recipe, out=tmp_path / ex, catalog=cats[ex], executor=ex, echo=lambda line: None)
     err = capsys.readouterr().err
     assert "stage dedup is global: running on the driver" in err and "cannot be shipped" not in err
@@ -274,7 +262,7 @@ def test_a_killed_driver_resumes_from_the_catalog(cluster, base, tmp_path):
     import signal
     import subprocess
 
-    local, remote = _copy(base, tmp_path / "local"), _copy(base, tmp_path / "ray")
+    local, remote = copy_catalog(base, tmp_path / "local"), copy_catalog(base, tmp_path / "ray")
     for path in (local, remote):
         compass.run(path, "structured", {"seed": 3}, progress=False)
     a = compass.run(local, "quality", progress=False)
@@ -302,7 +290,7 @@ class Refuses(DiesOnce):
 def test_a_stage_error_on_a_worker_reaches_the_driver_as_one_line(cluster, base, tmp_path):
     from compass.ray_executor import execute_ray
 
-    path = _copy(base, tmp_path)
+    path = copy_catalog(base, tmp_path)
     compass.run(path, "structured", {"seed": 3}, progress=False)
     st = build_stage("quality")
     with Catalog(path) as cat:
