@@ -226,13 +226,16 @@ class LSHIndex:
                 if not has[q, k] or ok[q, k] or H[q, k] >= best[q]:
                     continue
                 limit = min(int(best[q]), i)
-                j = int(H[q, k])                               # the bucket's rows in order, from its head
+                chain, j = [], int(H[q, k])                    # the bucket's rows in order, from its head
                 while 0 <= j < limit:
-                    if np.array_equal(self._sigs[j, lo:hi], self._sigs[i, lo:hi]) and \
-                            estimate(self._sigs[j], self._sigs[i]) >= self.threshold:
-                        best[q] = j
-                        break
+                    chain.append(j)
                     j = int(self._next[j, k])
+                # one comparison of the whole chain with row i: a bucket grows with the scope, and two numpy calls
+                # a member cost 27 s of `dedup` at 1M products (0.2 s at 100k)
+                eq = self._sigs[chain] == self._sigs[i]                                 # (len(chain), num_perm)
+                hit = np.flatnonzero(eq[:, lo:hi].all(axis=1) & (eq.sum(axis=1) / self.num_perm >= self.threshold))
+                if len(hit):
+                    best[q] = chain[hit[0]]
         return np.where(best < n, best, -1)
 
     def copy(self) -> LSHIndex:
