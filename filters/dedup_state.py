@@ -20,34 +20,18 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from collections.abc import Iterable
 
 import numpy as np
-
-from compass.filters.dedup_signatures import decode
 
 
 class SigStore:
     """Signatures of one language's distinct texts, by text hash: (n,) S20 sorted, (n, num_perm) uint32."""
 
     def __init__(self, hashes: np.ndarray, sigs: np.ndarray):
-        if len(hashes) > 1 and not (hashes[:-1] <= hashes[1:]).all():   # read sorted: no second copy of sigs
+        if len(hashes) > 1 and not (hashes[:-1] <= hashes[1:]).all():   # spooled unordered (prepare)
             order = np.argsort(hashes, kind="stable")
             hashes, sigs = hashes[order], sigs[order]
         self.hashes, self.sigs = hashes, sigs
-
-    @classmethod
-    def from_chunks(cls, chunks: Iterable[tuple[list[str], list[bytes]]], num_perm: int) -> SigStore:
-        """From (hashes, signature blobs) chunks, best sorted by hash (then nothing is copied twice)."""
-        hs, ss = [np.empty(0, "S20")], [np.empty((0, num_perm), np.uint32)]
-        for hashes, blobs in chunks:
-            hs.append(np.array(hashes, dtype="S20"))
-            ss.append(decode(blobs, num_perm))
-        hashes = np.concatenate(hs)
-        del hs
-        sigs = np.concatenate(ss)
-        del ss    # the chunks go before the store is built: at most two copies of a language's signatures
-        return cls(hashes, sigs)
 
     def get(self, hashes: list[str]) -> np.ndarray:
         """(len(hashes), num_perm) signatures; every hash must be in the store."""
@@ -96,6 +80,10 @@ class LangState:
         self._store_files[lang] = store.save(self._path("store"))
         self.stores.pop(lang, None)
 
+    def spool(self, num_perm: int) -> StoreSpool:
+        """Append files for building every language's store from one unordered stream of signatures."""
+        return StoreSpool(self, num_perm)
+
     def park_indexes(self, lang: str, indexes: dict) -> None:
         """Keep the indexes `prepare` rebuilt from stored members in a file until the language comes."""
         self.indexes.update(indexes)
@@ -131,6 +119,37 @@ class LangState:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+class StoreSpool:
+    """Signatures streamed once for all languages, appended to a file pair per language, then each language's
+    store built (sorted) and kept by its `LangState`, one language in memory at a time."""
+
+    def __init__(self, state: LangState, num_perm: int):
+        self.state, self.num_perm = state, num_perm
+        self._files: dict[str, tuple[str, str]] = {}
+
+    def add(self, lang: str, hashes: np.ndarray, sigs: np.ndarray) -> None:
+        """Append (n,) S20 hashes and their (n, num_perm) uint32 signatures to `lang`'s files."""
+        if lang not in self._files:
+            self._files[lang] = (self.state._path("hashes"), self.state._path("sigs"))
+        for path, arr in zip(self._files[lang], (hashes.astype("S20"), sigs.astype(np.uint32))):
+            with open(path, "ab") as fh:
+                fh.write(np.ascontiguousarray(arr).tobytes())
+
+    def finish(self, langs: list[str]) -> None:
+        """Give every language of `langs` its store (empty for one whose pending texts have none stored)."""
+        for lang in langs:
+            hpath, spath = self._files.pop(lang, (None, None))
+            if hpath is None:
+                self.state.add_store(lang, SigStore(np.empty(0, "S20"), np.empty((0, self.num_perm), np.uint32)))
+                continue
+            hashes = np.fromfile(hpath, dtype="S20")
+            sigs = np.fromfile(spath, dtype=np.uint32).reshape(len(hashes), self.num_perm)
+            os.remove(hpath)
+            os.remove(spath)
+            self.state.add_store(lang, SigStore(hashes, sigs))    # sorts: two copies of one language at most
+            del hashes, sigs
 
 
 def lang_of(key: tuple[str, str]) -> str:

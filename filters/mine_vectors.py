@@ -9,22 +9,9 @@ import os
 import numpy as np
 import pyarrow as pa
 
+from compass.arrow_arrays import hash_array
 from compass.catalog.db import Catalog, duckdb_memory, registered
 from compass.errors import CompassError
-
-
-def hash_array(col) -> np.ndarray:
-    """An Arrow column of 20-character text hashes as (n,) S20, without a Python string per row."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks() if col.num_chunks else pa.array([], pa.string())
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        col = col.cast(pa.string())
-    if col.null_count == 0 and len(col):
-        off = np.frombuffer(col.buffers()[1], np.int64 if pa.types.is_large_string(col.type) else np.int32,
-                            len(col) + 1, col.offset * (8 if pa.types.is_large_string(col.type) else 4))
-        if (np.diff(off) == 20).all():
-            return np.frombuffer(col.buffers()[2], np.uint8, int(off[-1] - off[0]), int(off[0])).view("S20").copy()
-    return np.array(col.to_pylist(), dtype="S20")
 
 
 class VectorFill:

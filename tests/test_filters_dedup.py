@@ -257,6 +257,44 @@ def test_signature_stage_then_clustering_reads_stored_signatures(tmp_path):
     assert results[0] == results[1]
 
 
+def test_stored_signatures_reach_each_language_with_its_own_shingling(tmp_path):
+    """Texts carried by a Thai and a Vietnamese example have two stored signatures each (character trigrams,
+    word bigrams); `prepare` reads all languages' stored signatures in one unordered scan and must give each
+    language its own. The two texts are near copies as character trigrams (65 of 72 shared) and not as word
+    bigrams (2 of 4): their Thai positives cluster, their Vietnamese ones do not, whichever signature the scan
+    meets first. Signed first by `dedup_signatures` or by `dedup` alone: the same clusters and decisions, also
+    when every text hash shares its 64-bit prefix (`prepare` searches prefixes, then the bytes on a clash)."""
+    import compass
+    from compass.filters import dedup as dedup_module
+    from compass.filters.dedup_signatures import DedupSignatures
+
+    shared = "รองเท้าผ้าใบผู้ชายสีดำของแท้ใส่สบายพื้นยางกันลื่นน้ำหนักเบา Nike Air Max"
+    near = shared.replace("เบา Nike", "เบามาก Nike")
+    rows = [("vi", "query2title", VI_Q, shared), ("th", "query2title", "รองเท้า Nike Air Max 90 สีดำ", shared),
+            ("vi", "query2title", "giày nike đen chính hãng", near), ("th", "query2title", "รองเท้าผ้าใบ Nike", near)]
+    results = []
+    for split, clash in ((False, False), (True, False), (True, True)):
+        cat = Catalog(tmp_path / f"c{split}{clash}.duckdb", create=True)
+        add(cat, rows)
+        if split:
+            compass.run(cat, DedupSignatures, progress=False)
+            assert cat.scalar("SELECT count(DISTINCT shingling) FROM minhash_signatures") == 2
+        with pytest.MonkeyPatch.context() as mp:
+            if clash:
+                mp.setattr(dedup_module, "hash_prefix64", lambda h: np.zeros(len(h), np.uint64))
+            compass.run(cat, Dedup, progress=False)
+        results.append((cat.query("SELECT example_id, keep, reason FROM decisions ORDER BY example_id"),
+                        cat.query("SELECT e.lang, m.field, m.cluster_id, m.dup_of FROM dedup_members m JOIN examples e "
+                                  "ON e.id = m.example_id ORDER BY ALL")))
+        cat.close()
+    assert results[0] == results[1] == results[2]
+    positives = {}
+    for r in results[1][1]:
+        if r["field"] == "positive":
+            positives.setdefault(r["lang"], set()).add(r["cluster_id"])
+    assert {lang: len(c) for lang, c in positives.items()} == {"th": 1, "vi": 2}
+
+
 def test_an_example_dedup_signed_in_part_is_left_to_dedup_and_each_link_is_written_once(tmp_path):
     """Without --cluster-positives `dedup` signs anchors only; `dedup_signatures` (which appends its links without
     checking the table, `Stage.appends`) then leaves those examples alone, and a later `dedup` with positives
