@@ -34,7 +34,6 @@ from compass.filters.dedup_signatures import (
     FIELDS,
     LINK_KEY,
     SIG_KEY,
-    decode,
     link_rows,
     shingling,
     sig_params,
@@ -282,10 +281,10 @@ class Dedup(Filter):
             "WHERE m.field = ? AND m.scope = ? AND m.params_hash = ? ORDER BY m.seq",
             [field, scope, self.params_hash]).to_arrow_reader(PREPARE_CHUNK)
         for rb in reader:
-            rows = pl.from_arrow(rb)
-            if not isinstance(rows, pl.DataFrame) or not rows.height:
+            if not rb.num_rows:
                 continue
-            idx.load(rows["example_id"].to_list(), rows["text_hash"].to_list(), decode(rows["signature"].to_list(), n),
+            rows = pl.from_arrow(rb.drop_columns(["signature"]))
+            idx.load(rows["example_id"].to_list(), rows["text_hash"].to_list(), uint32_rows(rb.column("signature"), n),
                      [c.split(":", 1)[1] for c in rows["cluster_id"].to_list()], rows["dup_of"].to_list())
             self.seq[(field, scope)] = int(rows["seq"].max()) + 1
         return idx

@@ -83,13 +83,6 @@ def link_rows(ids: list[str], field: str, hashes: list[str], kinds: list[str], s
                          "shingling": kinds, "run_id": [run_id] * n}, schema=LINK_SCHEMA)
 
 
-def decode(blobs: list[bytes], num_perm: int) -> np.ndarray:
-    """Stored signature blobs -> (n, num_perm) uint32."""
-    if not blobs:
-        return np.empty((0, num_perm), dtype=np.uint32)
-    return np.frombuffer(b"".join(blobs), dtype="<u4").astype(np.uint32).reshape(len(blobs), num_perm)
-
-
 class SignatureConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
